@@ -1,0 +1,75 @@
+"""Where generated data lives: one data root, never inside the packages.
+
+Layout under the root (default ``data/`` in the working directory, or ``$MIDPROBE_DATA``)::
+
+    raw/<dataset>/                      user-downloaded original files
+    stores/datasets/<dataset>.zarr      prepared dataset stores
+    stores/features/<dataset>/<model>.zarr   feature stores, one group per split
+    results/<task>/<dataset>/<model>/   one JSON record per probe
+    reports/                            generated report pages and figures
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cache.errors import MidprobeError
+
+ENV_VAR = "MIDPROBE_DATA"
+
+
+@dataclass(frozen=True)
+class DataRoot:
+    """Paths under one data root; nothing is created until a writer asks for it."""
+
+    root: Path
+
+    def raw(self, dataset: str) -> Path:
+        return self.root / "raw" / dataset
+
+    def dataset_store(self, dataset: str) -> Path:
+        return self.root / "stores" / "datasets" / f"{dataset}.zarr"
+
+    def feature_store(self, dataset: str, model: str) -> Path:
+        return self.root / "stores" / "features" / dataset / f"{_safe(model)}.zarr"
+
+    def feature_dir(self, dataset: str) -> Path:
+        return self.root / "stores" / "features" / dataset
+
+    def results(self, task: str | None = None, dataset: str | None = None, model: str | None = None) -> Path:
+        path = self.root / "results"
+        for part in (task, dataset, model):
+            if part is None:
+                break
+            path = path / _safe(part)
+        return path
+
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def ensure_writable(self, path: Path) -> Path:
+        """Create ``path`` (a directory) or fail with a one-line error naming it."""
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise MidprobeError(
+                f"data root is not writable: cannot write in {path} ({exc.strerror}); "
+                f"set {ENV_VAR} or DATA= to a writable folder"
+            ) from None
+        return path
+
+
+def _safe(name: str) -> str:
+    """Model names like ``timm:vit_small_patch16_224.dino`` become file-system safe."""
+    return name.replace(":", "__").replace("/", "_")
+
+
+def data_root(root: str | os.PathLike | None = None) -> DataRoot:
+    """The data root: ``root`` if given, else ``$MIDPROBE_DATA``, else ``./data``."""
+    chosen = root if root is not None else os.environ.get(ENV_VAR, "data")
+    return DataRoot(Path(chosen).expanduser().resolve())

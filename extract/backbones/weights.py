@@ -1,0 +1,84 @@
+"""Loading a local weights file safely and strictly, and fingerprinting weights."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from cache import MidprobeError
+
+
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def state_sha256(module: torch.nn.Module) -> str:
+    """sha256 over a module's state dict (names, dtypes, shapes and bytes), in key order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A flat tensor dict from a ``.safetensors`` file or a ``torch.save`` file.
+
+    Pickles load with ``weights_only=True`` only; wrapper dicts ``model`` /
+    ``state_dict`` are unwrapped and a DataParallel ``module.`` prefix is stripped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MidprobeError(f"weights file {path} does not exist; expected a .safetensors or .pth file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, or a pickle with arbitrary objects
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MidprobeError(f"cannot read weights file {path} as tensors only ({first}); "
+                            "expected a state dict saved with torch.save or safetensors") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MidprobeError(f"weights file {path} does not hold a flat name->tensor state dict")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _listed(keys: Iterable[str], limit: int = 8) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str,
+                drop_prefixes: tuple[str, ...] = ()) -> None:
+    """``load_state_dict(strict=True)`` after dropping only the named head prefixes.
+
+    Any other missing or unexpected key, or a shape mismatch, is a one-line error listing them.
+    """
+    state = {k: v for k, v in state.items() if not k.startswith(drop_prefixes)}
+    own = module.state_dict()
+    missing = set(own) - set(state)
+    unexpected = set(state) - set(own)
+    if missing or unexpected:
+        raise MidprobeError(f"weights {source} do not fit the architecture: "
+                            f"missing keys [{_listed(missing)}], unexpected keys [{_listed(unexpected)}]")
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if state[k].shape != own[k].shape]
+    if wrong:
+        raise MidprobeError(f"weights {source} do not fit the architecture: shape mismatch [{_listed(wrong)}]")
+    module.load_state_dict(state, strict=True)

@@ -1,0 +1,65 @@
+"""``python -m extract``: run a frozen backbone once over a dataset into a feature store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cache import MidprobeError, data_root
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shard {text!r} is not of the form i/N (e.g. 0/4)") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"shard {text!r} needs 0 <= i < N")
+    return i, n
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m extract", description=__doc__)
+    p.add_argument("--list", action="store_true", help="list the registered models and exit")
+    p.add_argument("--model", help="registry name, or timm:<timm model name>")
+    p.add_argument("--dataset", help="dataset store name under the data root")
+    p.add_argument("--split", action="append", help="split(s) to extract (default: all)")
+    p.add_argument("--layers", help="comma-separated layer names or indices (default: the paper's)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--shard", type=_shard, default=(0, 1), help="i/N: write only this shard's chunks")
+    p.add_argument("--weights", help="local weights file (.safetensors or .pth) instead of a download")
+    p.add_argument("--chunk-images", type=int, help="images per Zarr chunk (default: ~32 MiB chunks)")
+    p.add_argument("--data", help="data root (default $MIDPROBE_DATA or ./data)")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def list_models() -> str:
+    from extract.backbones import BACKBONES, weights_available
+
+    rows = [("name", "arch", "method", "licence", "weights", "source")]
+    for spec in BACKBONES.values():
+        rows.append((spec.name, spec.arch, spec.method, spec.license or "-", weights_available(spec), spec.source))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.list:
+            print(list_models())
+            return 0
+        if not args.model or not args.dataset:
+            raise MidprobeError("both --model and --dataset are required (or --list)")
+        from extract.runner import extract
+
+        extract(model=args.model, dataset=args.dataset, splits=args.split,
+                layers=args.layers.split(",") if args.layers else None, batch_size=args.batch_size,
+                device=args.device, shard=args.shard, weights=args.weights, chunk_images=args.chunk_images,
+                root=data_root(args.data), progress=not args.quiet)
+        return 0
+    except MidprobeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,41 @@
+"""``python -m extract.datasets --dataset NAME``: prepare a dataset store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cache import MidprobeError, data_root
+from extract.datasets import prepare
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m extract.datasets", description=__doc__)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--raw", help="folder of the original files (default data/raw/<dataset>)")
+    p.add_argument("--data", help="data root (default $MIDPROBE_DATA or ./data)")
+    p.add_argument("--train", type=int, help="synthetic: train images (default 1024)")
+    p.add_argument("--test", type=int, help="synthetic: test images (default 256)")
+    p.add_argument("--pairs", type=int, help="synthetic: correspondence pairs (default 64)")
+    p.add_argument("--triplets", type=int, help="synthetic: 2AFC triplets (default 64)")
+    p.add_argument("--size", type=int, help="synthetic: image side in pixels (default 224)")
+    p.add_argument("--seed", type=int, help="synthetic: scene seed (default 0)")
+    p.add_argument("--workers", type=int, help="render processes (default 2)")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    options = {k: v for k, v in vars(args).items()
+               if k in {"train", "test", "pairs", "triplets", "size", "seed", "workers"} and v is not None}
+    try:
+        for key in ("train", "test", "pairs", "triplets", "size"):
+            if key in options and options[key] < (16 if key == "size" else 1):
+                raise MidprobeError(f"--{key} must be >= {16 if key == 'size' else 1}, got {options[key]}")
+        path = prepare(args.dataset, root=data_root(args.data), raw=args.raw, progress=not args.quiet, **options)
+        print(path)
+        return 0
+    except MidprobeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
