@@ -1,0 +1,60 @@
+"""Turning cached float16 maps into head inputs: per-channel standardisation and a common grid."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cache import FeatureSplit
+
+
+def channel_stats(split: FeatureSplit, layers: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-channel mean and std ``(C,) float64`` of each layer over the split (all images, all positions).
+
+    Accumulated in float64 with dask, chunk by chunk: float16 sums overflow.
+    """
+    import dask
+    import dask.array as da
+
+    lazy = {}
+    for layer in layers:
+        x = split.dask(layer).astype(np.float64)
+        lazy[layer] = (x.mean(axis=(0, 2, 3)), (x * x).mean(axis=(0, 2, 3)))
+    (computed,) = dask.compute(lazy, scheduler="threads")
+    stats = {}
+    for layer, (mean, sq) in computed.items():
+        std = np.sqrt(np.maximum(sq - mean * mean, 0.0))
+        stats[layer] = (mean, np.where(std > 1e-6, std, 1.0))
+    return stats
+
+
+class Standardizer:
+    """Applies train-split statistics (the paper's BatchNorm on features, with fixed statistics)."""
+
+    def __init__(self, stats: Mapping[str, tuple[np.ndarray, np.ndarray]], device: torch.device) -> None:
+        self.mean = {k: torch.tensor(m, dtype=torch.float32, device=device).view(1, -1, 1, 1) for k, (m, _) in stats.items()}
+        self.inv_std = {k: (1.0 / torch.tensor(s, dtype=torch.float32, device=device)).view(1, -1, 1, 1)
+                        for k, (_, s) in stats.items()}
+        self.device = device
+
+    def __call__(self, features: Mapping[str, np.ndarray], layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        out = {}
+        for layer in layers:
+            x = torch.from_numpy(np.asarray(features[layer])).to(self.device).float()
+            out[layer] = (x - self.mean[layer]) * self.inv_std[layer]
+        return out
+
+
+def common_grid(maps: Sequence[torch.Tensor]) -> tuple[int, int]:
+    """The finest grid among the maps."""
+    return max(m.shape[-2] for m in maps), max(m.shape[-1] for m in maps)
+
+
+def concat_on_grid(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Bilinearly upsample every map to the finest grid and concatenate channels."""
+    grid = common_grid(maps)
+    return torch.cat([m if tuple(m.shape[-2:]) == grid else
+                      F.interpolate(m, size=grid, mode="bilinear", align_corners=False) for m in maps], dim=1)

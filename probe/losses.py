@@ -1,0 +1,68 @@
+"""Training losses, following the paper's code (Probe3D lineage)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def sig_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *, sigma: float = 0.85,
+             eps: float = 1e-3) -> torch.Tensor:
+    """Scale-invariant log loss (AdaBins / DINOv2 form), pooled over every valid pixel of the batch.
+
+    ``pred``, ``target`` ``(B, H, W)`` metres; ``valid`` ``(B, H, W)`` bool.
+    """
+    g = torch.log(pred[valid] + eps) - torch.log(target[valid] + eps)
+    if g.numel() == 0:
+        return pred.sum() * 0
+    return torch.sqrt(torch.clamp(g.pow(2).mean() - sigma * g.mean().pow(2), min=1e-12))
+
+
+def gradient_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *, eps: float = 1e-3) -> torch.Tensor:
+    """Multi-scale log-depth gradient matching (MegaDepth), scales 1, 2, 4, 6 as in Probe3D.
+
+    Probe3D slices ``[::s, ::s]`` on its input's leading axes, which for a batched tensor
+    subsamples the batch and channel axes; here the slicing is over the spatial axes, as
+    intended. ``(B, H, W)`` inputs.
+    """
+    total = pred.new_zeros(())
+    for step in (1, 2, 4, 6):
+        p, t, v = pred[:, ::step, ::step], target[:, ::step, ::step], valid[:, ::step, ::step].float()
+        n = v.sum()
+        if n == 0:
+            continue
+        diff = (torch.log(p + eps) - torch.log(t + eps)) * v
+        v_grad = (diff[:, :-2, :] - diff[:, 2:, :]).abs() * v[:, :-2, :] * v[:, 2:, :]
+        h_grad = (diff[:, :, :-2] - diff[:, :, 2:]).abs() * v[:, :, :-2] * v[:, :, 2:]
+        total = total + (v_grad.sum() + h_grad.sum()) / n
+    return total
+
+
+def depth_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Probe3D's ``DepthLoss``: 10 x scale-invariant log loss + 0.5 x gradient loss."""
+    return 10.0 * sig_loss(pred, target, valid) + 0.5 * gradient_loss(pred, target, valid)
+
+
+def angular_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
+                 uncertainty_aware: bool = False, eps: float = 1e-4) -> torch.Tensor:
+    """Mean angle (radians) between predicted and true normals over valid pixels.
+
+    ``pred`` ``(B, 3 or 4, H, W)``, ``target`` ``(B, 3, H, W)``, ``valid`` ``(B, H, W)``.
+    With ``uncertainty_aware`` the 4th channel is a concentration kappa (Bae et al.):
+    loss = kappa * angle + log(1 + exp(-kappa pi)) - log(1 + kappa^2).
+    """
+    cos = F.cosine_similarity(pred[:, :3], target, dim=1).clamp(-1 + eps, 1 - eps)
+    angle = torch.acos(cos)
+    if uncertainty_aware:
+        kappa = F.elu(pred[:, 3]) + 1.01
+        angle = torch.log1p(torch.exp(-kappa * torch.pi)) - torch.log1p(kappa.pow(2)) + kappa * angle
+    if not valid.any():
+        return pred.sum() * 0
+    return angle[valid].mean()
+
+
+def masked_bce(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy on logits ``(B, H, W)`` against {0, 1} targets, ignoring invalid pixels."""
+    if not valid.any():
+        return logits.sum() * 0
+    return F.binary_cross_entropy_with_logits(logits[valid], target[valid].float())

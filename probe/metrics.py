@@ -1,0 +1,147 @@
+"""Evaluation metrics as the paper's code defines them, accumulated image by image.
+
+Every metric is computed per image over its valid pixels and averaged over images
+(Probe3D's ``image_average``), except the pixel-pooled mean and median angular error.
+Invalid target pixels (depth 0/NaN, zero normals, label 255) never count.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+F_BETA2 = 0.09   # the paper's code: beta = 0.3, so beta^2 = 0.09 (saliency papers often use 0.3)
+
+
+class ImageAverage:
+    """Accumulates per-image metric values and reports their means."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.count = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        n = None
+        for key, v in values.items():
+            v = v.detach().double().cpu()
+            self.sums[key] += float(v.sum())
+            n = len(v)
+        self.count += n or 0
+
+    def result(self) -> dict[str, float]:
+        return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+
+
+def match_scale_and_shift(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-image least-squares ``a * pred + b`` fitted to ``target`` over valid pixels (MiDaS / Probe3D).
+
+    ``(B, H, W)`` inputs; a singular system (constant prediction, no valid pixel) leaves
+    the image unchanged.
+    """
+    m = valid.double()
+    p, t = pred.double(), target.double()
+    a00, a01, a11 = (m * p * p).sum((1, 2)), (m * p).sum((1, 2)), m.sum((1, 2))
+    b0, b1 = (m * p * t).sum((1, 2)), (m * t).sum((1, 2))
+    det = a00 * a11 - a01 * a01
+    ok = det.abs() > 1e-12
+    safe = torch.where(ok, det, torch.ones_like(det))
+    scale = torch.where(ok, (a11 * b0 - a01 * b1) / safe, torch.ones_like(det))
+    shift = torch.where(ok, (-a01 * b0 + a00 * b1) / safe, torch.zeros_like(det))
+    return (scale.view(-1, 1, 1) * p + shift.view(-1, 1, 1)).to(pred.dtype)
+
+
+def depth_metrics(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Per-image δ1, δ2, δ3 (max ratio < 1.25^k), AbsRel and RMSE (metres) over valid pixels."""
+    m = valid.float()
+    n = m.sum((1, 2)).clamp(min=1)
+    p = pred.clamp(min=1e-9)
+    t = torch.where(valid, target, torch.ones_like(target))
+    ratio = torch.maximum(t / p, p / t)
+    out = {f"{prefix}d{k}": ((ratio < 1.25 ** k).float() * m).sum((1, 2)) / n for k in (1, 2, 3)}
+    out[f"{prefix}abs_rel"] = ((pred - t).abs() / t * m).sum((1, 2)) / n
+    out[f"{prefix}rmse"] = (((pred - t) ** 2 * m).sum((1, 2)) / n).sqrt()
+    return out
+
+
+class DepthMetrics:
+    """Scale-aware metrics and the same after per-image scale-and-shift alignment (``aligned_*``)."""
+
+    def __init__(self) -> None:
+        self.avg = ImageAverage()
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> None:
+        values = depth_metrics(pred, target, valid)
+        values.update(depth_metrics(match_scale_and_shift(pred, target, valid), target, valid, prefix="aligned_"))
+        self.avg.add(values)
+
+    def result(self) -> dict[str, float]:
+        return self.avg.result()
+
+
+class NormalMetrics:
+    """Angular error (degrees): per-image % within 11.25/22.5/30 and RMSE, image-averaged;
+    mean and median over all valid pixels (median from a 0.01-degree histogram)."""
+
+    bins = 18000
+
+    def __init__(self) -> None:
+        self.avg = ImageAverage()
+        self.hist = torch.zeros(self.bins, dtype=torch.float64)
+        self.total = 0.0
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> None:
+        cos = torch.nn.functional.cosine_similarity(pred[:, :3], target, dim=1).clamp(-1, 1)
+        err = torch.rad2deg(torch.acos(cos))
+        m = valid.float()
+        n = m.sum((1, 2)).clamp(min=1)
+        values = {f"within_{t}": ((err < t).float() * m).sum((1, 2)) / n for t in (11.25, 22.5, 30.0)}
+        values["rmse_deg"] = ((err ** 2 * m).sum((1, 2)) / n).sqrt()
+        self.avg.add(values)
+        e = err[valid].double()
+        self.total += float(e.sum())
+        self.hist += torch.bincount((e * 100).long().clamp(0, self.bins - 1), minlength=self.bins).double()
+
+    def result(self) -> dict[str, float]:
+        out = self.avg.result()
+        count = float(self.hist.sum())
+        out["mean_deg"] = self.total / max(count, 1)
+        cdf = torch.cumsum(self.hist, 0)
+        out["median_deg"] = float(torch.searchsorted(cdf, torch.tensor(count / 2, dtype=torch.float64))) / 100 + 0.005
+        return out
+
+
+def segmentation_metrics(score: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
+                         beta2: float = F_BETA2) -> dict[str, torch.Tensor]:
+    """Per image: IoU, F-beta, pixel accuracy, CorLoc (IoU >= 0.5), as the paper's code computes them.
+
+    ``score > 0`` is foreground (a logit, i.e. sigmoid > 0.5); ``target`` {0, 1}; ``valid`` bool.
+    F-beta = (1 + b2) P R / (b2 P + R) with P, R from per-image counts (1e-6 guards).
+    """
+    pred = (score > 0) & valid
+    gt = (target == 1) & valid
+    tp = (pred & gt).sum((1, 2)).double()
+    fp = (pred & ~gt).sum((1, 2)).double()
+    fn = (~pred & gt & valid).sum((1, 2)).double()
+    union = (pred | gt).sum((1, 2)).double()
+    iou = tp / (union + 1e-6)
+    precision, recall = tp / (tp + fp + 1e-6), tp / (tp + fn + 1e-6)
+    f_beta = (1 + beta2) * precision * recall / (beta2 * precision + recall + 1e-6)
+    correct = ((pred == gt) & valid).sum((1, 2)).double()
+    accuracy = correct / valid.sum((1, 2)).double().clamp(min=1)
+    return {"iou": iou, "f_beta": f_beta, "pixel_accuracy": accuracy, "corloc": (iou >= 0.5).double(),
+            "precision": precision, "recall": recall}
+
+
+class SegmentationMetrics:
+    def __init__(self) -> None:
+        self.avg = ImageAverage()
+
+    def update(self, score: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> None:
+        self.avg.add(segmentation_metrics(score, target, valid))
+
+    def result(self) -> dict[str, float]:
+        return {**self.avg.result(), "f_beta_beta2": F_BETA2}
+
+

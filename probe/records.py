@@ -1,0 +1,86 @@
+"""Result records: one JSON file per probe under ``results/<task>/<dataset>/<model>/``."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from cache import DataRoot
+
+RECORD_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import timm
+    import torch
+    import zarr
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": numpy.__version__, "zarr": zarr.__version__, "midprobe": _own_version()}
+
+
+def _own_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("midprobe")
+    except Exception:
+        return "unknown"
+
+
+def record_name(probe: str, seed: int) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{probe}-seed{seed}") + ".json"
+
+
+def write_record(root: DataRoot, *, task: str, dataset: str, model: str, probe: str, config: Mapping[str, Any],
+                 metrics: Mapping[str, float], headline: str, fingerprint: Mapping[str, Any],
+                 wall_seconds: float, seed: int, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write one record atomically (a reader never sees half a file); returns its path."""
+    folder = root.ensure_writable(root.results(task, dataset, model))
+    record = {
+        "record_version": RECORD_VERSION, "task": task, "dataset": dataset, "model": model, "probe": probe,
+        "seed": seed, "config": dict(config), "headline_metric": headline, "headline": metrics.get(headline),
+        "metrics": dict(metrics), "feature_fingerprint": dict(fingerprint), "wall_seconds": wall_seconds,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions(), **dict(extra or {}),
+    }
+    path = folder / record_name(probe, seed)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=float))
+    os.replace(tmp, path)
+    return path
+
+
+def load_records(root: DataRoot) -> list[dict[str, Any]]:
+    """Every record under the data root, each with its ``path``."""
+    records = []
+    for path in sorted(root.results().rglob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(record, dict) and record.get("record_version") == RECORD_VERSION:
+            records.append({**record, "path": str(path)})
+    return records
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """A plain fixed-width table (floats with 4 decimals)."""
+    def cell(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    body = [[cell(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in body)) if body else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in body]
+    return "\n".join(lines)
+
+
+def headline_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{"task": r["task"], "dataset": r["dataset"], "model": r["model"], "probe": r["probe"],
+             "metric": r["headline_metric"], "value": r["headline"]} for r in records]

@@ -1,0 +1,104 @@
+"""What a task is: dense tasks train heads on feature maps; zero-shot tasks compare features."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cache import MidprobeError, SplitView
+
+
+@dataclass(frozen=True)
+class Task:
+    """A registered task.
+
+    ``kind`` is ``"dense"`` (a head is trained on the train split, scored on test) or
+    ``"zero_shot"`` (cached features are compared directly, nothing is trained).
+    ``headline`` names the metric the leaderboard shows.
+    """
+
+    name: str
+    kind: str
+    headline: str
+    needs: tuple[str, ...]            # arrays the dataset split must provide
+    description: str
+
+    def check_dataset(self, split: SplitView) -> None:
+        missing = [key for key in self.needs if not split.has(key)]
+        if missing:
+            raise MidprobeError(f"task {self.name!r} needs {', '.join(missing)} in split {split.name!r}, "
+                                f"which has {', '.join(split.keys + split.relations)}")
+
+
+def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of ``(B, C, h, w)`` to ``size`` (identity when already there)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def pool_to_grid(values: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Area-average ``values (B, k, H, W)`` over valid pixels into ``grid`` cells.
+
+    Returns the pooled values ``(B, k, h, w)`` and the cells where over half the pixels are valid.
+    """
+    weight = valid.unsqueeze(1).float()
+    total = F.adaptive_avg_pool2d(values * weight, grid)
+    share = F.adaptive_avg_pool2d(weight, grid)
+    return total / share.clamp(min=1e-6), share[:, 0] > 0.5
+
+
+@dataclass(frozen=True)
+class DenseTask(Task, ABC):
+    """A per-pixel prediction task. Subclasses define targets, decoding, loss and metrics."""
+
+    @abstractmethod
+    def out_channels(self, attrs: Mapping[str, Any], options: Mapping[str, Any]) -> int:
+        ...
+
+    @abstractmethod
+    def targets(self, raw: Mapping[str, np.ndarray], attrs: Mapping[str, Any],
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(target, valid)`` tensors from the dataset arrays of one batch."""
+        ...
+
+    @abstractmethod
+    def decode(self, logits: torch.Tensor, size: tuple[int, int], attrs: Mapping[str, Any]) -> torch.Tensor:
+        """Head output ``(B, k, h, w)`` -> the prediction at target resolution."""
+        ...
+
+    @abstractmethod
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+             options: Mapping[str, Any]) -> torch.Tensor:
+        ...
+
+    @abstractmethod
+    def new_metrics(self) -> Any:
+        ...
+
+    @abstractmethod
+    def ridge_target(self, target: torch.Tensor, valid: torch.Tensor,
+                     grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Regression targets ``(B, k, h, w)`` at feature resolution and their validity ``(B, h, w)``."""
+        ...
+
+    @abstractmethod
+    def ridge_decode(self, values: torch.Tensor, size: tuple[int, int], attrs: Mapping[str, Any]) -> torch.Tensor:
+        """Ridge outputs ``(B, k, h, w)`` -> the prediction at target resolution."""
+        ...
+
+
+@dataclass(frozen=True)
+class ZeroShotTask(Task, ABC):
+    """A task scored by comparing cached features directly (no training)."""
+
+    split: str = "test"
+
+    @abstractmethod
+    def evaluate(self, **kwargs: Any) -> dict[str, float]:
+        ...

@@ -1,0 +1,44 @@
+"""Surface normals: angular loss (optionally uncertainty-aware), angular-error metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from probe.losses import angular_loss
+from probe.metrics import NormalMetrics
+from probe.tasks import register_task
+from probe.tasks.base import DenseTask, pool_to_grid, upsample
+
+
+@dataclass(frozen=True)
+class NormalsTask(DenseTask):
+    def out_channels(self, attrs, options):
+        return 4 if options.get("uncertainty_aware") else 3
+
+    def targets(self, raw, attrs, device):
+        normals = torch.from_numpy(np.asarray(raw["normals"], dtype=np.float32)).to(device).permute(0, 3, 1, 2)
+        norm = normals.norm(dim=1)
+        valid = torch.isfinite(norm) & (norm > 0.5)
+        return torch.where(valid.unsqueeze(1), normals, torch.zeros_like(normals)), valid
+
+    def decode(self, logits, size, attrs):
+        return upsample(logits, size)
+
+    def loss(self, prediction, target, valid, options):
+        return angular_loss(prediction, target, valid, uncertainty_aware=bool(options.get("uncertainty_aware")))
+
+    def new_metrics(self):
+        return NormalMetrics()
+
+    def ridge_target(self, target, valid, grid):
+        return pool_to_grid(target, valid, grid)
+
+    def ridge_decode(self, values, size, attrs):
+        return upsample(values, size)
+
+
+register_task(NormalsTask(name="normals", kind="dense", headline="within_11.25", needs=("normals",),
+                          description="surface normals in the camera frame: scene (NYUv2, synthetic) or object (NAVI)"))

@@ -1,0 +1,61 @@
+"""Mid-level similarity (2AFC): which candidate is closer to the reference, by cosine of global vectors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from cache import FeatureSplit, SplitView
+from probe.tasks import register_task
+from probe.tasks.base import ZeroShotTask
+
+
+def pooled_vectors(features: FeatureSplit, layers: Sequence[str] | None) -> np.ndarray:
+    """``(N, D) float32``: the global vector (CLS / pooled), or spatial means of ``layers`` concatenated."""
+    if not layers:
+        return features.global_vectors()
+    parts = []
+    for layer in layers:
+        x = features.dask(layer).astype(np.float32).mean(axis=(2, 3)).compute()
+        parts.append(x)
+    return np.concatenate(parts, axis=1)
+
+
+def two_afc_metrics(choice: np.ndarray, answer: np.ndarray) -> dict[str, float]:
+    """Accuracy, and precision / recall / F1 with "candidate 1 is closer" as the positive class."""
+    choice, answer = np.asarray(choice).astype(int), np.asarray(answer).astype(int)
+    tp = float(((choice == 1) & (answer == 1)).sum())
+    fp = float(((choice == 1) & (answer == 0)).sum())
+    fn = float(((choice == 0) & (answer == 1)).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"accuracy": float((choice == answer).mean()) if len(answer) else float("nan"),
+            "precision": precision, "recall": recall, "f1": f1, "triplets": float(len(answer))}
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+    return (a * b).sum(-1)
+
+
+@dataclass(frozen=True)
+class SimilarityTask(ZeroShotTask):
+    def evaluate(self, *, features: FeatureSplit, data: SplitView, dataset_attrs: Mapping[str, Any],
+                 layers: Sequence[str] | None = None, **_: Any) -> tuple[dict[str, float], dict[str, Any]]:
+        vectors = pooled_vectors(features, layers).astype(np.float64)
+        triplets = data.read("triplets").astype(np.int64)
+        answer = data.read("triplet_answer").astype(np.int64)
+        sim0 = cosine(vectors[triplets[:, 0]], vectors[triplets[:, 1]])
+        sim1 = cosine(vectors[triplets[:, 0]], vectors[triplets[:, 2]])
+        choice = (sim1 > sim0).astype(int)
+        config = {"task": self.name, "representation": "global" if not layers else f"mean of {'+'.join(layers)}",
+                  "positive_class": "candidate 1 closer"}
+        return two_afc_metrics(choice, answer), config
+
+
+register_task(SimilarityTask(name="similarity", kind="zero_shot", headline="f1", needs=("triplets", "triplet_answer"),
+                             description="mid-level similarity, 2AFC (NIGHTS; synthetic proxy)", split="triplets"))
