@@ -31,6 +31,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--uncertainty-aware", action="store_true", help="normals: the uncertainty-aware angular loss")
+    p.add_argument("--depth-bins", choices=("quarter", "grid"), default="quarter",
+                   help="depth: resolve the 256 bins at 1/4 target resolution (paper) or at the feature grid")
     p.add_argument("--bidirectional", action="store_true", help="correspondence: keep mutual nearest neighbours only")
     p.add_argument("--data", help="data root (default $MIDPROBE_DATA or ./data)")
     p.add_argument("--quiet", action="store_true")
@@ -45,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.epochs < 1 or args.batch_size < 1:
             raise MidprobeError(f"epochs and batch size must be >= 1, got {args.epochs} and {args.batch_size}")
-        options = {"uncertainty_aware": True} if args.uncertainty_aware else {}
+        options: dict = {"uncertainty_aware": True} if args.uncertainty_aware else {}
+        if args.task == "depth":
+            options["depth_bins"] = args.depth_bins
         settings = TrainSettings(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
                                  weight_decay=args.weight_decay, seed=args.seed, device=args.device,
                                  hidden=args.hidden, options=options)

@@ -121,7 +121,7 @@ def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, 
             inputs: dict[tuple, Any] = {}
             for probe in probes:
                 logits = probe.head(_head_input(probe.head, maps, probe.config.layers, inputs))
-                loss = task.loss(task.decode(logits, size, ds_attrs), target, valid, settings.options)
+                loss = task.loss(task.decode(logits, size, ds_attrs, settings.options), target, valid, settings.options)
                 probe.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 probe.optimizer.step()
@@ -152,6 +152,7 @@ def evaluate_heads(task: DenseTask, *, test: FeatureSplit, test_data: SplitView,
         target, valid = task.targets(batch.targets, ds_attrs, device)
         inputs: dict[tuple, Any] = {}
         for config, head in heads.items():
-            prediction = task.decode(head(_head_input(head, maps, config.layers, inputs)), size, ds_attrs)
+            prediction = task.decode(head(_head_input(head, maps, config.layers, inputs)), size, ds_attrs,
+                                     settings.options)
             metrics[config].update(prediction, target, valid)
     return {config: m.result() for config, m in metrics.items()}

@@ -68,7 +68,8 @@ class DenseTask(Task, ABC):
         ...
 
     @abstractmethod
-    def decode(self, logits: torch.Tensor, size: tuple[int, int], attrs: Mapping[str, Any]) -> torch.Tensor:
+    def decode(self, logits: torch.Tensor, size: tuple[int, int], attrs: Mapping[str, Any],
+               options: Mapping[str, Any]) -> torch.Tensor:
         """Head output ``(B, k, h, w)`` -> the prediction at target resolution."""
         ...
 

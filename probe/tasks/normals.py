@@ -24,7 +24,7 @@ class NormalsTask(DenseTask):
         valid = torch.isfinite(norm) & (norm > 0.5)
         return torch.where(valid.unsqueeze(1), normals, torch.zeros_like(normals)), valid
 
-    def decode(self, logits, size, attrs):
+    def decode(self, logits, size, attrs, options):
         return upsample(logits, size)
 
     def loss(self, prediction, target, valid, options):

@@ -25,7 +25,7 @@ class SegmentationTask(DenseTask):
         valid = labels != IGNORE
         return (labels == 1).float(), valid
 
-    def decode(self, logits, size, attrs):
+    def decode(self, logits, size, attrs, options):
         return upsample(logits, size)[:, 0]
 
     def loss(self, prediction, target, valid, options):

@@ -1,0 +1,61 @@
+# midprobe — every target sets itself up from a fresh clone (make setup runs first).
+PYTHON   ?= python3
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+DATA     ?= data
+DATASET  ?= synthetic
+MODEL    ?=
+TASK     ?=
+HEAD     ?= linear
+LAYERS   ?=
+LR       ?= 5e-4
+EPOCHS   ?= 10
+DEVICE   ?= cpu
+WEIGHTS  ?=
+SHARD    ?= 0/1
+SPLIT    ?=
+RAW      ?=
+export MIDPROBE_DATA := $(DATA)
+
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test data extract probe demo bench report clean-data help
+
+help:
+	@echo "make setup | test | data DATASET=synthetic | extract MODEL=… DATASET=… | probe TASK=… | demo | bench | report"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(PY) -m pytest tests
+
+data: setup
+	$(PY) -m extract.datasets --dataset $(DATASET) $(if $(RAW),--raw $(RAW))
+
+extract: setup
+	@test -n "$(MODEL)" || { echo "error: MODEL is required, e.g. make extract MODEL=vit_b_mae DATASET=synthetic" >&2; exit 2; }
+	$(PY) -m extract --model $(MODEL) --dataset $(DATASET) --device $(DEVICE) --shard $(SHARD) \
+		$(if $(LAYERS),--layers $(LAYERS)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(SPLIT),--split $(SPLIT))
+
+probe: setup
+	@test -n "$(TASK)" || { echo "error: TASK is required, e.g. make probe TASK=normals" >&2; exit 2; }
+	$(PY) -m probe --task $(TASK) --dataset $(DATASET) --head $(HEAD) --lr $(LR) --epochs $(EPOCHS) \
+		--device $(DEVICE) $(if $(MODEL),--model $(MODEL)) $(if $(LAYERS),--layers "$(LAYERS)")
+
+report: setup
+	$(PY) -m probe.report
+
+demo: setup
+	$(PY) -m probe.demo
+
+bench: setup
+	$(PY) -m bench
+
+clean-data:
+	rm -rf $(DATA)
