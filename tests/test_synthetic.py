@@ -78,9 +78,15 @@ def test_occluded_points_are_not_matched():
         world = unproject(uv, a["depth"].ravel(), a["K"], a["pose"])
         uv_b, z_b = project(world, b["K"], b["pose"])
         inside = (z_b > 0) & (uv_b >= 0).all(1) & (uv_b[:, 0] <= w - 1) & (uv_b[:, 1] <= h - 1)
-        ub, vb = np.round(uv_b[inside]).astype(int).T
+        # clearly behind something: all four pixels around the projection see a much nearer surface
+        lo = np.floor(uv_b[inside]).astype(int)
+        hi = np.minimum(lo + 1, [w - 1, h - 1])
+        nearer = np.ones(len(lo), bool)
+        for cu in (lo[:, 0], hi[:, 0]):
+            for cv in (lo[:, 1], hi[:, 1]):
+                nearer &= b["depth"][cv, cu] < 0.8 * z_b[inside]
         hidden = np.zeros(len(uv), bool)
-        hidden[np.flatnonzero(inside)] = b["depth"][vb, ub] < 0.8 * z_b[inside]     # clearly behind something
+        hidden[np.flatnonzero(inside)] = nearer
         occluded_somewhere |= hidden.any()
         matched = set(map(tuple, matches[:, :2].astype(int).tolist()))
         assert not matched & set(map(tuple, uv[hidden].astype(int).tolist()))
