@@ -110,6 +110,9 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
 
 
 def _zero_shot(task: ZeroShotTask, store, model: str, root: DataRoot, options: dict[str, Any], layer_sets) -> tuple:
+    if task.split not in store.splits:
+        raise MidprobeError(f"task {task.name!r} needs split {task.split!r} in dataset {store.name!r}, "
+                            f"which has {', '.join(store.splits)}")
     data = store.split(task.split)
     task.check_dataset(data)
     features = open_features(store.name, model, task.split, expect={"dataset_fingerprint": store.fingerprint}, root=root)

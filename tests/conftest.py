@@ -56,3 +56,24 @@ def write_tiny_dataset(root: DataRoot, *, name: str = "tiny", splits: dict[str, 
                     "normals": normals, "foreground": rng.integers(0, 2, (n, height, width), dtype=np.uint8)})
     writer.finish()
     return path
+
+
+def write_features(root: DataRoot, *, dataset: str, model: str, split: str, maps: dict[str, np.ndarray],
+                   strides: dict[str, int], vectors: np.ndarray | None = None, chunk_images: int = 4) -> None:
+    """A complete feature store split holding the given ``(N, C, h, w)`` maps (as if extracted)."""
+    from cache import open_dataset, open_feature_writer
+
+    store = open_dataset(dataset, root=root)
+    n = len(next(iter(maps.values())))
+    vectors = vectors if vectors is not None else np.zeros((n, 1), np.float32)
+    fingerprint = {"format_version": 1, "model": model, "weights": "test", "timm_version": "-",
+                   "layers": list(maps), "input_size": list(store.split(split).image_size), "mean": [0, 0, 0],
+                   "std": [1, 1, 1], "feature_norm": False, "dataset": dataset,
+                   "dataset_fingerprint": store.fingerprint, "split": split}
+    writer = open_feature_writer(root.feature_store(dataset, model), split=split, fingerprint=fingerprint,
+                                 num_images=n, layer_shapes={k: v.shape[1:] for k, v in maps.items()},
+                                 strides=strides, global_dim=vectors.shape[1], chunk_images=chunk_images)
+    for ci in writer.pending():
+        lo, hi = writer.chunk_range(ci)
+        writer.write_chunk(ci, {k: v[lo:hi] for k, v in maps.items()}, vectors[lo:hi])
+    assert writer.finalize()
