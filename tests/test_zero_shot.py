@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -53,7 +55,12 @@ def test_correspondence_records_through_the_registry(synthetic_root):
     write_features(synthetic_root, dataset="synthetic", model="xyz2", split="pairs",
                    maps={"pos": _position_encoding(pairs)}, strides={"pos": 1})
     rows = run_task(task_name="correspondence", dataset="synthetic", models=["xyz2"], root=synthetic_root, quiet=True)
-    assert rows[0]["recall_2d_5px"] > 0.5
+    store = open_dataset("synthetic", root=synthetic_root)
+    direct, _ = get_task("correspondence").evaluate(
+        features=open_features("synthetic", "xyz2", "pairs", root=synthetic_root), data=pairs, dataset_attrs=store.attrs)
+    record = json.loads((synthetic_root.root / rows[0]["record"]).read_text())
+    assert record["metrics"] == pytest.approx(direct, nan_ok=True)
+    assert record["headline_metric"] == "recall_2d_5px" and record["config"]["top"] == 1000
 
 
 def test_ratio_test_and_bidirectional_matching():
