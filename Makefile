@@ -51,8 +51,20 @@ probe: setup
 report: setup
 	$(PY) -m probe.report
 
+# The demo: a small synthetic set (256 train / 64 test at 224 px, 16 pairs, 16 triplets), three
+# weight-free backbones, linear and MLP heads on every dense task, both zero-shot tasks, the report.
+DEMO_DATA ?= $(DATA)/demo
+DEMO_SIZES ?= --train 256 --test 64 --pairs 16 --triplets 16
 demo: setup
-	$(PY) -m probe.demo
+	$(PY) -m extract.datasets --dataset synthetic --data $(DEMO_DATA) $(DEMO_SIZES) --quiet
+	for model in pixels hog vit_b_random; do \
+		$(PY) -m extract --model $$model --dataset synthetic --data $(DEMO_DATA) --quiet || exit 1; done
+	for task in depth normals segmentation; do \
+		$(PY) -m probe --task $$task --dataset synthetic --head linear,mlp --depth-bins grid \
+			--data $(DEMO_DATA) --quiet || exit 1; done
+	for task in correspondence similarity; do \
+		$(PY) -m probe --task $$task --dataset synthetic --data $(DEMO_DATA) --quiet || exit 1; done
+	$(PY) -m probe.report --data $(DEMO_DATA)
 
 bench: setup
 	$(PY) -m bench

@@ -1,0 +1,42 @@
+"""``make bench``: run every benchmark and print ``name: value`` lines (ratios measured in one run).
+
+``python -m bench [--only NAME ...] [--device cuda]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from bench.extraction import extract_overhead
+from bench.probing import cache_vs_recompute, probe_rss_growth, sweep_vs_single
+from bench.synthetic import synthetic_speed
+
+BENCHMARKS = {
+    "extract_overhead": extract_overhead,
+    "synthetic": synthetic_speed,
+    "cache_vs_recompute": cache_vs_recompute,
+    "sweep": sweep_vs_single,
+    "probe_rss": probe_rss_growth,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run only these")
+    p.add_argument("--device", default="cpu", help="extract_overhead on this device (cuda: ViT-B/16 in bf16)")
+    args = p.parse_args(argv)
+    for name in args.only or BENCHMARKS:
+        started = time.perf_counter()
+        kwargs = {"device": args.device} if name == "extract_overhead" else {}
+        results = BENCHMARKS[name](**kwargs)
+        for key, value in results.items():
+            suffix = "_gpu_bf16" if name == "extract_overhead" and args.device.startswith("cuda") else ""
+            print(f"{key}{suffix}: {value:.3f}", flush=True)
+        print(f"# {name} took {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""Helpers shared by the benchmarks: temporary data roots and timing."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from cache import DataRoot, create_dataset_store, data_root
+
+
+@contextlib.contextmanager
+def temporary_root(prefix: str) -> Iterator[DataRoot]:
+    folder = Path(tempfile.mkdtemp(prefix=f"midprobe-bench-{prefix}-"))
+    try:
+        yield data_root(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def random_dataset(root: DataRoot, *, name: str, splits: dict[str, int], size: int, seed: int = 0) -> None:
+    """Random images with normals and foreground targets (timings do not depend on content)."""
+    rng = np.random.default_rng(seed)
+    writer = create_dataset_store(root.dataset_store(name), name=name, source=f"bench:{seed}",
+                                  attrs={"depth_kind": "metric"})
+    fields = {"images": ((size, size, 3), "uint8"), "normals": ((size, size, 3), "float32"),
+              "foreground": ((size, size), "uint8")}
+    for split, n in splits.items():
+        out = writer.split(split, num_images=n, height=size, width=size, fields=fields, chunk_images=64)
+        for start in range(0, n, 64):
+            m = min(64, n - start)
+            normals = rng.normal(size=(m, size, size, 3)).astype(np.float32)
+            normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
+            out.append({"images": rng.integers(0, 256, (m, size, size, 3), dtype=np.uint8), "normals": normals,
+                        "foreground": rng.integers(0, 2, (m, size, size), dtype=np.uint8)})
+    writer.finish()
+
+
+class Timer:
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start

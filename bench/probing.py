@@ -1,0 +1,127 @@
+"""Probe-stage benchmarks: cache vs recompute, sweeps in one pass, memory against store size."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import Timer, random_dataset, temporary_root
+from cache import DataRoot, iterate_batches, open_dataset, open_feature_writer, open_features
+from extract.backbones import build_backbone
+from extract.runner import extract, to_input
+from probe.features import Standardizer, channel_stats, concat_on_grid
+from probe.heads import build_head
+from probe.tasks import get_task
+from probe.train import ProbeConfig, TrainSettings, train_sweep
+
+VIT_LAYERS = {f"block{i}": (768, 14, 14) for i in (2, 5, 8, 11)}
+
+
+def write_random_features(root: DataRoot, *, dataset: str, model: str, split: str, num_images: int,
+                          shapes: dict[str, tuple[int, int, int]] = VIT_LAYERS, seed: int = 0) -> None:
+    """A feature store of random float16 maps, as if a ViT-B/16 had been extracted at 224 px."""
+    store = open_dataset(dataset, root=root)
+    rng = np.random.default_rng(seed)
+    fingerprint = {"format_version": 1, "model": model, "weights": "bench", "timm_version": "-",
+                   "layers": list(shapes), "input_size": list(store.split(split).image_size), "mean": [0, 0, 0],
+                   "std": [1, 1, 1], "feature_norm": False, "dataset": dataset,
+                   "dataset_fingerprint": store.fingerprint, "split": split}
+    writer = open_feature_writer(root.feature_store(dataset, model), split=split, fingerprint=fingerprint,
+                                 num_images=num_images, layer_shapes=shapes, strides={k: 16 for k in shapes},
+                                 global_dim=768)
+    block = {k: rng.normal(size=(writer.chunk_images, *s)).astype(np.float16) for k, s in shapes.items()}
+    for ci in writer.pending():
+        lo, hi = writer.chunk_range(ci)
+        writer.write_chunk(ci, {k: v[: hi - lo] for k, v in block.items()}, np.zeros((hi - lo, 768), np.float32))
+    writer.finalize()
+
+
+def cache_vs_recompute(*, images: int = 64, batch_size: int = 32) -> dict[str, float]:
+    """One linear-probe epoch (normals, ViT-B/16 at 224 px) recomputing features, over the same from the cache."""
+    task = get_task("normals")
+    settings = TrainSettings(epochs=1, batch_size=batch_size)
+    config = ProbeConfig("linear", tuple(VIT_LAYERS), 5e-4)
+    with temporary_root("cache") as root:
+        random_dataset(root, name="bench", splits={"train": images}, size=224)
+        backbone = build_backbone("vit_b_random")
+        extract(model="vit_b_random", dataset="bench", root=root, backbone=backbone, progress=False)
+        data = open_dataset("bench", root=root)
+        train = open_features("bench", "vit_b_random", "train", root=root)
+        standardizer = Standardizer(channel_stats(train, list(VIT_LAYERS)), torch.device("cpu"))
+        with Timer() as cached:
+            train_sweep(task, train=train, train_data=data.split("train"), dataset_attrs=data.attrs,
+                        configs=[config], settings=settings, standardizer=standardizer)
+        head = build_head("linear", in_channels=[768] * 4, out_channels=3)
+        optimizer = torch.optim.AdamW(head.parameters(), lr=5e-4)
+        split = data.split("train")
+        with Timer() as recomputed:
+            order = np.random.default_rng(0).permutation(images)
+            for s in range(0, images, batch_size):
+                index = np.sort(order[s:s + batch_size])
+                pixels = split.read("images", index)
+                with torch.inference_mode():
+                    maps, _ = backbone(to_input(pixels, backbone.spec.mean, backbone.spec.std, torch.device("cpu")))
+                maps = {k: v.clone() for k, v in maps.items()}
+                x = concat_on_grid([(maps[k] - standardizer.mean[k]) * standardizer.inv_std[k] for k in VIT_LAYERS])
+                target, valid = task.targets({"normals": split.read("normals", index)}, data.attrs, torch.device("cpu"))
+                loss = task.loss(task.decode(head(x), split.image_size, data.attrs, {}), target, valid, {})
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    return {"cache_vs_recompute": recomputed.seconds / cached.seconds}
+
+
+def sweep_vs_single(*, images: int = 256, heads: int = 8) -> dict[str, float]:
+    """A sweep of ``heads`` linear heads (different learning rates) in one pass, over one head alone."""
+    task = get_task("normals")
+    settings = TrainSettings(epochs=1, batch_size=32)
+    with temporary_root("sweep") as root:
+        random_dataset(root, name="bench", splits={"train": images}, size=224)
+        write_random_features(root, dataset="bench", model="vit", split="train", num_images=images)
+        data = open_dataset("bench", root=root)
+        train = open_features("bench", "vit", "train", root=root)
+        standardizer = Standardizer(channel_stats(train, list(VIT_LAYERS)), torch.device("cpu"))
+        configs = [ProbeConfig("linear", tuple(VIT_LAYERS), lr) for lr in np.geomspace(1e-4, 1e-2, heads)]
+
+        def run(chosen):
+            train_sweep(task, train=train, train_data=data.split("train"), dataset_attrs=data.attrs,
+                        configs=chosen, settings=settings, standardizer=standardizer)
+
+        run(configs[:1])                                   # warm the page cache for both timings
+        with Timer() as one:
+            run(configs[:1])
+        with Timer() as many:
+            run(configs)
+    return {f"sweep{heads}_vs_1": many.seconds / one.seconds}
+
+
+def _peak_rss_of_probe(root: DataRoot) -> int:
+    """Peak resident memory (bytes) of a one-epoch linear segmentation probe in a fresh process."""
+    command = [sys.executable, "-m", "probe", "--task", "segmentation", "--dataset", "bench", "--model", "vit",
+               "--head", "linear", "--epochs", "1", "--data", str(root.root), "--quiet"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"the probe run failed: {' '.join(command)}")
+    return usage.ru_maxrss * 1024
+
+
+def probe_rss_growth(*, small_gb: float = 1.0, large_gb: float = 4.0) -> dict[str, float]:
+    """Peak probe memory over a 4 GB store divided by over a 1 GB store, minus 1 (flat memory is 0)."""
+    per_image = sum(c * h * w for c, h, w in VIT_LAYERS.values()) * 2
+    peaks = {}
+    for label, gigabytes in (("small", small_gb), ("large", large_gb)):
+        n = int(gigabytes * 2**30 / per_image)
+        with temporary_root(f"rss-{label}") as root:
+            # small targets keep the dataset store itself light; the feature store is the large part
+            random_dataset(root, name="bench", splits={"train": n, "test": 64}, size=32)
+            for split, count in (("train", n), ("test", 64)):
+                write_random_features(root, dataset="bench", model="vit", split=split, num_images=count)
+            peaks[label] = _peak_rss_of_probe(root)
+    return {"probe_rss_growth": peaks["large"] / peaks["small"] - 1.0,
+            "probe_peak_rss_mb_4gb_store": peaks["large"] / 2**20}

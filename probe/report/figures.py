@@ -1,0 +1,103 @@
+"""The report's figures (matplotlib, non-interactive). Each returns a path, or why it could not be drawn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from probe.report.stats import least_squares, pearson_matrix, ranks  # noqa: E402
+from probe.report.tables import Leaderboard  # noqa: E402
+
+MIN_POINTS = 3
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_")
+
+
+def mid_vs_high(board: Leaderboard, imagenet: dict[str, float], folder: Path) -> dict[str, tuple[Path | None, str]]:
+    """Per column: task metric against ImageNet accuracy with the least-squares line; R² in the title."""
+    out = {}
+    x_all = np.array([imagenet.get(m, np.nan) for m in board.models])
+    for column in board.columns:
+        y_all = 100 * board.column(column)
+        both = ~np.isnan(x_all) & ~np.isnan(y_all)
+        if both.sum() < MIN_POINTS:
+            out[column] = (None, f"needs at least {MIN_POINTS} models with both an ImageNet accuracy and this "
+                                 f"task's result; have {int(both.sum())}")
+            continue
+        x, y = x_all[both], y_all[both]
+        a, b, r2 = least_squares(x, y)
+        fig, ax = plt.subplots(figsize=(4.2, 3.4), dpi=110)
+        ax.scatter(x, y, s=18)
+        for name, xi, yi in zip(np.array(board.models)[both], x, y):
+            ax.annotate(name, (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        grid = np.linspace(x.min(), x.max(), 10)
+        ax.plot(grid, a * grid + b, lw=1)
+        ax.set_xlabel("ImageNet linear top-1 (%)")
+        ax.set_ylabel(f"{board.metric[column]} (%)")
+        ax.set_title(f"{column}: R² = {r2:.2f}", fontsize=9)
+        fig.tight_layout()
+        path = folder / f"mid_vs_high_{board.head}_{_slug(column)}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        out[column] = (path, f"R² = {r2:.3f} over {int(both.sum())} models")
+    return out
+
+
+def correlations(board: Leaderboard, imagenet: dict[str, float], folder: Path) -> tuple[Path | None, str]:
+    """Heatmap of Pearson r between tasks (and ImageNet), over the models that have both."""
+    columns = {c: board.column(c) for c in board.columns}
+    net = np.array([imagenet.get(m, np.nan) for m in board.models])
+    if (~np.isnan(net)).sum() >= MIN_POINTS:
+        columns["ImageNet"] = net
+    if len(board.models) < MIN_POINTS or len(columns) < 2:
+        return None, f"needs at least {MIN_POINTS} models and 2 tasks; have {len(board.models)} and {len(columns)}"
+    names, r = pearson_matrix(columns)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(names), 1.0 + 0.6 * len(names)), dpi=110)
+    image = ax.imshow(r, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, "–" if np.isnan(r[i, j]) else f"{r[i, j]:.2f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_title(f"Pearson r between tasks ({board.head})", fontsize=9)
+    fig.tight_layout()
+    path = folder / f"task_correlations_{board.head}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path, f"over {len(board.models)} models"
+
+
+def ranking(board: Leaderboard, imagenet: dict[str, float], folder: Path) -> tuple[Path | None, str, dict[str, float]]:
+    """Each model's mean rank over the mid-level tasks against its ImageNet rank."""
+    per_task = np.stack([ranks(board.column(c)) for c in board.columns]) if board.columns else np.zeros((0, 0))
+    mid = np.nanmean(per_task, axis=0) if len(per_task) else np.array([])
+    mid_rank = dict(zip(board.models, mid.tolist()))
+    net = np.array([imagenet.get(m, np.nan) for m in board.models])
+    present = ~np.isnan(net)
+    if present.sum() < MIN_POINTS:
+        return None, (f"the ImageNet ranking needs at least {MIN_POINTS} models with a published ImageNet "
+                      f"accuracy; have {int(present.sum())}"), mid_rank
+    high = ranks(net[present])
+    mid_present = ranks(mid[present], higher_is_better=False)
+    fig, ax = plt.subplots(figsize=(4.2, 3.6), dpi=110)
+    ax.scatter(high, mid_present, s=18)
+    for name, hx, my in zip(np.array(board.models)[present], high, mid_present):
+        ax.annotate(name, (hx, my), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    lim = [0.5, present.sum() + 0.5]
+    ax.plot(lim, lim, lw=0.8, ls="--")
+    ax.set_xlabel("ImageNet rank (1 = best)")
+    ax.set_ylabel("mid-level rank (mean over tasks)")
+    ax.set_title(f"Mid-level vs high-level rank ({board.head})", fontsize=9)
+    fig.tight_layout()
+    path = folder / f"ranking_{board.head}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path, f"over {int(present.sum())} models", mid_rank

@@ -1,0 +1,49 @@
+"""The report page: one markdown file linking the figures, plus CSV and markdown leaderboards."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from cache import DataRoot
+from probe.records import load_records
+from probe.report.figures import correlations, mid_vs_high, ranking
+from probe.report.tables import build_leaderboards, load_imagenet
+
+
+def build_report(root: DataRoot, *, imagenet_csv: str | None = None) -> tuple[Path, dict[str, str]]:
+    """Write ``reports/report.md`` (and its figures and tables); returns it and the text leaderboards."""
+    records = load_records(root)
+    boards = build_leaderboards(records)
+    imagenet = load_imagenet(imagenet_csv)
+    folder = root.ensure_writable(root.reports())
+    figures = root.ensure_writable(folder / "figures")
+    lines = ["# midprobe report", "", f"Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from "
+             f"{len(records)} result records under `{root.root}`.", "",
+             "Headline metrics in %: depth δ1, normals % within 11.25°, segmentation IoU, similarity F1, "
+             "correspondence 2-D recall at 5 px. Mean ± std where several seeds ran.", ""]
+    texts = {}
+    for head, board in boards.items():
+        csv_path = board.write_csv(folder / f"leaderboard_{head}.csv")
+        (folder / f"leaderboard_{head}.md").write_text(board.markdown() + "\n")
+        texts[head] = board.text()
+        lines += [f"## Leaderboard — {head} heads", "", board.markdown(), "",
+                  f"CSV: [{csv_path.name}]({csv_path.name})", "", "### Mid-level vs ImageNet linear accuracy", ""]
+        for column, (path, note) in mid_vs_high(board, imagenet, figures).items():
+            lines += [f"![{column}](figures/{path.name})" if path else f"- {column}: not drawn — {note}.",
+                      *([f"", f"{column}: {note}."] if path else []), ""]
+        path, note = correlations(board, imagenet, figures)
+        lines += ["### Task correlations", "", f"![correlations](figures/{path.name})" if path else
+                  f"Not drawn — {note}.", ""]
+        path, note, mid_rank = ranking(board, imagenet, figures)
+        lines += ["### Ranking", "", f"![ranking](figures/{path.name})" if path else f"Not drawn — {note}.", "",
+                  "| model | mean rank over tasks |", "|---|---|",
+                  *[f"| {m} | {r:.2f} |" for m, r in sorted(mid_rank.items(), key=lambda kv: kv[1])], ""]
+    lines += ["## Sources", "", "ImageNet accuracies: `probe/report/imagenet_linear.csv` (published values, each "
+              "row citing its source; extend it for your own models).", "", "Feature stores:", ""]
+    stores = sorted({(r["dataset"], r["model"], r["feature_fingerprint"].get("weights", "?")) for r in records})
+    lines += [f"- `{root.feature_store(d, m)}` (weights `{w}`)" for d, m, w in stores]
+    lines += ["", "Result records:", ""] + [f"- `{Path(r['path']).relative_to(root.root)}`" for r in records]
+    page = folder / "report.md"
+    page.write_text("\n".join(lines) + "\n")
+    return page, texts
