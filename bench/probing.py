@@ -17,6 +17,7 @@ from extract.runner import extract, to_input
 from probe.features import Standardizer, channel_stats, concat_on_grid
 from probe.heads import build_head
 from probe.tasks import get_task
+from probe.tasks.base import subsample
 from probe.train import ProbeConfig, TrainSettings, train_sweep
 
 VIT_LAYERS = {f"block{i}": (768, 14, 14) for i in (2, 5, 8, 11)}
@@ -41,10 +42,14 @@ def write_random_features(root: DataRoot, *, dataset: str, model: str, split: st
     writer.finalize()
 
 
-def cache_vs_recompute(*, images: int = 64, batch_size: int = 32) -> dict[str, float]:
-    """One linear-probe epoch (normals, ViT-B/16 at 224 px) recomputing features, over the same from the cache."""
+def cache_vs_recompute(*, images: int = 128, batch_size: int = 32, loss_stride: int = 1) -> dict[str, float]:
+    """One linear-probe epoch (normals, ViT-B/16 at 224 px) recomputing features, over the same from the cache.
+
+    Both epochs do the same head work (standardise, linear head, loss at every
+    ``loss_stride``-th target pixel, AdamW step); only where the features come from differs.
+    """
     task = get_task("normals")
-    settings = TrainSettings(epochs=1, batch_size=batch_size)
+    settings = TrainSettings(epochs=1, batch_size=batch_size, options={"loss_stride": loss_stride})
     config = ProbeConfig("linear", tuple(VIT_LAYERS), 5e-4)
     with temporary_root("cache") as root:
         random_dataset(root, name="bench", splits={"train": images}, size=224)
@@ -69,17 +74,20 @@ def cache_vs_recompute(*, images: int = 64, batch_size: int = 32) -> dict[str, f
                 maps = {k: v.clone() for k, v in maps.items()}
                 x = concat_on_grid([(maps[k] - standardizer.mean[k]) * standardizer.inv_std[k] for k in VIT_LAYERS])
                 target, valid = task.targets({"normals": split.read("normals", index)}, data.attrs, torch.device("cpu"))
-                loss = task.loss(task.decode(head(x), split.image_size, data.attrs, {}), target, valid, {})
+                target, valid = subsample(target, loss_stride), subsample(valid, loss_stride)
+                prediction = task.decode(head(x), split.image_size, data.attrs, {"sample_stride": loss_stride})
+                loss = task.loss(prediction, target, valid, {})
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-    return {"cache_vs_recompute": recomputed.seconds / cached.seconds}
+    suffix = "" if loss_stride == 1 else f"_loss_stride{loss_stride}"
+    return {f"cache_vs_recompute{suffix}": recomputed.seconds / cached.seconds}
 
 
-def sweep_vs_single(*, images: int = 256, heads: int = 8) -> dict[str, float]:
+def sweep_vs_single(*, images: int = 256, heads: int = 8, loss_stride: int = 1) -> dict[str, float]:
     """A sweep of ``heads`` linear heads (different learning rates) in one pass, over one head alone."""
     task = get_task("normals")
-    settings = TrainSettings(epochs=1, batch_size=32)
+    settings = TrainSettings(epochs=1, batch_size=32, options={"loss_stride": loss_stride})
     with temporary_root("sweep") as root:
         random_dataset(root, name="bench", splits={"train": images}, size=224)
         write_random_features(root, dataset="bench", model="vit", split="train", num_images=images)
@@ -97,7 +105,8 @@ def sweep_vs_single(*, images: int = 256, heads: int = 8) -> dict[str, float]:
             run(configs[:1])
         with Timer() as many:
             run(configs)
-    return {f"sweep{heads}_vs_1": many.seconds / one.seconds}
+    suffix = "" if loss_stride == 1 else f"_loss_stride{loss_stride}"
+    return {f"sweep{heads}_vs_1{suffix}": many.seconds / one.seconds}
 
 
 def _peak_rss_of_probe(root: DataRoot) -> int:

@@ -2,9 +2,10 @@
 
 Images are read chunk by chunk (a chunk is a contiguous range of whole images), so
 reads are sequential on disk. Shuffling happens at two levels: the order of chunks,
-and the order of images inside a window of ``window_chunks`` chunks. At most
-``window_chunks + 1`` chunks plus one batch are in memory, whatever the store's size,
-and every image appears exactly once per epoch.
+and the order of images inside a window of ``window_chunks`` chunks. Batches are
+gathered from the window by index, so at most two windows (the one being consumed and
+the one read ahead) plus one batch are in memory, whatever the store's size, and every
+image appears exactly once per epoch.
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ def iterate_batches(features: FeatureSplit, *, layers: Sequence[str], batch_size
     """
     targets = dict(targets or {})
     k, n = features.chunk_images, features.num_images
-    order = np.asarray(list(chunks) if chunks is not None else range(-(-n // k)), dtype=np.int64)
+    chunk_order = np.asarray(list(chunks) if chunks is not None else range(-(-n // k)), dtype=np.int64)
     rng = np.random.default_rng([seed, epoch])
     if shuffle:
-        order = order[rng.permutation(len(order))]
+        chunk_order = chunk_order[rng.permutation(len(chunk_order))]
 
     def read_chunk(ci: int) -> dict[str, np.ndarray]:
         lo, hi = int(ci) * k, min((int(ci) + 1) * k, n)
@@ -64,21 +65,29 @@ def iterate_batches(features: FeatureSplit, *, layers: Sequence[str], batch_size
         return block
 
     def windows() -> Iterator[dict[str, np.ndarray]]:
-        for w in range(0, len(order), window_chunks):
-            yield _concat([read_chunk(ci) for ci in order[w:w + window_chunks]])
+        for w in range(0, len(chunk_order), window_chunks):
+            yield _concat([read_chunk(ci) for ci in chunk_order[w:w + window_chunks]])
 
     source: Iterator[dict[str, np.ndarray]] = _prefetched(windows()) if prefetch else windows()
     carry: dict[str, np.ndarray] | None = None
     for block in source:
-        if shuffle:
-            block = _take(block, rng.permutation(len(block["__index__"])))
-        if carry is not None:
-            block = _concat([carry, block])
         m = len(block["__index__"])
-        full = (m // batch_size) * batch_size
-        for s in range(0, full, batch_size):
-            yield _as_batch(_take(block, slice(s, s + batch_size)))
-        carry = _take(block, slice(full, m)) if full < m else None
+        perm = rng.permutation(m) if shuffle else np.arange(m)
+        start = 0
+        if carry is not None:
+            # complete the carried partial batch from this window first
+            need = batch_size - len(carry["__index__"])
+            merged = _concat([carry, _take(block, perm[:need])])
+            carry, start = None, min(need, m)
+            if len(merged["__index__"]) < batch_size:
+                carry = merged
+                continue
+            yield _as_batch(merged)
+        full = start + ((m - start) // batch_size) * batch_size
+        for s in range(start, full, batch_size):
+            yield _as_batch(_take(block, perm[s:s + batch_size]))
+        if full < m:
+            carry = _take(block, perm[full:])
     if carry is not None and not drop_last:
         yield _as_batch(carry)
 

@@ -17,7 +17,9 @@ Layout of ``stores/datasets/<name>.zarr``::
         triplets   (T, 3) int32                 relation: (reference, candidate 0, candidate 1)
         ...
 
-Per-image arrays are chunked along N so one chunk holds whole images.
+Per-image arrays are chunked along N so one chunk holds whole images. Integer arrays
+(images, masks, ids) are zstd-compressed; float targets are stored raw, because probes
+read them every epoch and decompression costs more than the disk it saves.
 """
 
 from __future__ import annotations
@@ -125,8 +127,10 @@ class DatasetWriter:
         group = self.root.create_group(name)
         chunk = max(1, min(chunk_images, num_images))
         for key, (tail, dtype) in fields.items():
-            group.create_array(key, shape=(num_images, *tail), dtype=dtype, chunks=(chunk, *tail),
-                               fill_value=0)
+            # uint8 images and masks compress well and are read once (extraction); float targets
+            # are read every probe epoch, where decompression costs more than the disk it saves
+            group.create_array(key, shape=(num_images, *tail), dtype=dtype, chunks=(chunk, *tail), fill_value=0,
+                               compressors="auto" if np.dtype(dtype).kind in "ui" else None)
         group.attrs.update({"num_images": num_images, "height": height, "width": width,
                             "per_image": list(fields), "relations": [], **dict(attrs or {})})
         writer = SplitWriter(group, num_images, chunk)
@@ -232,9 +236,9 @@ class DatasetStore:
 
 
 def open_dataset(name_or_path: str | Path, *, root: DataRoot | None = None) -> DatasetStore:
-    """Open a dataset store by name (under the data root) or by path."""
+    """Open a dataset store by name (under the data root) or by a path ending in ``.zarr``."""
     candidate = Path(name_or_path)
-    if candidate.suffix == ".zarr" or candidate.is_dir():
+    if candidate.suffix == ".zarr":
         return DatasetStore(candidate)
     root = root or data_root()
     return DatasetStore(root.dataset_store(str(name_or_path)))

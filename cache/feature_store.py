@@ -34,8 +34,9 @@ from cache.paths import DataRoot, data_root
 
 FLOAT16_MAX = 65504.0
 GLOBAL = "global"
-#: Target size of one chunk of the largest layer; a chunk is the unit of resumption.
-CHUNK_BYTES = 32 * 2**20
+#: Target size of one chunk of the largest layer. A chunk is the unit of resumption and of
+#: reading: probes hold a few chunks of every layer in memory, so chunks stay small.
+CHUNK_BYTES = 8 * 2**20
 
 
 def choose_chunk_images(layer_shapes: Mapping[str, tuple[int, int, int]], num_images: int,

@@ -33,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--uncertainty-aware", action="store_true", help="normals: the uncertainty-aware angular loss")
     p.add_argument("--depth-bins", choices=("quarter", "grid"), default="quarter",
                    help="depth: resolve the 256 bins at 1/4 target resolution (paper) or at the feature grid")
+    p.add_argument("--loss-stride", type=int, default=1,
+                   help="compute the training loss at every n-th target pixel (1 = all, the paper's)")
     p.add_argument("--bidirectional", action="store_true", help="correspondence: keep mutual nearest neighbours only")
     p.add_argument("--data", help="data root (default $MIDPROBE_DATA or ./data)")
     p.add_argument("--quiet", action="store_true")
@@ -50,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         options: dict = {"uncertainty_aware": True} if args.uncertainty_aware else {}
         if args.task == "depth":
             options["depth_bins"] = args.depth_bins
+        if args.loss_stride != 1:
+            if args.loss_stride < 1:
+                raise MidprobeError(f"--loss-stride must be >= 1, got {args.loss_stride}")
+            options["loss_stride"] = args.loss_stride
         settings = TrainSettings(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
                                  weight_decay=args.weight_decay, seed=args.seed, device=args.device,
                                  hidden=args.hidden, options=options)

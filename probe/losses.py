@@ -43,6 +43,16 @@ def depth_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) ->
     return 10.0 * sig_loss(pred, target, valid) + 0.5 * gradient_loss(pred, target, valid)
 
 
+def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Cosine similarity over dim 1 of ``(B, 3, H, W)`` maps, as ``F.cosine_similarity``.
+
+    Written out because ``F.cosine_similarity`` over a strided channel axis is ~30x slower
+    on the CPU, and the angular loss runs once per head per batch at target resolution.
+    """
+    dot = (a * b).sum(dim=1)
+    return dot / ((a * a).sum(dim=1).sqrt() * (b * b).sum(dim=1).sqrt()).clamp(min=eps)
+
+
 def angular_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
                  uncertainty_aware: bool = False, eps: float = 1e-4) -> torch.Tensor:
     """Mean angle (radians) between predicted and true normals over valid pixels.
@@ -51,7 +61,7 @@ def angular_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, 
     With ``uncertainty_aware`` the 4th channel is a concentration kappa (Bae et al.):
     loss = kappa * angle + log(1 + exp(-kappa pi)) - log(1 + kappa^2).
     """
-    cos = F.cosine_similarity(pred[:, :3], target, dim=1).clamp(-1 + eps, 1 - eps)
+    cos = cosine(pred[:, :3], target).clamp(-1 + eps, 1 - eps)
     angle = torch.acos(cos)
     if uncertainty_aware:
         kappa = F.elu(pred[:, 3]) + 1.01

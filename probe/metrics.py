@@ -12,6 +12,8 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from probe.losses import cosine
+
 F_BETA2 = 0.09   # the paper's code: beta = 0.3, so beta^2 = 0.09 (saliency papers often use 0.3)
 
 
@@ -92,7 +94,7 @@ class NormalMetrics:
         self.total = 0.0
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> None:
-        cos = torch.nn.functional.cosine_similarity(pred[:, :3], target, dim=1).clamp(-1, 1)
+        cos = cosine(pred[:, :3], target).clamp(-1, 1)
         err = torch.rad2deg(torch.acos(cos))
         m = valid.float()
         n = m.sum((1, 2)).clamp(min=1)

@@ -10,11 +10,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from cache import FeatureSplit, SplitView, iterate_batches
 from probe.features import Standardizer, concat_on_grid
-from probe.heads import build_head
-from probe.tasks.base import DenseTask
+from probe.heads import LinearHead, build_head
+from probe.tasks.base import DenseTask, subsample
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,10 @@ class TrainSettings:
     """What every probe of a sweep shares (the data order above all).
 
     AdamW (weight decay 0.01), lr warm-up over ``warmup_epochs`` then cosine decay to 0,
-    stepped per batch; batches reshuffled every epoch from ``seed``.
+    stepped per batch; batches reshuffled every epoch from ``seed``. ``options`` carries task
+    options and ``loss_stride``: 1 (the paper's) computes the training loss at every target
+    pixel; ``s > 1`` at every s-th pixel in each direction (the same prediction values,
+    s² fewer of them). Evaluation always scores every target pixel.
     """
 
     epochs: int = 10
@@ -84,6 +88,26 @@ def _head_input(head: torch.nn.Module, maps: dict[str, torch.Tensor], layers: Se
     return list(value) if isinstance(value, list) else value
 
 
+def forward_heads(heads: Sequence[tuple[ProbeConfig, torch.nn.Module]], maps: dict[str, torch.Tensor],
+                  inputs: dict[tuple, Any]) -> list[torch.Tensor]:
+    """Logits of every head. Linear heads on the same layers run as one convolution with
+    their weights stacked, so a sweep of learning rates reads the batch's features once."""
+    outputs: list[torch.Tensor | None] = [None] * len(heads)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, (config, head) in enumerate(heads):
+        if isinstance(head, LinearHead):
+            groups.setdefault(config.layers, []).append(i)
+        else:
+            outputs[i] = head(_head_input(head, maps, config.layers, inputs))
+    for layers, members in groups.items():
+        convs = [heads[i][1].conv for i in members]
+        x = _head_input(heads[members[0]][1], maps, layers, inputs)
+        stacked = F.conv2d(x, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]))
+        for i, part in zip(members, stacked.split([c.out_channels for c in convs], dim=1)):
+            outputs[i] = part
+    return outputs  # type: ignore[return-value]
+
+
 def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, dataset_attrs: Mapping[str, Any],
                 configs: Sequence[ProbeConfig],
                 settings: TrainSettings, standardizer: Standardizer,
@@ -111,6 +135,8 @@ def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, 
         probes.append(_Probe(config, head, optimizer, scheduler))
     started = time.perf_counter()
     targets = {key: train_data.array(key) for key in task.needs}
+    loss_stride = int(settings.options.get("loss_stride", 1))
+    decode_options = {**settings.options, "sample_stride": loss_stride}
     for epoch in range(settings.epochs):
         for probe in probes:
             probe.head.train()
@@ -118,12 +144,16 @@ def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, 
                                      epoch=epoch, targets=targets):
             maps = standardizer(batch.features, layers)
             target, valid = task.targets(batch.targets, ds_attrs, device)
+            target, valid = subsample(target, loss_stride), subsample(valid, loss_stride)
             inputs: dict[tuple, Any] = {}
+            outputs = forward_heads([(p.config, p.head) for p in probes], maps, inputs)
+            losses = [task.loss(task.decode(logits, size, ds_attrs, decode_options), target, valid, settings.options)
+                      for logits in outputs]
             for probe in probes:
-                logits = probe.head(_head_input(probe.head, maps, probe.config.layers, inputs))
-                loss = task.loss(task.decode(logits, size, ds_attrs, settings.options), target, valid, settings.options)
                 probe.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+            # each loss depends on its own head only, so one backward gives every head its own gradient
+            torch.stack(losses).sum().backward()
+            for probe, loss in zip(probes, losses):
                 probe.optimizer.step()
                 probe.scheduler.step()
                 probe.losses.append(float(loss.detach()))
@@ -151,8 +181,6 @@ def evaluate_heads(task: DenseTask, *, test: FeatureSplit, test_data: SplitView,
         maps = standardizer(batch.features, layers)
         target, valid = task.targets(batch.targets, ds_attrs, device)
         inputs: dict[tuple, Any] = {}
-        for config, head in heads.items():
-            prediction = task.decode(head(_head_input(head, maps, config.layers, inputs)), size, ds_attrs,
-                                     settings.options)
-            metrics[config].update(prediction, target, valid)
+        for config, logits in zip(heads, forward_heads(list(heads.items()), maps, inputs)):
+            metrics[config].update(task.decode(logits, size, ds_attrs, settings.options), target, valid)
     return {config: m.result() for config, m in metrics.items()}

@@ -48,3 +48,10 @@ def test_partial_split_is_an_error_at_finish(root):
     out.append({"images": np.zeros((2, 4, 4, 3), np.uint8)})
     with pytest.raises(MidprobeError, match="2 of 3 images"):
         writer.finish()
+
+
+def test_a_folder_named_like_the_dataset_does_not_shadow_it(root, tmp_path, monkeypatch):
+    write_tiny_dataset(root)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()
+    assert open_dataset("tiny", root=root).name == "tiny"

@@ -100,3 +100,12 @@ def test_warmup_then_cosine_schedule():
     assert warmup_cosine(9, warmup=10, total=100) == pytest.approx(1.0)
     assert warmup_cosine(55, warmup=10, total=100) == pytest.approx(0.5)
     assert warmup_cosine(100, warmup=10, total=100) == pytest.approx(0.0)
+
+
+def test_strided_upsampling_computes_the_same_values_on_a_subgrid():
+    from probe.tasks.base import subsample, upsample
+
+    x = torch.randn(2, 3, 7, 9)
+    full = upsample(x, (56, 72))
+    for stride in (2, 4):
+        torch.testing.assert_close(upsample(x, (56, 72), stride), subsample(full, stride), atol=1e-5, rtol=1e-5)

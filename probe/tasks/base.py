@@ -35,11 +35,27 @@ class Task:
                                 f"which has {', '.join(split.keys + split.relations)}")
 
 
-def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of ``(B, C, h, w)`` to ``size`` (identity when already there)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+def upsample(x: torch.Tensor, size: tuple[int, int], stride: int = 1) -> torch.Tensor:
+    """Bilinear resize of ``(B, C, h, w)`` to ``size`` (identity when already there).
+
+    With ``stride > 1``, only the output pixels ``(stride * i + stride // 2, ...)`` of that
+    resize are computed — the same values, on a subsampled grid.
+    """
+    if stride == 1:
+        if tuple(x.shape[-2:]) == tuple(size):
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    height, width = size
+    ys = torch.arange(stride // 2, height, stride, dtype=x.dtype, device=x.device)
+    xs = torch.arange(stride // 2, width, stride, dtype=x.dtype, device=x.device)
+    gy, gx = torch.meshgrid((2 * ys + 1) / height - 1, (2 * xs + 1) / width - 1, indexing="ij")
+    grid = torch.stack([gx, gy], dim=-1).expand(x.shape[0], -1, -1, -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def subsample(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """The target pixels :func:`upsample` computes with the same stride (last two axes)."""
+    return x if stride == 1 else x[..., stride // 2::stride, stride // 2::stride]
 
 
 def pool_to_grid(values: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

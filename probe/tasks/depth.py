@@ -55,7 +55,7 @@ class DepthTask(DenseTask):
             quarter = (max(1, size[0] // 4), max(1, size[1] // 4))
             grid = (max(logits.shape[-2], quarter[0]), max(logits.shape[-1], quarter[1]))
         depth = bins_to_depth(upsample(logits, grid), *depth_range(attrs))
-        return upsample(depth, size)[:, 0]
+        return upsample(depth, size, options.get("sample_stride", 1))[:, 0]
 
     def loss(self, prediction, target, valid, options):
         return depth_loss(prediction, target, valid)

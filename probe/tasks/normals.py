@@ -25,7 +25,7 @@ class NormalsTask(DenseTask):
         return torch.where(valid.unsqueeze(1), normals, torch.zeros_like(normals)), valid
 
     def decode(self, logits, size, attrs, options):
-        return upsample(logits, size)
+        return upsample(logits, size, options.get("sample_stride", 1))
 
     def loss(self, prediction, target, valid, options):
         return angular_loss(prediction, target, valid, uncertainty_aware=bool(options.get("uncertainty_aware")))

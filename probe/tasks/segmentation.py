@@ -26,7 +26,7 @@ class SegmentationTask(DenseTask):
         return (labels == 1).float(), valid
 
     def decode(self, logits, size, attrs, options):
-        return upsample(logits, size)[:, 0]
+        return upsample(logits, size, options.get("sample_stride", 1))[:, 0]
 
     def loss(self, prediction, target, valid, options):
         return masked_bce(prediction, target, valid)
