@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from cache import MidprobeError, data_root
+from cache.errors import exits_on_error
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -45,21 +45,18 @@ def list_models() -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        if args.list:
-            print(list_models())
-            return 0
-        if not args.model or not args.dataset:
-            raise MidprobeError("both --model and --dataset are required (or --list)")
-        from extract.runner import extract
-
-        extract(model=args.model, dataset=args.dataset, splits=args.split,
-                layers=args.layers.split(",") if args.layers else None, batch_size=args.batch_size,
-                device=args.device, shard=args.shard, weights=args.weights, chunk_images=args.chunk_images,
-                root=data_root(args.data), progress=not args.quiet)
+    if args.list:
+        print(list_models())
         return 0
-    except MidprobeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if not args.model or not args.dataset:
+        raise MidprobeError("both --model and --dataset are required (or --list)")
+    from extract.runner import extract
+
+    extract(model=args.model, dataset=args.dataset, splits=args.split,
+            layers=args.layers.split(",") if args.layers else None, batch_size=args.batch_size,
+            device=args.device, shard=args.shard, weights=args.weights, chunk_images=args.chunk_images,
+            root=data_root(args.data), progress=not args.quiet)
+    return 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from cache import MidprobeError, data_root
+from cache.errors import exits_on_error
 
 
 def _floats(text: str) -> list[float]:
@@ -41,32 +41,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        from probe.run import print_table, run_task
-        from probe.train import TrainSettings
+    from probe.run import print_table, run_task
+    from probe.train import TrainSettings
 
-        if args.epochs < 1 or args.batch_size < 1:
-            raise MidprobeError(f"epochs and batch size must be >= 1, got {args.epochs} and {args.batch_size}")
-        options: dict = {"uncertainty_aware": True} if args.uncertainty_aware else {}
-        if args.task == "depth":
-            options["depth_bins"] = args.depth_bins
-        if args.loss_stride != 1:
-            if args.loss_stride < 1:
-                raise MidprobeError(f"--loss-stride must be >= 1, got {args.loss_stride}")
-            options["loss_stride"] = args.loss_stride
-        settings = TrainSettings(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
-                                 weight_decay=args.weight_decay, seed=args.seed, device=args.device,
-                                 hidden=args.hidden, options=options)
-        layer_sets = [s.split(",") for s in args.layers.split(";") if s] if args.layers else None
-        zero_shot = {"bidirectional": True} if args.bidirectional else {}
-        rows = run_task(task_name=args.task, dataset=args.dataset,
-                        models=args.model.split(",") if args.model else None,
-                        heads=[h for h in args.head.split(",") if h], lrs=args.lr, layer_sets=layer_sets,
-                        settings=settings, root=data_root(args.data), quiet=args.quiet, options=zero_shot)
-        print(print_table(rows))
-        return 0
-    except MidprobeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.epochs < 1 or args.batch_size < 1:
+        raise MidprobeError(f"epochs and batch size must be >= 1, got {args.epochs} and {args.batch_size}")
+    options: dict = {"uncertainty_aware": True} if args.uncertainty_aware else {}
+    if args.task == "depth":
+        options["depth_bins"] = args.depth_bins
+    if args.loss_stride != 1:
+        if args.loss_stride < 1:
+            raise MidprobeError(f"--loss-stride must be >= 1, got {args.loss_stride}")
+        options["loss_stride"] = args.loss_stride
+    settings = TrainSettings(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
+                             weight_decay=args.weight_decay, seed=args.seed, device=args.device,
+                             hidden=args.hidden, options=options)
+    layer_sets = [s.split(",") for s in args.layers.split(";") if s] if args.layers else None
+    zero_shot = {"bidirectional": True} if args.bidirectional else {}
+    rows = run_task(task_name=args.task, dataset=args.dataset,
+                    models=args.model.split(",") if args.model else None,
+                    heads=[h for h in args.head.split(",") if h], lrs=args.lr, layer_sets=layer_sets,
+                    settings=settings, root=data_root(args.data), quiet=args.quiet, options=zero_shot)
+    print(print_table(rows))
+    return 0

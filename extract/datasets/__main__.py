@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from cache import MidprobeError, data_root
+from cache.errors import exits_on_error
 from extract.datasets import prepare
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m extract.datasets", description=__doc__)
     p.add_argument("--dataset", required=True)
@@ -25,16 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     options = {k: v for k, v in vars(args).items()
                if k in {"train", "test", "pairs", "triplets", "size", "seed", "workers"} and v is not None}
-    try:
-        for key in ("train", "test", "pairs", "triplets", "size"):
-            if key in options and options[key] < (16 if key == "size" else 1):
-                raise MidprobeError(f"--{key} must be >= {16 if key == 'size' else 1}, got {options[key]}")
-        path = prepare(args.dataset, root=data_root(args.data), raw=args.raw, progress=not args.quiet, **options)
-        print(path)
-        return 0
-    except MidprobeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    for key in ("train", "test", "pairs", "triplets", "size"):
+        if key in options and options[key] < (16 if key == "size" else 1):
+            raise MidprobeError(f"--{key} must be >= {16 if key == 'size' else 1}, got {options[key]}")
+    path = prepare(args.dataset, root=data_root(args.data), raw=args.raw, progress=not args.quiet, **options)
+    print(path)
+    return 0
 
 
 if __name__ == "__main__":
