@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from bench.common import Timer, random_dataset, temporary_root
-from cache import DataRoot, iterate_batches, open_dataset, open_feature_writer, open_features
+from cache import DataRoot, open_dataset, open_feature_writer, open_features
 from extract.backbones import build_backbone
 from extract.runner import extract, to_input
 from probe.features import Standardizer, channel_stats, concat_on_grid

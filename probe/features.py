@@ -17,7 +17,6 @@ def channel_stats(split: FeatureSplit, layers: Sequence[str]) -> dict[str, tuple
     Accumulated in float64 with dask, chunk by chunk: float16 sums overflow.
     """
     import dask
-    import dask.array as da
 
     lazy = {}
     for layer in layers:

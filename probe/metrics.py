@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import numpy as np
 import torch
 
 from probe.losses import cosine

@@ -1,9 +1,8 @@
 import json
 
 import numpy as np
-import pytest
 
-from cache import MidprobeError, create_dataset_store
+from cache import create_dataset_store
 from probe.cli import main as probe_main
 from probe.run import run_task
 from probe.train import TrainSettings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cache import MidprobeError, data_root
+from cache import data_root
 from cache.errors import exits_on_error
 from probe.report.page import build_report
 

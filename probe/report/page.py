@@ -31,7 +31,7 @@ def build_report(root: DataRoot, *, imagenet_csv: str | None = None) -> tuple[Pa
                   f"CSV: [{csv_path.name}]({csv_path.name})", "", "### Mid-level vs ImageNet linear accuracy", ""]
         for column, (path, note) in mid_vs_high(board, imagenet, figures).items():
             lines += [f"![{column}](figures/{path.name})" if path else f"- {column}: not drawn — {note}.",
-                      *([f"", f"{column}: {note}."] if path else []), ""]
+                      *(["", f"{column}: {note}."] if path else []), ""]
         path, note = correlations(board, imagenet, figures)
         lines += ["### Task correlations", "", f"![correlations](figures/{path.name})" if path else
                   f"Not drawn — {note}.", ""]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from cache import MidprobeError
 from probe.tasks.base import DenseTask, Task, ZeroShotTask
 
