@@ -73,7 +73,7 @@ def sample_features(maps: Sequence[np.ndarray], strides: Sequence[int], uv: np.n
 
 
 def match(feat_a: torch.Tensor, feat_b: torch.Tensor, *, top: int = 1000, bidirectional: bool = False,
-          chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+          chunk: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nearest neighbours of A's points among B's with the ratio test.
 
     Returns indices into A and B and weights, the ``top`` highest weights first. Memory is
