@@ -44,7 +44,7 @@ def mid_vs_high(board: Leaderboard, imagenet: dict[str, float], folder: Path) ->
         ax.set_title(f"{column}: R² = {r2:.2f}", fontsize=9)
         fig.tight_layout()
         path = folder / f"mid_vs_high_{board.head}_{_slug(column)}.png"
-        fig.savefig(path)
+        fig.savefig(path, bbox_inches="tight")
         plt.close(fig)
         out[column] = (path, f"R² = {r2:.3f} over {int(both.sum())} models")
     return out
@@ -70,7 +70,7 @@ def correlations(board: Leaderboard, imagenet: dict[str, float], folder: Path) -
     ax.set_title(f"Pearson r between tasks ({board.head})", fontsize=9)
     fig.tight_layout()
     path = folder / f"task_correlations_{board.head}.png"
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path, f"over {len(board.models)} models"
 
@@ -98,6 +98,6 @@ def ranking(board: Leaderboard, imagenet: dict[str, float], folder: Path) -> tup
     ax.set_title(f"Mid-level vs high-level rank ({board.head})", fontsize=9)
     fig.tight_layout()
     path = folder / f"ranking_{board.head}.png"
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path, f"over {int(present.sum())} models", mid_rank
