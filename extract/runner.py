@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import shutil
 import sys
@@ -46,7 +47,7 @@ def forward_chunk(backbone: Backbone, images: np.ndarray, *, batch_size: int,
     """
     maps: dict[str, list[np.ndarray]] = {}
     pooled: list[np.ndarray] = []
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
         for s in range(0, len(images), batch_size):
             x = to_input(images[s:s + batch_size], backbone.spec.mean, backbone.spec.std, device)
@@ -55,14 +56,6 @@ def forward_chunk(backbone: Backbone, images: np.ndarray, *, batch_size: int,
                 maps.setdefault(name, []).append(value.float().cpu().numpy())
             pooled.append(vector.float().cpu().numpy())
     return {k: np.concatenate(v) for k, v in maps.items()}, np.concatenate(pooled)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def fingerprint_of(backbone: Backbone, split: SplitView, dataset_name: str, dataset_fingerprint: str) -> dict[str, Any]:

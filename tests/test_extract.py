@@ -230,3 +230,19 @@ def test_unwritable_feature_folder_is_a_one_line_error(root):
     (root.root / "stores" / "features").write_text("not a folder")
     with pytest.raises(MidprobeError, match="data root is not writable"):
         extract(model="pixels", dataset="tiny", root=root, progress=False)
+
+
+def test_list_says_whether_pretrained_weights_are_cached(monkeypatch):
+    import huggingface_hub
+
+    from extract.backbones import weights_available
+
+    assert weights_available(get_spec("hog")) == "weight-free"
+    assert weights_available(get_spec("vit_b_random")) == "random init"
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo, filename: asked.append(repo) or "/cache/model.safetensors")
+    assert weights_available(get_spec("vit_b_mae")) == "cached"
+    assert asked == ["timm/vit_base_patch16_224.mae"]
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, filename: None)
+    assert weights_available(get_spec("vit_b_mae")) == "not downloaded"

@@ -199,8 +199,7 @@ def weights_available(spec: BackboneSpec) -> str:
         import timm
         from huggingface_hub import try_to_load_from_cache
 
-        cfg = timm.models.get_pretrained_cfg(spec.arch.split(".")[0] + "." + spec.arch.split(".")[1]
-                                             if "." in spec.arch else spec.arch)
+        cfg = timm.models.get_pretrained_cfg(spec.arch)
         repo = getattr(cfg, "hf_hub_id", None) if cfg else None
         if repo:
             for filename in ("model.safetensors", "pytorch_model.bin"):
