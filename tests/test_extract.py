@@ -246,3 +246,23 @@ def test_list_says_whether_pretrained_weights_are_cached(monkeypatch):
     assert asked == ["timm/vit_base_patch16_224.mae"]
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, filename: None)
     assert weights_available(get_spec("vit_b_mae")) == "not downloaded"
+
+
+def test_any_timm_model_by_name_with_a_local_weights_file(root, tmp_path):
+    from safetensors.torch import save_file
+
+    model = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "r18.safetensors"))
+    write_tiny_dataset(root, splits={"train": 2}, height=64, width=64)
+    extract(model="timm:resnet18", dataset="tiny", root=root, weights=str(tmp_path / "r18.safetensors"),
+            progress=False)
+    split = open_features("tiny", "timm:resnet18", "train", root=root)
+    assert split.layers == ["res2", "res3", "res4", "res5"]
+    assert split.fingerprint["weights"].startswith("sha256:")
+    images = open_dataset("tiny", root=root).split("train").read("images")
+    x = to_input(images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), torch.device("cpu"))
+    with torch.inference_mode():
+        ref = model.eval().forward_intermediates(x, indices=[4], intermediates_only=True)[0].numpy()
+    np.testing.assert_allclose(split.array("res5")[...].astype(np.float32), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+    with pytest.raises(MidprobeError, match="timm has no model 'resnet5000'"):
+        build_backbone("timm:resnet5000")

@@ -1,8 +1,9 @@
 import json
 
 import numpy as np
+import pytest
 
-from cache import create_dataset_store
+from cache import MidprobeError, create_dataset_store
 from probe.cli import main as probe_main
 from probe.run import run_task
 from probe.train import TrainSettings
@@ -150,3 +151,18 @@ def test_dpt_head_trains_on_a_four_layer_pyramid(root):
                     settings=TrainSettings(batch_size=2, epochs=1, hidden=8), root=root, quiet=True)
     assert {r["probe"].split("-")[0] for r in rows} == {"dpt", "linear"}
     assert all(0 <= r["iou"] <= 1 for r in rows)
+
+
+def test_dpt_head_on_equal_vit_grids_outputs_at_eight_times_the_grid():
+    import torch
+
+    from probe.heads import build_head
+
+    head = build_head("dpt", in_channels=[8, 8, 8, 8], out_channels=3, hidden=4, equal_grids=True)
+    out = head([torch.randn(2, 8, 4, 6) for _ in range(4)])
+    assert out.shape == (2, 3, 32, 48)
+    cnn = build_head("dpt", in_channels=[4, 8, 16, 32], out_channels=1, hidden=4, equal_grids=False)
+    out = cnn([torch.randn(1, c, 16 // 2 ** i, 16 // 2 ** i) for i, c in enumerate([4, 8, 16, 32])])
+    assert out.shape == (1, 1, 32, 32)
+    with pytest.raises(MidprobeError, match="exactly 4 layers"):
+        build_head("dpt", in_channels=[8, 8], out_channels=1)
