@@ -108,3 +108,19 @@ def test_strided_upsampling_computes_the_same_values_on_a_subgrid():
     full = upsample(x, (56, 72))
     for stride in (2, 4):
         torch.testing.assert_close(upsample(x, (56, 72), stride), subsample(full, stride), atol=1e-5, rtol=1e-5)
+
+
+def test_angular_loss_gradient_matches_autograd_through_acos():
+    from probe.losses import cosine
+
+    torch.manual_seed(0)
+    pred = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    target = torch.nn.functional.normalize(torch.randn(2, 3, 5, 7, dtype=torch.float64), dim=1)
+    valid = torch.rand(2, 5, 7) > 0.3
+    loss = angular_loss(pred, target, valid)
+    (grad,) = torch.autograd.grad(loss, pred)
+    reference = torch.acos(cosine(pred, target).clamp(-1 + 1e-4, 1 - 1e-4))[valid].mean()
+    (expected,) = torch.autograd.grad(reference, pred)
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    torch.testing.assert_close(grad, expected, atol=1e-8, rtol=1e-6)
+    assert torch.autograd.gradcheck(lambda x: angular_loss(x, target, valid), (pred,))
