@@ -83,24 +83,20 @@ def angular_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, 
                  uncertainty_aware: bool = False, eps: float = 1e-4) -> torch.Tensor:
     """Mean angle (radians) between predicted and true normals over valid pixels.
 
-    ``pred`` ``(B, 3 or 4, H, W)``, ``target`` ``(B, 3, H, W)``, ``valid`` ``(B, H, W)``.
-    With ``uncertainty_aware`` the 4th channel is a concentration kappa (Bae et al.):
+    ``pred`` ``(B, 3 or 4, H, W)``, ``target`` ``(B, 3, H, W)`` unit vectors (the normals
+    task normalises them once per batch), ``valid`` ``(B, H, W)``. With ``uncertainty_aware``
+    the 4th channel is a concentration kappa (Bae et al.):
     loss = kappa * angle + log(1 + exp(-kappa pi)) - log(1 + kappa^2).
     """
-    if not uncertainty_aware:
-        count = valid.sum()
-        if count == 0:
-            return pred.sum() * 0
-        unit = target / (target * target).sum(dim=1, keepdim=True).sqrt().clamp(min=1e-8)
-        return _MeanAngle.apply(pred[:, :3], unit, valid.float() / count, eps)
-    cos = cosine(pred[:, :3], target).clamp(-1 + eps, 1 - eps)
-    angle = torch.acos(cos)
-    if uncertainty_aware:
-        kappa = F.elu(pred[:, 3]) + 1.01
-        angle = torch.log1p(torch.exp(-kappa * torch.pi)) - torch.log1p(kappa.pow(2)) + kappa * angle
-    if not valid.any():
+    count = valid.sum()
+    if count == 0:
         return pred.sum() * 0
-    return angle[valid].mean()
+    if not uncertainty_aware:
+        return _MeanAngle.apply(pred[:, :3], target, valid.float() / count, eps)
+    angle = torch.acos(cosine(pred[:, :3], target).clamp(-1 + eps, 1 - eps))
+    kappa = F.elu(pred[:, 3]) + 1.01
+    loss = torch.log1p(torch.exp(-kappa * torch.pi)) - torch.log1p(kappa.pow(2)) + kappa * angle
+    return loss[valid].mean()
 
 
 def masked_bce(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

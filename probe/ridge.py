@@ -41,7 +41,7 @@ def _targets(task: DenseTask, batch_targets: Mapping[str, np.ndarray], attrs: Ma
              grid: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     target, valid = task.targets(batch_targets, attrs, device)
     y, ok = task.ridge_target(target, valid, grid)
-    b, k = y.shape[:2]
+    k = y.shape[1]
     return y.permute(0, 2, 3, 1).reshape(-1, k), ok.reshape(-1)
 
 

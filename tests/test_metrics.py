@@ -124,3 +124,14 @@ def test_angular_loss_gradient_matches_autograd_through_acos():
     assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
     torch.testing.assert_close(grad, expected, atol=1e-8, rtol=1e-6)
     assert torch.autograd.gradcheck(lambda x: angular_loss(x, target, valid), (pred,))
+
+
+def test_uncertainty_aware_angular_loss_by_hand():
+    target = torch.zeros(1, 3, 1, 2)
+    target[:, 2] = 1
+    pred = torch.zeros(1, 4, 1, 2)
+    pred[:, 2] = 1                                       # zero angle; kappa = elu(0) + 1.01 = 1.01
+    kappa = 1.01
+    expected = math.log1p(math.exp(-kappa * math.pi)) - math.log1p(kappa ** 2) + kappa * math.acos(1 - 1e-4)
+    valid = torch.ones(1, 1, 2, dtype=torch.bool)
+    assert angular_loss(pred, target, valid, uncertainty_aware=True).item() == pytest.approx(expected, abs=1e-5)

@@ -20,9 +20,11 @@ class NormalsTask(DenseTask):
 
     def targets(self, raw, attrs, device):
         normals = torch.from_numpy(np.asarray(raw["normals"], dtype=np.float32)).to(device).permute(0, 3, 1, 2)
-        norm = normals.norm(dim=1)
-        valid = torch.isfinite(norm) & (norm > 0.5)
-        return torch.where(valid.unsqueeze(1), normals, torch.zeros_like(normals)), valid
+        norm = normals.norm(dim=1, keepdim=True)
+        valid = (torch.isfinite(norm) & (norm > 0.5))[:, 0]
+        # unit once per batch, shared by every head's loss
+        unit = normals / norm.clamp(min=1e-8)
+        return torch.where(valid.unsqueeze(1), unit, torch.zeros_like(unit)), valid
 
     def decode(self, logits, size, attrs, options):
         return upsample(logits, size, options.get("sample_stride", 1))
