@@ -26,18 +26,21 @@ BENCHMARKS = {
     "probe_rss": probe_rss_growth,
 }
 
+ON_DEVICE = {"extract_overhead", "cache_vs_recompute", "cache_vs_recompute_loss_stride4", "sweep", "sweep_loss_stride4"}
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run only these")
-    p.add_argument("--device", default="cpu", help="extract_overhead on this device (cuda: ViT-B/16 in bf16)")
+    p.add_argument("--device", default="cpu",
+                   help="run extraction and probe benchmarks on this device (cuda: backbones in bf16)")
     args = p.parse_args(argv)
     for name in args.only or BENCHMARKS:
         started = time.perf_counter()
-        kwargs = {"device": args.device} if name == "extract_overhead" else {}
+        kwargs = {"device": args.device} if name in ON_DEVICE else {}
         results = BENCHMARKS[name](**kwargs)
         for key, value in results.items():
-            suffix = "_gpu_bf16" if name == "extract_overhead" and args.device.startswith("cuda") else ""
+            suffix = "_gpu" if name in ON_DEVICE and args.device.startswith("cuda") else ""
             print(f"{key}{suffix}: {value:.3f}", flush=True)
         print(f"# {name} took {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     return 0

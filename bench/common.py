@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -48,3 +48,13 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+def median_seconds(fn: Callable[[], object], *, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls: short timings on a shared machine are noisy."""
+    times = []
+    for _ in range(repeats):
+        with Timer() as timer:
+            fn()
+        times.append(timer.seconds)
+    return float(np.median(times))

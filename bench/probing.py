@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import Timer, random_dataset, temporary_root
+from bench.common import Timer, median_seconds, random_dataset, temporary_root
 from cache import DataRoot, open_dataset, open_feature_writer, open_features
 from extract.backbones import build_backbone
-from extract.runner import extract, to_input
-from probe.features import Standardizer, channel_stats, concat_on_grid
+from extract.runner import extract, resolve_device, to_input
+from probe.features import BatchInputs, Standardizer, channel_stats
 from probe.heads import build_head
 from probe.tasks import get_task
-from probe.tasks.base import subsample
-from probe.train import ProbeConfig, TrainSettings, train_sweep
+from probe.tasks.base import subsample_raw
+from probe.train import ProbeConfig, TrainSettings, forward_heads, train_sweep
 
 VIT_LAYERS = {f"block{i}": (768, 14, 14) for i in (2, 5, 8, 11)}
 
@@ -42,71 +42,94 @@ def write_random_features(root: DataRoot, *, dataset: str, model: str, split: st
     writer.finalize()
 
 
-def cache_vs_recompute(*, images: int = 128, batch_size: int = 32, loss_stride: int = 1) -> dict[str, float]:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cache_vs_recompute(*, images: int = 128, batch_size: int = 32, loss_stride: int = 1,
+                       device: str = "cpu") -> dict[str, float]:
     """One linear-probe epoch (normals, ViT-B/16 at 224 px) recomputing features, over the same from the cache.
 
     Both epochs do the same head work (standardise, linear head, loss at every
     ``loss_stride``-th target pixel, AdamW step); only where the features come from differs.
+    On a GPU the recomputing backbone runs in bf16, as extraction does.
     """
+    dev = resolve_device(device)
     task = get_task("normals")
-    settings = TrainSettings(epochs=1, batch_size=batch_size, options={"loss_stride": loss_stride})
+    settings = TrainSettings(epochs=1, batch_size=batch_size, device=str(dev), options={"loss_stride": loss_stride})
     config = ProbeConfig("linear", tuple(VIT_LAYERS), 5e-4)
     with temporary_root("cache") as root:
         random_dataset(root, name="bench", splits={"train": images}, size=224)
         backbone = build_backbone("vit_b_random")
-        extract(model="vit_b_random", dataset="bench", root=root, backbone=backbone, progress=False)
+        backbone.module.to(dev)
+        extract(model="vit_b_random", dataset="bench", root=root, backbone=backbone, device=str(dev), progress=False)
         data = open_dataset("bench", root=root)
         train = open_features("bench", "vit_b_random", "train", root=root)
-        standardizer = Standardizer(channel_stats(train, list(VIT_LAYERS)), torch.device("cpu"))
-        with Timer() as cached:
+        standardizer = Standardizer(channel_stats(train, list(VIT_LAYERS)), dev)
+
+        def cached_epoch():
             train_sweep(task, train=train, train_data=data.split("train"), dataset_attrs=data.attrs,
                         configs=[config], settings=settings, standardizer=standardizer)
-        head = build_head("linear", in_channels=[768] * 4, out_channels=3)
-        optimizer = torch.optim.AdamW(head.parameters(), lr=5e-4)
+            _sync(dev)
+
+        cached_epoch()                       # both sides are timed warm: page cache, allocator, threads
+        cached_seconds = median_seconds(cached_epoch, repeats=5)    # a cached epoch is short: take the median
+        config_head = [(config, build_head("linear", in_channels=[768] * 4, out_channels=3).to(dev))]
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
+                    else torch.autocast("cpu", enabled=False))
+        optimizer = torch.optim.AdamW(config_head[0][1].parameters(), lr=5e-4)
         split = data.split("train")
+
+        def recompute_batch(index: np.ndarray) -> None:
+            pixels = split.read("images", index)
+            with torch.inference_mode(), autocast:
+                maps, _ = backbone(to_input(pixels, backbone.spec.mean, backbone.spec.std, dev))
+            maps = {k: v.to(torch.float32, copy=True) for k, v in maps.items()}   # leave inference mode
+            raw = subsample_raw({"normals": split.read("normals", index)}, loss_stride)
+            target, valid = task.targets(raw, data.attrs, dev)
+            (logits,) = forward_heads(config_head, BatchInputs(maps, standardizer))
+            prediction = task.decode(logits, split.image_size, data.attrs, {"sample_stride": loss_stride})
+            loss = task.loss(prediction, target, valid, {})
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        order = np.random.default_rng(0).permutation(images)
+        recompute_batch(np.sort(order[:batch_size]))
         with Timer() as recomputed:
-            order = np.random.default_rng(0).permutation(images)
             for s in range(0, images, batch_size):
-                index = np.sort(order[s:s + batch_size])
-                pixels = split.read("images", index)
-                with torch.inference_mode():
-                    maps, _ = backbone(to_input(pixels, backbone.spec.mean, backbone.spec.std, torch.device("cpu")))
-                maps = {k: v.clone() for k, v in maps.items()}
-                x = concat_on_grid([(maps[k] - standardizer.mean[k]) * standardizer.inv_std[k] for k in VIT_LAYERS])
-                target, valid = task.targets({"normals": split.read("normals", index)}, data.attrs, torch.device("cpu"))
-                target, valid = subsample(target, loss_stride), subsample(valid, loss_stride)
-                prediction = task.decode(head(x), split.image_size, data.attrs, {"sample_stride": loss_stride})
-                loss = task.loss(prediction, target, valid, {})
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+                recompute_batch(np.sort(order[s:s + batch_size]))
+            _sync(dev)
     suffix = "" if loss_stride == 1 else f"_loss_stride{loss_stride}"
-    return {f"cache_vs_recompute{suffix}": recomputed.seconds / cached.seconds}
+    print(f"# cached {cached_seconds / images * 1e3:.2f} ms/img, recomputed {recomputed.seconds / images * 1e3:.1f} ms/img",
+          file=sys.stderr)
+    return {f"cache_vs_recompute{suffix}": recomputed.seconds / cached_seconds}
 
 
-def sweep_vs_single(*, images: int = 256, heads: int = 8, loss_stride: int = 1) -> dict[str, float]:
+def sweep_vs_single(*, images: int = 256, heads: int = 8, loss_stride: int = 1, device: str = "cpu") -> dict[str, float]:
     """A sweep of ``heads`` linear heads (different learning rates) in one pass, over one head alone."""
+    dev = resolve_device(device)
     task = get_task("normals")
-    settings = TrainSettings(epochs=1, batch_size=32, options={"loss_stride": loss_stride})
+    settings = TrainSettings(epochs=1, batch_size=32, device=str(dev), options={"loss_stride": loss_stride})
     with temporary_root("sweep") as root:
         random_dataset(root, name="bench", splits={"train": images}, size=224)
         write_random_features(root, dataset="bench", model="vit", split="train", num_images=images)
         data = open_dataset("bench", root=root)
         train = open_features("bench", "vit", "train", root=root)
-        standardizer = Standardizer(channel_stats(train, list(VIT_LAYERS)), torch.device("cpu"))
+        standardizer = Standardizer(channel_stats(train, list(VIT_LAYERS)), dev)
         configs = [ProbeConfig("linear", tuple(VIT_LAYERS), lr) for lr in np.geomspace(1e-4, 1e-2, heads)]
 
         def run(chosen):
             train_sweep(task, train=train, train_data=data.split("train"), dataset_attrs=data.attrs,
                         configs=chosen, settings=settings, standardizer=standardizer)
+            _sync(dev)
 
         run(configs[:1])                                   # warm the page cache for both timings
-        with Timer() as one:
-            run(configs[:1])
-        with Timer() as many:
-            run(configs)
+        one = median_seconds(lambda: run(configs[:1]), repeats=3)
+        many = median_seconds(lambda: run(configs), repeats=3)
     suffix = "" if loss_stride == 1 else f"_loss_stride{loss_stride}"
-    return {f"sweep{heads}_vs_1{suffix}": many.seconds / one.seconds}
+    return {f"sweep{heads}_vs_1{suffix}": many / one}
 
 
 def _peak_rss_of_probe(root: DataRoot) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -34,10 +34,6 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _take(block: dict[str, np.ndarray], sel: np.ndarray | slice) -> dict[str, np.ndarray]:
-    return {k: v[sel] for k, v in block.items()}
-
-
 def iterate_batches(features: FeatureSplit, *, layers: Sequence[str], batch_size: int, seed: int = 0,
                     epoch: int = 0, shuffle: bool = True, targets: Mapping[str, zarr.Array] | None = None,
                     chunks: Sequence[int] | None = None, window_chunks: int = 4,
@@ -55,29 +51,34 @@ def iterate_batches(features: FeatureSplit, *, layers: Sequence[str], batch_size
     if shuffle:
         chunk_order = chunk_order[rng.permutation(len(chunk_order))]
 
-    def read_chunk(ci: int) -> dict[str, np.ndarray]:
-        lo, hi = int(ci) * k, min((int(ci) + 1) * k, n)
-        block = {"__index__": np.arange(lo, hi, dtype=np.int64)}
-        for layer in layers:
-            block[f"f:{layer}"] = features.read(layer, lo, hi)
-        for key, arr in targets.items():
-            block[f"t:{key}"] = arr[lo:hi]
-        return block
+    def read_window(window: np.ndarray) -> list[dict[str, np.ndarray]]:
+        blocks = []
+        target_chunks: dict[tuple[str, int], np.ndarray] = {}   # whole target chunks, read once per window
+        for ci in window:
+            lo, hi = int(ci) * k, min((int(ci) + 1) * k, n)
+            block = {"__index__": np.arange(lo, hi, dtype=np.int64)}
+            for layer in layers:
+                block[f"f:{layer}"] = features.read(layer, lo, hi)
+            for key, arr in targets.items():
+                block[f"t:{key}"] = _read_range(arr, lo, hi, key, target_chunks)
+            blocks.append(block)
+        return blocks
 
-    def windows() -> Iterator[dict[str, np.ndarray]]:
+    def windows() -> Iterator[list[dict[str, np.ndarray]]]:
         for w in range(0, len(chunk_order), window_chunks):
-            yield _concat([read_chunk(ci) for ci in chunk_order[w:w + window_chunks]])
+            yield read_window(chunk_order[w:w + window_chunks])
 
-    source: Iterator[dict[str, np.ndarray]] = _prefetched(windows()) if prefetch else windows()
+    source: Iterator[list[dict[str, np.ndarray]]] = _prefetched(windows()) if prefetch else windows()
     carry: dict[str, np.ndarray] | None = None
-    for block in source:
-        m = len(block["__index__"])
+    for blocks in source:
+        offsets = np.cumsum([0] + [len(b["__index__"]) for b in blocks])
+        m = int(offsets[-1])
         perm = rng.permutation(m) if shuffle else np.arange(m)
         start = 0
         if carry is not None:
             # complete the carried partial batch from this window first
             need = batch_size - len(carry["__index__"])
-            merged = _concat([carry, _take(block, perm[:need])])
+            merged = _concat([carry, _gather(blocks, offsets, perm[:need])])
             carry, start = None, min(need, m)
             if len(merged["__index__"]) < batch_size:
                 carry = merged
@@ -85,11 +86,48 @@ def iterate_batches(features: FeatureSplit, *, layers: Sequence[str], batch_size
             yield _as_batch(merged)
         full = start + ((m - start) // batch_size) * batch_size
         for s in range(start, full, batch_size):
-            yield _as_batch(_take(block, perm[s:s + batch_size]))
+            yield _as_batch(_gather(blocks, offsets, perm[s:s + batch_size]))
         if full < m:
-            carry = _take(block, perm[full:])
+            carry = _gather(blocks, offsets, perm[full:])
     if carry is not None and not drop_last:
         yield _as_batch(carry)
+
+
+def _read_range(arr: Any, lo: int, hi: int, key: str, cache: dict[tuple[str, int], np.ndarray]) -> np.ndarray:
+    """Images ``lo:hi`` of a per-image array. A zarr array is read in whole chunks, each
+    at most once per window: the target store's chunks need not match the feature store's,
+    and reading part of an uncompressed chunk still reads all of it."""
+    step = getattr(arr, "chunks", None)
+    if step is None:
+        return np.asarray(arr[lo:hi])
+    step = step[0]
+    parts = []
+    for c in range(lo // step, (hi - 1) // step + 1):
+        if (key, c) not in cache:
+            cache[(key, c)] = arr[c * step:min((c + 1) * step, arr.shape[0])]
+        parts.append(cache[(key, c)][max(lo - c * step, 0):hi - c * step])
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _gather(blocks: list[dict[str, np.ndarray]], offsets: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
+    """The images at window ``positions`` from the window's chunk blocks, copied once.
+
+    Positions are taken in ascending order (the batch's membership is what the shuffle
+    chose; order within a batch does not matter to a summed loss), so each block fills a
+    contiguous slice of the output.
+    """
+    positions = np.sort(positions)
+    bounds = np.searchsorted(positions, offsets)
+    out = {}
+    for key, first in blocks[0].items():
+        dest = np.empty((len(positions), *first.shape[1:]), dtype=first.dtype)
+        for b, block in enumerate(blocks):
+            lo, hi = bounds[b], bounds[b + 1]
+            if hi > lo:
+                # mode="clip" writes straight into out ("raise" buffers); the indices are in range
+                np.take(block[key], positions[lo:hi] - offsets[b], axis=0, out=dest[lo:hi], mode="clip")
+        out[key] = dest
+    return out
 
 
 def _as_batch(block: dict[str, np.ndarray]) -> Batch:

@@ -52,14 +52,26 @@ def estimate_bytes(layer_shapes: Mapping[str, tuple[int, int, int]], global_dim:
     return int(per_image * 2 * num_images)
 
 
-def to_float16(name: str, values: np.ndarray) -> np.ndarray:
-    """Cast to float16, refusing values float16 cannot hold instead of writing inf."""
-    values = np.asarray(values)
-    peak = float(np.max(np.abs(values))) if values.size else 0.0
+def check_float16_range(name: str, peak: float) -> None:
+    """Refuse a layer whose largest magnitude ``peak`` float16 cannot hold (it would become inf)."""
     if not np.isfinite(peak) or peak > FLOAT16_MAX:
         raise MidprobeError(
             f"layer {name!r} has values up to {peak:g}, beyond float16's ±{FLOAT16_MAX:g}; "
             "enable feature normalisation or tap another layer")
+
+
+def to_float16(name: str, values: np.ndarray) -> np.ndarray:
+    """Cast to float16, refusing values float16 cannot hold instead of writing inf.
+
+    Float16 input (the extractor casts on its device after checking the range there) is
+    only checked for inf/NaN, on the bit pattern: numpy's float16 arithmetic is slow.
+    """
+    values = np.asarray(values)
+    if values.dtype == np.float16:
+        if values.size and ((values.view(np.uint16) & 0x7C00) == 0x7C00).any():
+            check_float16_range(name, float("inf"))
+        return values
+    check_float16_range(name, float(np.max(np.abs(values))) if values.size else 0.0)
     return values.astype(np.float16)
 
 
@@ -134,14 +146,17 @@ class FeatureWriter:
     def write_chunk(self, index: int, layers: Mapping[str, np.ndarray], global_vectors: np.ndarray) -> None:
         """Write chunk ``index`` (every layer plus the global vectors), then mark it durable."""
         start, stop = self.chunk_range(index)
-        for name in self.layers:
-            arr = self.group[name]
-            values = to_float16(name, layers[name])
-            if values.shape != (stop - start, *arr.shape[1:]):
-                raise MidprobeError(f"layer {name!r}: chunk {index} has shape {values.shape}, "
-                                    f"expected {(stop - start, *arr.shape[1:])}")
-            arr[start:stop] = values
-        self.group[GLOBAL][start:stop] = to_float16(GLOBAL, global_vectors)
+        # every chunk is written, all-zero or not (zarr would otherwise compare each chunk with
+        # the fill value first, a full pass in slow float16 arithmetic, and skip the file)
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            for name in self.layers:
+                arr = self.group[name]
+                values = to_float16(name, layers[name])
+                if values.shape != (stop - start, *arr.shape[1:]):
+                    raise MidprobeError(f"layer {name!r}: chunk {index} has shape {values.shape}, "
+                                        f"expected {(stop - start, *arr.shape[1:])}")
+                arr[start:stop] = values
+            self.group[GLOBAL][start:stop] = to_float16(GLOBAL, global_vectors)
         for name in (*self.layers, GLOBAL):
             _fsync_tree(self.store / self.split / name / "c" / str(index))
         self.progress.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,52 @@ class Standardizer:
         return out
 
 
+class BatchInputs:
+    """One batch's features as head inputs, each form built at most once per batch.
+
+    ``features`` maps layer -> ``(B, C, h, w)`` (float16 numpy as cached, or a tensor).
+    :meth:`raw` is the layer as float32; :meth:`standardized` applies the train-split
+    statistics; :meth:`for_head` is what a head takes (the concatenation on the finest grid,
+    or the list of maps), shared by every head on the same layers.
+    """
+
+    def __init__(self, features: Mapping[str, np.ndarray | torch.Tensor], standardizer: Standardizer) -> None:
+        self.features = features
+        self.standardizer = standardizer
+        self._raw: dict[str, torch.Tensor] = {}
+        self._standardized: dict[str, torch.Tensor] = {}
+        self._heads: dict[tuple, torch.Tensor | list[torch.Tensor]] = {}
+
+    def _tensor(self, layer: str) -> torch.Tensor:
+        x = self.features[layer]
+        x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+        return x.to(self.standardizer.device).float()
+
+    def raw(self, layer: str) -> torch.Tensor:
+        if layer not in self._raw:
+            self._raw[layer] = self._tensor(layer)
+        return self._raw[layer]
+
+    def standardized(self, layer: str) -> torch.Tensor:
+        if layer not in self._standardized:
+            x = self._raw.get(layer)
+            x = self._tensor(layer) if x is None else x
+            self._standardized[layer] = (x - self.standardizer.mean[layer]).mul_(self.standardizer.inv_std[layer])
+        return self._standardized[layer]
+
+    def grid(self, layers: Sequence[str]) -> tuple[int, int]:
+        shapes = [tuple(self.features[layer].shape[-2:]) for layer in layers]
+        return max(h for h, _ in shapes), max(w for _, w in shapes)
+
+    def for_head(self, kind: str, layers: Sequence[str]) -> torch.Tensor | list[torch.Tensor]:
+        key = (kind, tuple(layers))
+        if key not in self._heads:
+            maps = [self.standardized(layer) for layer in layers]
+            self._heads[key] = concat_on_grid(maps) if kind == "concat" else maps
+        value = self._heads[key]
+        return list(value) if isinstance(value, list) else value
+
+
 def common_grid(maps: Sequence[torch.Tensor]) -> tuple[int, int]:
     """The finest grid among the maps."""
     return max(m.shape[-2] for m in maps), max(m.shape[-1] for m in maps)

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from cache import FeatureSplit, SplitView, iterate_batches
-from probe.features import Standardizer, concat_on_grid
+from probe.features import BatchInputs, Standardizer
 from probe.heads import LinearHead, build_head
-from probe.tasks.base import DenseTask, subsample
+from probe.tasks.base import DenseTask, subsample_raw
 
 
 @dataclass(frozen=True)
@@ -77,20 +77,34 @@ class _Probe:
     losses: list[float] = field(default_factory=list)
 
 
-def _head_input(head: torch.nn.Module, maps: dict[str, torch.Tensor], layers: Sequence[str],
-                cache: dict[tuple, Any]) -> Any:
-    """The head's input, built once per batch for each (layer set, input kind)."""
-    key = (tuple(layers), head.input_kind)
-    if key not in cache:
-        chosen = [maps[layer] for layer in layers]
-        cache[key] = concat_on_grid(chosen) if head.input_kind == "concat" else chosen
-    value = cache[key]
-    return list(value) if isinstance(value, list) else value
+def _stacked_linear(convs: Sequence[torch.nn.Conv2d], layers: Sequence[str], inputs: BatchInputs) -> torch.Tensor:
+    """Logits of several linear heads on the same layers, ``(B, sum K, h, w)`` on the finest grid.
+
+    The same function of the weights as ``conv(concat_on_grid(standardized maps))``, computed
+    without building the standardised concatenation: the statistics fold into the weights,
+    each layer is projected on its own grid, and the K-channel result is upsampled (bilinear
+    resizing and per-channel affine maps commute with a 1x1 projection). On a CPU this
+    avoids several full-size float32 copies of the batch's features.
+    """
+    weight = torch.cat([c.weight for c in convs]).flatten(1)       # (K, sum C)
+    bias = torch.cat([c.bias for c in convs])
+    stats = inputs.standardizer
+    grid = inputs.grid(layers)
+    out, offset = None, 0
+    for layer in layers:
+        x = inputs.raw(layer)
+        w = weight[:, offset:offset + x.shape[1]] * stats.inv_std[layer].view(1, -1)
+        offset += x.shape[1]
+        bias = bias - w @ stats.mean[layer].view(-1)
+        part = torch.matmul(w, x.flatten(2)).unflatten(2, tuple(x.shape[-2:]))
+        if tuple(part.shape[-2:]) != grid:
+            part = F.interpolate(part, size=grid, mode="bilinear", align_corners=False)
+        out = part if out is None else out + part
+    return out + bias.view(1, -1, 1, 1)
 
 
-def forward_heads(heads: Sequence[tuple[ProbeConfig, torch.nn.Module]], maps: dict[str, torch.Tensor],
-                  inputs: dict[tuple, Any]) -> list[torch.Tensor]:
-    """Logits of every head. Linear heads on the same layers run as one convolution with
+def forward_heads(heads: Sequence[tuple[ProbeConfig, torch.nn.Module]], inputs: BatchInputs) -> list[torch.Tensor]:
+    """Logits of every head. Linear heads on the same layers run as one projection with
     their weights stacked, so a sweep of learning rates reads the batch's features once."""
     outputs: list[torch.Tensor | None] = [None] * len(heads)
     groups: dict[tuple[str, ...], list[int]] = {}
@@ -98,11 +112,10 @@ def forward_heads(heads: Sequence[tuple[ProbeConfig, torch.nn.Module]], maps: di
         if isinstance(head, LinearHead):
             groups.setdefault(config.layers, []).append(i)
         else:
-            outputs[i] = head(_head_input(head, maps, config.layers, inputs))
+            outputs[i] = head(inputs.for_head(head.input_kind, config.layers))
     for layers, members in groups.items():
         convs = [heads[i][1].conv for i in members]
-        x = _head_input(heads[members[0]][1], maps, layers, inputs)
-        stacked = F.conv2d(x, torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]))
+        stacked = _stacked_linear(convs, layers, inputs)
         for i, part in zip(members, stacked.split([c.out_channels for c in convs], dim=1)):
             outputs[i] = part
     return outputs  # type: ignore[return-value]
@@ -142,11 +155,8 @@ def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, 
             probe.head.train()
         for batch in iterate_batches(train, layers=layers, batch_size=settings.batch_size, seed=settings.seed,
                                      epoch=epoch, targets=targets):
-            maps = standardizer(batch.features, layers)
-            target, valid = task.targets(batch.targets, ds_attrs, device)
-            target, valid = subsample(target, loss_stride), subsample(valid, loss_stride)
-            inputs: dict[tuple, Any] = {}
-            outputs = forward_heads([(p.config, p.head) for p in probes], maps, inputs)
+            target, valid = task.targets(subsample_raw(batch.targets, loss_stride), ds_attrs, device)
+            outputs = forward_heads([(p.config, p.head) for p in probes], BatchInputs(batch.features, standardizer))
             losses = [task.loss(task.decode(logits, size, ds_attrs, decode_options), target, valid, settings.options)
                       for logits in outputs]
             for probe in probes:
@@ -178,9 +188,7 @@ def evaluate_heads(task: DenseTask, *, test: FeatureSplit, test_data: SplitView,
     metrics = {config: task.new_metrics() for config in heads}
     targets = {key: test_data.array(key) for key in task.needs}
     for batch in iterate_batches(test, layers=layers, batch_size=settings.batch_size, shuffle=False, targets=targets):
-        maps = standardizer(batch.features, layers)
         target, valid = task.targets(batch.targets, ds_attrs, device)
-        inputs: dict[tuple, Any] = {}
-        for config, logits in zip(heads, forward_heads(list(heads.items()), maps, inputs)):
+        for config, logits in zip(heads, forward_heads(list(heads.items()), BatchInputs(batch.features, standardizer))):
             metrics[config].update(task.decode(logits, size, ds_attrs, settings.options), target, valid)
     return {config: m.result() for config, m in metrics.items()}

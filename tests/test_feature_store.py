@@ -54,7 +54,12 @@ def test_values_beyond_float16_are_refused(tmp_path):
         writer.write_chunk(0, {"a": np.full((2, 1, 1, 1), 1e6)}, np.zeros((2, 1)))
     with pytest.raises(MidprobeError, match="beyond float16"):
         writer.write_chunk(0, {"a": np.full((2, 1, 1, 1), np.nan)}, np.zeros((2, 1)))
+    # already float16 (the extractor casts on its device): inf and NaN are still refused
+    with pytest.raises(MidprobeError, match="beyond float16"):
+        writer.write_chunk(0, {"a": np.array([1.0, np.inf], np.float16).reshape(2, 1, 1, 1)}, np.zeros((2, 1)))
     assert not writer.finalize()
+    writer.write_chunk(0, {"a": np.array([-65504.0, 1.0], np.float16).reshape(2, 1, 1, 1)}, np.zeros((2, 1)))
+    assert writer.finalize()
 
 
 def test_incomplete_split_is_not_opened(tmp_path):

@@ -166,3 +166,31 @@ def test_dpt_head_on_equal_vit_grids_outputs_at_eight_times_the_grid():
     assert out.shape == (1, 1, 32, 32)
     with pytest.raises(MidprobeError, match="exactly 4 layers"):
         build_head("dpt", in_channels=[8, 8], out_channels=1)
+
+
+def test_stacked_linear_heads_equal_a_conv_on_standardised_concatenated_layers():
+    import torch
+
+    from probe.features import BatchInputs, Standardizer, concat_on_grid
+    from probe.heads import build_head
+    from probe.train import ProbeConfig, forward_heads
+
+    rng = np.random.default_rng(0)
+    # ResNet-like: two grids, so the folded path projects then upsamples
+    features = {"a": rng.normal(2.0, 3.0, (2, 5, 8, 8)).astype(np.float16),
+                "b": rng.normal(-1.0, 0.5, (2, 7, 4, 4)).astype(np.float16)}
+    stats = {k: (rng.normal(size=v.shape[1]), rng.uniform(0.5, 2.0, v.shape[1])) for k, v in features.items()}
+    standardizer = Standardizer(stats, torch.device("cpu"))
+    torch.manual_seed(0)
+    heads = [(ProbeConfig("linear", ("a", "b"), lr), build_head("linear", in_channels=[5, 7], out_channels=3))
+             for lr in (1e-3, 1e-2)]
+    outputs = forward_heads(heads, BatchInputs(features, standardizer))
+    x = concat_on_grid([standardizer({k: v}, [k])[k] for k, v in features.items()])
+    for (_, head), out in zip(heads, outputs):
+        expected = head(x)
+        assert out.shape == (2, 3, 8, 8)
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+        # the same gradient reaches the head's weights
+        grad = torch.autograd.grad(out.square().sum(), head.conv.weight, retain_graph=True)[0]
+        torch.testing.assert_close(grad, torch.autograd.grad(expected.square().sum(), head.conv.weight)[0],
+                                   rtol=1e-4, atol=1e-3)

@@ -58,6 +58,17 @@ def subsample(x: torch.Tensor, stride: int) -> torch.Tensor:
     return x if stride == 1 else x[..., stride // 2::stride, stride // 2::stride]
 
 
+def subsample_raw(raw: Mapping[str, np.ndarray], stride: int) -> dict[str, np.ndarray]:
+    """Stored per-image targets ``(B, H, W, ...)`` at the pixels :func:`subsample` keeps.
+
+    Taking them before a task builds its targets keeps the per-pixel target work at the
+    subsampled size (every task's targets are per-pixel functions of the stored arrays).
+    """
+    if stride == 1:
+        return dict(raw)
+    return {key: np.asarray(value)[:, stride // 2::stride, stride // 2::stride] for key, value in raw.items()}
+
+
 def pool_to_grid(values: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Area-average ``values (B, k, H, W)`` over valid pixels into ``grid`` cells.
 
