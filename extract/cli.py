@@ -38,9 +38,11 @@ def parser() -> argparse.ArgumentParser:
 def list_models() -> str:
     from extract.backbones import BACKBONES, weights_available
 
-    rows = [("name", "arch", "method", "licence", "weights", "source")]
+    rows = [("name", "arch", "method", "licence", "weights", "options", "source")]
     for spec in BACKBONES.values():
-        rows.append((spec.name, spec.arch, spec.method, spec.license or "-", weights_available(spec), spec.source))
+        options = " ".join(f"+{o}" for o in spec.options) or "-"
+        rows.append((spec.name, spec.arch, spec.method, spec.license or "-", weights_available(spec), options,
+                     spec.source))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
 

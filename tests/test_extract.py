@@ -222,7 +222,7 @@ def test_cli_errors_are_one_line_with_exit_2(root, tmp_path, capsys):
 def test_offline_pretrained_download_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(MidprobeError, match="WEIGHTS="):
-        build_backbone("vit_b_dino")
+        build_backbone("vit_b_sup")
 
 
 def test_unwritable_feature_folder_is_a_one_line_error(root):
@@ -242,10 +242,10 @@ def test_list_says_whether_pretrained_weights_are_cached(monkeypatch):
     asked = []
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
                         lambda repo, filename: asked.append(repo) or "/cache/model.safetensors")
-    assert weights_available(get_spec("vit_b_mae")) == "cached"
-    assert asked == ["timm/vit_base_patch16_224.mae"]
+    assert weights_available(get_spec("vit_b_sup")) == "cached"
+    assert asked == ["timm/vit_base_patch16_224.augreg_in1k"]
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, filename: None)
-    assert weights_available(get_spec("vit_b_mae")) == "not downloaded"
+    assert weights_available(get_spec("vit_b_sup")) == "not downloaded"
 
 
 def test_any_timm_model_by_name_with_a_local_weights_file(root, tmp_path):

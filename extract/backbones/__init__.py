@@ -10,6 +10,9 @@ import torch
 from torch import nn
 
 from cache import MidprobeError
+from extract.backbones import zoo
+from extract.backbones.checkpoints import convert, load_checkpoint_file
+from extract.backbones.download import cached_path, fetch
 from extract.backbones.handcrafted import DenseHOG, PixelPatches
 from extract.backbones.spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, layer_name, layer_stride
 from extract.backbones.timm_models import TimmBackbone, create_timm_model, family_of
@@ -42,10 +45,17 @@ def _resnet(name: str, arch: str, *, method: str, source: str, weights: str, lic
         strides=tuple(layer_stride("resnet", i) for i in RESNET_LAYERS), license=license, **kwargs))
 
 
-_vit("vit_b_mae", "vit_base_patch16_224.mae", method="MAE", weights="timm",
-     source="timm vit_base_patch16_224.mae (facebookresearch/mae pretrain checkpoint)", license="cc-by-nc-4.0")
-_vit("vit_b_dino", "vit_base_patch16_224.dino", method="DINO", weights="timm",
-     source="timm vit_base_patch16_224.dino (facebookresearch/dino pretrain checkpoint)", license="apache-2.0")
+for _rows, _add, _arch in ((zoo.RESNETS, _resnet, "resnet50"), (zoo.VITS, _vit, "vit_base_patch16_224")):
+    for _name, _method, _source, _fmt, _url, _file, _variant, _license, _checksum in _rows:
+        _add(_name, _arch, method=_method, source=_source, weights="url", license=_license, checkpoint=_fmt,
+             url=_url, filename=_file, variant=_variant, checksum=_checksum, options=zoo.OPTIONS.get(_name, {}),
+             paper_options=zoo.PAPER_OPTIONS.get(_name, ()), notes=zoo.NOTES.get(_name, ""))
+_vit("vit_b_sup", "vit_base_patch16_224.augreg_in1k", method="supervised", weights="timm",
+     source="timm vit_base_patch16_224.augreg_in1k (ImageNet-1k only)", license="apache-2.0",
+     variant="supervised reference, AugReg on ImageNet-1k")
+_resnet("rn50_sup", "resnet50.tv_in1k", method="supervised", weights="timm",
+        source="timm resnet50.tv_in1k (torchvision's original weights)", license="bsd-3-clause",
+        variant="supervised reference")
 _vit("vit_b_random", "vit_base_patch16_224", method="random init", weights="random:0",
      source="timm vit_base_patch16_224, random init (seed 0)")
 _resnet("rn50_random", "resnet50", method="random init", weights="random:0",
@@ -100,13 +110,38 @@ def _timm_spec(name: str, model: nn.Module, layers: list[str] | None) -> Backbon
 
 
 def get_spec(name: str) -> BackboneSpec:
-    """The registered spec for ``name``; an unknown name suggests close ones."""
+    """The registered spec for ``name``; an unknown name suggests close ones.
+
+    ``name+option+...`` applies the model's options (``+paper``: every choice of the
+    paper's code); the result is named canonically, so each choice gets its own store.
+    """
+    base, *chosen = name.split("+")
+    if chosen and base in BACKBONES:
+        return with_options(BACKBONES[base], chosen)
     if name in BACKBONES:
         return BACKBONES[name]
     close = difflib.get_close_matches(name, list(BACKBONES), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise MidprobeError(f"unknown model {name!r}{hint} (see `python -m extract --list`, "
                         "or use timm:<any timm model name>)")
+
+
+def with_options(spec: BackboneSpec, chosen: list[str]) -> BackboneSpec:
+    """``spec`` with its named options applied, named ``<name>+<option>...`` in the options' order."""
+    wanted: list[str] = []
+    for option in chosen:
+        wanted.extend(spec.paper_options if option == "paper" else [option])
+    unknown = [o for o in wanted if o not in spec.options]
+    if unknown or not wanted:
+        have = ", ".join(["paper", *spec.options]) if spec.options else "none"
+        raise MidprobeError(f"model {spec.name!r} has no option {'+'.join(unknown) or '(empty)'!r}; its options: {have}")
+    ordered = [o for o in spec.options if o in wanted]
+    fields: dict = {}
+    for option in ordered:
+        fields.update(spec.options[option])
+    layers = fields.pop("layers", None)
+    out = replace(spec, name="+".join([spec.name, *ordered]), **fields)
+    return out.with_layers(tuple(layers)) if layers else out
 
 
 def _layer_indices(family: str, layers: list[str], known: tuple[str, ...]) -> tuple[int, ...]:
@@ -149,7 +184,15 @@ def build_backbone(name: str, *, weights: str | Path | None = None, layers: list
             raise MidprobeError(f"model {spec.name!r} is weight-free; WEIGHTS= does not apply")
         module = PixelPatches(spec) if spec.arch == "pixels" else DenseHOG(spec)
         return Backbone(spec, module.eval(), "none")
-    if weights:
+    if spec.weights == "url":
+        # a local WEIGHTS= file is the user's (perhaps re-saved) copy: it is identified by its own
+        # sha256 in the store's fingerprint rather than checked against the published digest
+        path = Path(weights) if weights else fetch(spec.url, spec.filename, checksum=spec.checksum)
+        state = convert(load_checkpoint_file(path), spec.checkpoint, source=str(path))
+        model = create_timm_model(spec, pretrained=False)
+        load_strict(model, state, source=f"{path} ({spec.checkpoint.name})")
+        weights_id = f"sha256:{file_sha256(path)}"
+    elif weights:
         model = create_timm_model(spec, pretrained=False)
         load_strict(model, read_state_dict(Path(weights)), source=str(weights), drop_prefixes=spec.drop_prefixes)
         weights_id = f"sha256:{file_sha256(Path(weights))}"
@@ -195,6 +238,8 @@ def weights_available(spec: BackboneSpec) -> str:
         return "weight-free"
     if spec.weights.startswith("random:"):
         return "random init"
+    if spec.weights == "url":
+        return "cached" if cached_path(spec.filename).is_file() else "not downloaded"
     try:
         import timm
         from huggingface_hub import try_to_load_from_cache

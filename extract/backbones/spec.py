@@ -13,7 +13,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class BackboneSpec:
     """A registered backbone.
 
-    ``weights`` is ``"timm"`` (timm's pretrained tag of ``arch``), ``"random:<seed>"``
+    ``weights`` is ``"timm"`` (timm's pretrained tag of ``arch``), ``"url"`` (the source's
+    published checkpoint at ``url``, read in ``checkpoint``'s format), ``"random:<seed>"``
     or ``"none"`` (weight-free). ``layers`` are the indices passed to timm's
     ``forward_intermediates`` (0-based ViT blocks; ResNet feature levels 1-4 = res2-res5);
     ``layer_names`` name them in the feature store; ``strides`` are in input pixels.
@@ -33,6 +34,15 @@ class BackboneSpec:
     license: str = ""
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     drop_prefixes: tuple[str, ...] = ("head.", "fc.")
+    checkpoint: Any = None          # a CheckpointFormat when weights == "url"
+    url: str = ""
+    filename: str = ""              # the name it is cached under in torch hub's checkpoints folder
+    checksum: tuple[str, str] | None = None   # (algorithm, published hex digest or prefix)
+    variant: str = ""               # which checkpoint variant of the method (epochs, negatives, ...)
+    dense_cls: bool = False         # ViT maps are [patch token, CLS token] concatenated: (B, 2C, h, w)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)   # +option -> field overrides
+    paper_options: tuple[str, ...] = ()       # the options that reproduce the paper's code
+    notes: str = ""                 # where the paper's code differs
 
     def with_layers(self, indices: tuple[int, ...]) -> "BackboneSpec":
         """The same model tapping other layers (names and strides follow the family)."""

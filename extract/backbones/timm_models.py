@@ -23,8 +23,13 @@ class TimmBackbone(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        extra = {"return_prefix_tokens": True} if self.spec.dense_cls else {}
         final, intermediates = self.model.forward_intermediates(
-            x, indices=list(self.spec.layers), norm=False, output_fmt="NCHW", intermediates_only=False)
+            x, indices=list(self.spec.layers), norm=False, output_fmt="NCHW", intermediates_only=False, **extra)
+        if self.spec.dense_cls:
+            # the paper's "dense-cls": every patch token followed by the CLS token -> (B, 2C, h, w)
+            intermediates = [torch.cat([maps, prefix[:, 0, :, None, None].expand_as(maps)], dim=1)
+                             for maps, prefix in intermediates]
         pooled = self.model.forward_head(final, pre_logits=True)
         return dict(zip(self.spec.layer_names, intermediates)), pooled
 

@@ -71,8 +71,12 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], *, sour
 
     Any other missing or unexpected key, or a shape mismatch, is a one-line error listing them.
     """
-    state = {k: v for k, v in state.items() if not k.startswith(drop_prefixes)}
+    state = {k: v for k, v in state.items() if not (drop_prefixes and k.startswith(drop_prefixes))}
     own = module.state_dict()
+    # checkpoints from before PyTorch 0.4.1 have no BatchNorm step counters; they never affect eval features
+    for key in set(own) - set(state):
+        if key.endswith(".num_batches_tracked"):
+            state[key] = torch.zeros_like(own[key])
     missing = set(own) - set(state)
     unexpected = set(state) - set(own)
     if missing or unexpected:
