@@ -15,6 +15,7 @@ WEIGHTS  ?=
 SHARD    ?= 0/1
 SPLIT    ?=
 RAW      ?=
+OPTIONS  ?=
 export MIDPROBE_DATA := $(DATA)
 
 STAMP := $(VENV)/.installed
@@ -36,7 +37,7 @@ test: setup
 	$(PY) -m pytest tests
 
 data: setup
-	$(PY) -m extract.datasets --dataset $(DATASET) $(if $(RAW),--raw $(RAW))
+	$(PY) -m extract.datasets --dataset $(DATASET) $(if $(RAW),--raw $(RAW)) $(foreach o,$(OPTIONS),--option $(o))
 
 extract: setup
 	@test -n "$(MODEL)" || { echo "error: MODEL is required, e.g. make extract MODEL=vit_b_mae DATASET=synthetic" >&2; exit 2; }

@@ -26,6 +26,44 @@ def _synthetic(*, root: DataRoot, raw: str | None = None, **options: Any):
     return prepare_synthetic(root=root, **options)
 
 
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """A command-line option's text as the type of the loader's default."""
+    if not isinstance(value, str) or isinstance(default, str):
+        return value
+    if isinstance(default, bool):
+        if value.lower() not in ("true", "false"):
+            raise MidprobeError(f"option {key}={value!r}: expected true or false")
+        return value.lower() == "true"
+    try:
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise MidprobeError(f"option {key}={value!r}: expected a {type(default).__name__}") from None
+
+
+def _lazy(name: str, module: str, function: str) -> None:
+    def run(*, root: DataRoot, raw: str | None = None, **options: Any):
+        import importlib
+        import inspect
+
+        loader = getattr(importlib.import_module(f"extract.datasets.{module}"), function)
+        params = inspect.signature(loader).parameters
+        known = [p for p in params if p not in ("root", "raw", "progress")]
+        unknown = [k for k in options if k not in known and k != "progress"]
+        if unknown:
+            raise MidprobeError(f"dataset {name!r} has no option {', '.join(unknown)}; "
+                                f"its options: {', '.join(known) or 'none'}")
+        return loader(root=root, raw=raw, **{k: _coerce(k, v, params[k].default) if k in params else v
+                                             for k, v in options.items()})
+    DATASETS[name] = run
+
+
+_lazy("nyuv2", "nyuv2", "prepare_nyuv2")
+_lazy("navi", "navi", "prepare_navi")
+_lazy("voc", "voc", "prepare_voc")
+_lazy("nights", "nights", "prepare_nights")
+_lazy("scannet1500", "scannet", "prepare_scannet1500")
+
+
 def prepare(name: str, *, root: DataRoot, raw: str | None = None, **options: Any):
     if name not in DATASETS:
         raise MidprobeError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")

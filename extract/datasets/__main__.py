@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, help="synthetic: image side in pixels (default 224)")
     p.add_argument("--seed", type=int, help="synthetic: scene seed (default 0)")
     p.add_argument("--workers", type=int, help="render processes (default 2)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a loader option, e.g. test_depth=rawDepths (nyuv2), split_source=sn40 (nyuv2), "
+                        "geonet=true (nyuv2), void_as_foreground=true (voc); see the README")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     options = {k: v for k, v in vars(args).items()
@@ -29,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("train", "test", "pairs", "triplets", "size"):
         if key in options and options[key] < (16 if key == "size" else 1):
             raise MidprobeError(f"--{key} must be >= {16 if key == 'size' else 1}, got {options[key]}")
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MidprobeError(f"--option {item!r}: expected KEY=VALUE")
+        options[key.replace("-", "_")] = value
     path = prepare(args.dataset, root=data_root(args.data), raw=args.raw, progress=not args.quiet, **options)
     print(path)
     return 0

@@ -117,7 +117,8 @@ class CorrespondenceTask(ZeroShotTask):
         strides = [features.stride(layer) for layer in layers]
         pairs = data.read("pairs").astype(np.int64)
         rotations = (data.read("pair_rotation_deg") if data.has("pair_rotation_deg") else None)
-        metric = dataset_attrs.get("depth_kind", "metric") == "metric"
+        # a split may hold metric depth where the dataset's dense splits are relative (NAVI's pairs)
+        metric = data.attrs.get("depth_kind", dataset_attrs.get("depth_kind", "metric")) == "metric"
         load = _ImageCache(features, layers)
         per_pair: list[dict[str, float]] = []
         for p, (ia, ib) in enumerate(pairs):

@@ -1,0 +1,166 @@
+"""NYU Depth v2 (labeled set): scene depth and scene normals, 480 x 480 centre crops.
+
+Raw files under ``RAW`` (default ``data/raw/nyuv2``):
+- ``nyu_depth_v2_labeled.mat`` — MATLAB v7.3 (HDF5); h5py sees MATLAB's axes reversed:
+  ``images (1449, 3, 640, 480) uint8``, ``depths``/``rawDepths (1449, 640, 480)`` metres.
+- ``splits.mat`` — MATLAB v5; ``trainNdxs (795, 1)``, ``testNdxs (654, 1)``, 1-based.
+- ``surfacenormal_metadata/all_normals.pklz`` — FAIR's gzip pickle of Ladicky et al.'s normals
+  for all 1449 frames: ``all_normals (1449, 480, 640, 3)``, ``all_valid_depth_masks``,
+  ``all_filenames`` (1-based frame ids); ``train_SN40.json`` / ``test_SN40.json`` beside it.
+- optional ``nyu_geonet/*.mat`` — GeoNet's ~30k full-NYU training frames (MATLAB v5,
+  ``img``/``depth``/``norm``/``mask`` of 481 x 641).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cache import DataRoot, MidprobeError, create_dataset_store
+from extract.datasets.raw import load_numpy_pickle, raw_fingerprint, require
+
+SIZE = 480
+MAX_DEPTH = 10.0
+GEONET_MEAN = (122.175, 116.169, 103.508)
+GEONET_UNREADABLE = {"library_0006_r-1300708259.539496-3335480784.mat", "bedroom_0129_r-1315328302.785180-1089784518.mat"}
+FIELDS = {"images": ((SIZE, SIZE, 3), "uint8"), "depth": ((SIZE, SIZE), "float32"),
+          "normals": ((SIZE, SIZE, 3), "float32")}
+
+
+def centre_crop(x: np.ndarray) -> np.ndarray:
+    """One frame ``(480, 640, ...)`` -> ``(480, 480, ...)``: columns 80..559."""
+    off = (x.shape[1] - SIZE) // 2
+    return x[:, off:off + SIZE]
+
+
+def clean_depth(depth: np.ndarray) -> np.ndarray:
+    depth = np.nan_to_num(np.asarray(depth, np.float32), nan=0.0)
+    return np.where((depth > 0) & (depth <= MAX_DEPTH), depth, 0.0).astype(np.float32)
+
+
+def official_split(raw: Path) -> dict[str, np.ndarray]:
+    from scipy.io import loadmat
+
+    path = require(raw / "splits.mat", "NYU's official split, splits.mat (MATLAB v5, trainNdxs/testNdxs)")
+    try:
+        mat = loadmat(str(path))
+        return {"train": np.asarray(mat["trainNdxs"]).ravel().astype(np.int64) - 1,
+                "test": np.asarray(mat["testNdxs"]).ravel().astype(np.int64) - 1}
+    except (KeyError, ValueError, OSError) as exc:
+        raise MidprobeError(f"cannot read {path} ({exc}); expected MATLAB v5 with trainNdxs and testNdxs") from None
+
+
+def sn40_split(raw: Path) -> dict[str, np.ndarray]:
+    """FAIR's train_SN40.json / test_SN40.json (the paper's split): records {img: '%06d_rgb.jpg', ...}."""
+    out = {}
+    for split in ("train", "test"):
+        path = require(raw / "surfacenormal_metadata" / f"{split}_SN40.json", "FAIR's surface-normal split file")
+        try:
+            out[split] = np.array(sorted(int(r["img"].split("_")[0]) - 1 for r in json.loads(path.read_text())))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MidprobeError(f"cannot read {path} ({exc}); expected a list of {{img: '000001_rgb.jpg'}}") from None
+    return out
+
+
+def ladicky_normals(raw: Path) -> tuple[dict[int, int], np.ndarray, np.ndarray]:
+    """Frame (0-based) -> row, and the normals and validity masks of FAIR's all_normals.pklz."""
+    path = raw / "surfacenormal_metadata" / "all_normals.pklz"
+    data = load_numpy_pickle(require(path, "FAIR's nyuv2_surfacenormal_metadata (all_normals.pklz)"))
+    try:
+        rows = {int(Path(str(name)).stem) - 1: i for i, name in enumerate(data["all_filenames"])}
+        normals, valid = data["all_normals"], data["all_valid_depth_masks"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MidprobeError(f"{path} lacks {exc}; expected all_normals, all_valid_depth_masks, all_filenames") from None
+    if normals.shape[1:] != (480, 640, 3):
+        raise MidprobeError(f"{path}: all_normals has shape {normals.shape}, expected (N, 480, 640, 3)")
+    return rows, normals, valid
+
+
+def _geonet_frames(folder: Path) -> list[Path]:
+    files = sorted(p for p in require(folder, "GeoNet's NYU training .mat files (data1.zip + data2.zip)").glob("*.mat"))
+    if not files:
+        raise MidprobeError(f"{folder} holds no .mat files; expected GeoNet's NYU training frames")
+    return [p for p in files if p.name not in GEONET_UNREADABLE]
+
+
+def geonet_frame(path: Path) -> dict[str, np.ndarray]:
+    """One GeoNet frame, cropped from 481 x 641 to 480 x 640 and then centred to 480 x 480."""
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(str(path))
+        img = np.asarray(mat["img"], np.float64)[:480, :640] + 2 * np.asarray(GEONET_MEAN)
+        depth, norm = np.asarray(mat["depth"])[:480, :640], np.asarray(mat["norm"], np.float32)[:480, :640]
+        mask = np.asarray(mat["mask"])[:480, :640] > 0.5
+    except (KeyError, ValueError, OSError) as exc:
+        raise MidprobeError(f"cannot read GeoNet frame {path} ({exc}); expected img, depth, norm, mask") from None
+    return {"images": centre_crop(np.clip(np.rint(img), 0, 255).astype(np.uint8)),
+            "depth": centre_crop(clean_depth(depth)),
+            "normals": centre_crop(np.where(mask[..., None], norm, 0.0).astype(np.float32))}
+
+
+def prepare_nyuv2(*, root: DataRoot, raw: str | None = None, split_source: str = "official",
+                  test_depth: str = "depths", geonet: bool = False, progress: bool = True) -> Path:
+    """Write ``stores/datasets/nyuv2.zarr``: train / test with images, depth (m), normals."""
+    import h5py
+    from tqdm import tqdm
+
+    raw_dir = Path(raw) if raw else root.raw("nyuv2")
+    if split_source not in ("official", "sn40"):
+        raise MidprobeError(f"split_source {split_source!r}: expected official (splits.mat) or sn40 (FAIR's json)")
+    if test_depth not in ("depths", "rawDepths"):
+        raise MidprobeError(f"test_depth {test_depth!r}: expected depths (in-painted) or rawDepths (Kinect)")
+    mat_path = require(raw_dir / "nyu_depth_v2_labeled.mat", "the NYU Depth v2 labeled set (MATLAB v7.3 / HDF5)")
+    splits = official_split(raw_dir) if split_source == "official" else sn40_split(raw_dir)
+    rows, normals, valid = ladicky_normals(raw_dir)
+    used = [mat_path, raw_dir / "surfacenormal_metadata" / "all_normals.pklz",
+            *([raw_dir / "splits.mat"] if split_source == "official" else
+              [raw_dir / "surfacenormal_metadata" / f"{s}_SN40.json" for s in ("train", "test")])]
+    frames = _geonet_frames(raw_dir / "nyu_geonet") if geonet else []
+    options = {"split_source": split_source, "test_depth": test_depth, "geonet": geonet, "size": SIZE}
+    path = root.dataset_store("nyuv2")
+    root.ensure_writable(path.parent)
+    try:
+        h5 = h5py.File(str(mat_path), "r")
+    except OSError as exc:
+        raise MidprobeError(f"cannot read {mat_path} ({exc}); expected the MATLAB v7.3 (HDF5) labeled set") from None
+    with h5:
+        for key in ("images", "depths", "rawDepths"):
+            if key not in h5:
+                raise MidprobeError(f"{mat_path} has no {key!r}; expected NYU's images, depths, rawDepths")
+        n = h5["images"].shape[0]
+        if h5["images"].shape[1:] != (3, 640, 480):
+            raise MidprobeError(f"{mat_path}: images has shape {h5['images'].shape}, expected (N, 3, 640, 480)")
+        for split, index in splits.items():
+            if index.min() < 0 or index.max() >= n or any(int(i) not in rows for i in index):
+                raise MidprobeError(f"{split} split indexes frames outside the {n} labeled frames or the normals")
+        writer = create_dataset_store(
+            path, name="nyuv2", source=f"raw:{raw_fingerprint(raw_dir, used + frames)}", options=options,
+            attrs={"depth_kind": "metric", "depth_range": [0.001, MAX_DEPTH], "tasks": ["depth", "normals"],
+                   "normals_source": "train: " + ("GeoNet (Qi et al.)" if geonet else "Ladicky et al. (FAIR all_normals)")
+                   + "; test: Ladicky et al. (FAIR all_normals)"})
+        bar = tqdm(total=sum(len(v) for v in splits.values()) + len(frames) - (len(splits["train"]) if geonet else 0),
+                   unit="img", desc="nyuv2", disable=not progress, file=sys.stderr)
+        for split, index in splits.items():
+            if split == "train" and geonet:
+                out = writer.split("train", num_images=len(frames), height=SIZE, width=SIZE, fields=FIELDS)
+                for frame in frames:
+                    out.append({k: v[None] for k, v in geonet_frame(frame).items()})
+                    bar.update(1)
+                continue
+            out = writer.split(split, num_images=len(index), height=SIZE, width=SIZE, fields=FIELDS)
+            depth_key = test_depth if split == "test" else "depths"
+            for i in (int(i) for i in index):
+                r = rows[i]
+                n_valid = np.asarray(valid[r]) > 0.5
+                frame = {"images": np.asarray(h5["images"][i]).transpose(2, 1, 0),
+                         "depth": clean_depth(np.asarray(h5[depth_key][i]).T),
+                         "normals": np.where(n_valid[..., None], normals[r], 0.0).astype(np.float32)}
+                out.append({k: centre_crop(v)[None] for k, v in frame.items()})
+                bar.update(1)
+        bar.close()
+        writer.finish()
+    return path

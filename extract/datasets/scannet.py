@@ -1,0 +1,92 @@
+"""ScanNet-1500: the standard 1500 test pairs (SuperGlue's, as packaged by LoFTR), 480 x 640.
+
+Raw files under ``RAW`` (default ``data/raw/scannet1500``): LoFTR's ``test.npz`` (``name``
+``(1500, 4)`` = scene, sub-scene, frame 0, frame 1) and ``intrinsics.npz`` (``sceneXXXX_YY`` ->
+``(3, 3)`` K at 640 x 480), and the extracted ``scannet_test_1500.tar``: ``sceneXXXX_YY/color/<frame>.jpg``,
+``depth/<frame>.png`` (uint16 millimetres, 0 invalid, 640 x 480), ``pose/<frame>.txt`` (4 x 4
+camera-to-world). Frames are not zero-padded.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cache import DataRoot, MidprobeError, create_dataset_store
+from cache.camera import relative_rotation_deg
+from extract.datasets.raw import raw_fingerprint, read_image, require, resize
+
+HEIGHT, WIDTH = 480, 640
+FIELDS = {"images": ((HEIGHT, WIDTH, 3), "uint8"), "depth": ((HEIGHT, WIDTH), "float32"),
+          "K": ((3, 3), "float32"), "pose": ((4, 4), "float32")}
+
+
+def _npz(path: Path, what: str) -> Any:
+    try:
+        return np.load(require(path, what), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise MidprobeError(f"cannot read {path} ({exc}); expected {what}") from None
+
+
+def read_pose(path: Path) -> np.ndarray:
+    try:
+        pose = np.loadtxt(require(path, "a ScanNet 4x4 camera-to-world pose"), dtype=np.float64)
+    except ValueError as exc:
+        raise MidprobeError(f"cannot read {path} ({exc}); expected 4 rows of 4 numbers") from None
+    if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
+        raise MidprobeError(f"{path} holds {pose.shape} values (or inf); expected a finite 4x4 camera-to-world pose")
+    return pose
+
+
+def read_depth_mm(path: Path) -> np.ndarray:
+    depth = read_image(path, mode=None)
+    if depth.dtype != np.uint16 or depth.shape != (HEIGHT, WIDTH):
+        raise MidprobeError(f"{path} is {depth.dtype} {depth.shape}; expected uint16 millimetres of {HEIGHT}x{WIDTH}")
+    return depth.astype(np.float32) / 1000.0
+
+
+def prepare_scannet1500(*, root: DataRoot, raw: str | None = None, progress: bool = True) -> Path:
+    """Write ``stores/datasets/scannet1500.zarr``: split ``pairs`` (image 2p and 2p+1 form pair p)."""
+    from tqdm import tqdm
+
+    raw_dir = Path(raw) if raw else root.raw("scannet1500")
+    names = _npz(raw_dir / "test.npz", "LoFTR's ScanNet-1500 test.npz with 'name'")
+    if "name" not in names or names["name"].ndim != 2 or names["name"].shape[1] != 4:
+        raise MidprobeError(f"{raw_dir / 'test.npz'}: expected 'name' of shape (P, 4)")
+    pairs_meta = names["name"].astype(np.int64)
+    intrinsics = _npz(raw_dir / "intrinsics.npz", "LoFTR's intrinsics.npz (scene -> 3x3 K at 640x480)")
+    frames = []
+    for scene_num, sub, f0, f1 in pairs_meta:
+        scene = f"scene{scene_num:04d}_{sub:02d}"
+        if scene not in intrinsics:
+            raise MidprobeError(f"{raw_dir / 'intrinsics.npz'} has no {scene}; expected a K for every scene in test.npz")
+        for frame in (f0, f1):
+            folder = raw_dir / scene
+            frames.append((scene, folder / "color" / f"{frame}.jpg", folder / "depth" / f"{frame}.png",
+                           folder / "pose" / f"{frame}.txt"))
+    for _, color, depth, pose in frames:
+        require(color, "a ScanNet colour frame"), require(depth, "a ScanNet depth PNG"), require(pose, "a pose file")
+    used = [raw_dir / "test.npz", raw_dir / "intrinsics.npz", *sorted({p for f in frames for p in f[1:]})]
+    path = root.dataset_store("scannet1500")
+    root.ensure_writable(path.parent)
+    writer = create_dataset_store(path, name="scannet1500", source=f"raw:{raw_fingerprint(raw_dir, used)}",
+                                  options={"height": HEIGHT, "width": WIDTH},
+                                  attrs={"depth_kind": "metric", "depth_range": [0.001, 10.0],
+                                         "tasks": ["correspondence"]})
+    out = writer.split("pairs", num_images=len(frames), height=HEIGHT, width=WIDTH, fields=FIELDS)
+    poses = []
+    for scene, color, depth, pose_path in tqdm(frames, unit="img", desc="scannet1500", disable=not progress,
+                                               file=sys.stderr):
+        pose = read_pose(pose_path)
+        poses.append(pose)
+        out.append({"images": resize(read_image(color), (HEIGHT, WIDTH))[None], "depth": read_depth_mm(depth)[None],
+                    "K": np.asarray(intrinsics[scene], np.float32)[None], "pose": pose.astype(np.float32)[None]})
+    count = len(pairs_meta)
+    out.put_relation("pairs", np.arange(2 * count, dtype=np.int32).reshape(count, 2))
+    out.put_relation("pair_rotation_deg", np.array([relative_rotation_deg(poses[2 * p], poses[2 * p + 1])
+                                                    for p in range(count)], np.float32))
+    writer.finish()
+    return path
