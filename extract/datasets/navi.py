@@ -169,7 +169,7 @@ def prepare_navi(*, root: DataRoot, raw: str | None = None, progress: bool = Tru
                                   options={"size": SIZE, "max_angle": MAX_ANGLE, "pair_seed": PAIR_SEED},
                                   attrs={"depth_kind": "relative", "depth_range": [0.01, 1.0],
                                          "tasks": ["depth", "normals", "correspondence"], "objects": list(objects)})
-    bar = tqdm(total=sum(map(len, views.values())) * 2, unit="img", desc="navi", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=sum(map(len, views.values())), unit="img", desc="navi", disable=not progress, file=sys.stderr)
     test_views = []
     for split, items in views.items():
         out = writer.split(split, num_images=len(items), height=SIZE, width=SIZE, fields=_fields(False))
@@ -180,17 +180,16 @@ def prepare_navi(*, root: DataRoot, raw: str | None = None, progress: bool = Tru
             out.append({"images": view["rgb"][None], "depth": relative_depth(view["depth"])[None],
                         "normals": normals_from_depth(view["depth"], view["K"].astype(np.float64))[None],
                         "foreground": (view["depth"] > 0).astype(np.uint8)[None]})
-            bar.update(1 if split == "train" else 0.5)
+            bar.update(1)
+    bar.close()
     pairs = draw_pairs([v["pose"].astype(np.float64) for _, v in test_views], [n for n, _ in test_views])
     out = writer.split("pairs", num_images=2 * len(pairs), height=SIZE, width=SIZE, fields=_fields(True),
                        attrs={"depth_kind": "metric", "source_split": "test (wild_set)"})
-    for i, j, _ in pairs:
+    for i, j, _ in tqdm(pairs, unit="pair", desc="navi pairs", disable=not progress, file=sys.stderr):
         for k in (i, j):
             v = test_views[k][1]
             out.append({"images": v["rgb"][None], "depth": v["depth"][None], "K": v["K"][None], "pose": v["pose"][None]})
-        bar.update(len(views["test"]) / max(len(pairs), 1))
     out.put_relation("pairs", np.arange(2 * len(pairs), dtype=np.int32).reshape(-1, 2))
     out.put_relation("pair_rotation_deg", np.array([a for _, _, a in pairs], np.float32))
-    bar.close()
     writer.finish()
     return path
