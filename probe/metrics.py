@@ -102,7 +102,8 @@ class NormalMetrics:
         self.avg.add(values)
         e = err[valid].double()
         self.total += float(e.sum())
-        self.hist += torch.bincount((e * 100).long().clamp(0, self.bins - 1), minlength=self.bins).double()
+        # the histogram lives on the CPU whatever device the predictions are on
+        self.hist += torch.bincount((e * 100).long().clamp(0, self.bins - 1), minlength=self.bins).double().cpu()
 
     def result(self) -> dict[str, float]:
         out = self.avg.result()

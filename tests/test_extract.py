@@ -266,3 +266,15 @@ def test_any_timm_model_by_name_with_a_local_weights_file(root, tmp_path):
     np.testing.assert_allclose(split.array("res5")[...].astype(np.float32), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
     with pytest.raises(MidprobeError, match="timm has no model 'resnet5000'"):
         build_backbone("timm:resnet5000")
+
+
+def test_hog_is_float32_under_the_gpu_extractors_bf16_autocast():
+    # extraction on a GPU runs under bf16 autocast; the weight-free HOG must not change with it
+    hog = build_backbone("hog")
+    x = torch.linspace(-2, 2, 2 * 3 * 32 * 32).reshape(2, 3, 32, 32)
+    with torch.inference_mode():
+        plain, _ = hog(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed, _ = hog(x)
+    assert mixed["patch"].dtype == torch.float32
+    torch.testing.assert_close(mixed["patch"], plain["patch"], rtol=0, atol=0)

@@ -54,6 +54,12 @@ class DenseHOG(nn.Module):
         self.register_buffer("ky", sobel.t().contiguous().view(1, 1, 3, 3).repeat(3, 1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        # a fixed filter bank, computed in float32 whatever autocast the extractor runs under
+        # (bf16 on a GPU would make the Sobel conv's output a different dtype from the histogram)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._hog(x.float())
+
+    def _hog(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         x = _pad_to_patch(x)
         b, c, h, w = x.shape
         padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
