@@ -108,7 +108,7 @@ def write_voc(raw: Path) -> dict[str, list[str]]:
 
 
 def write_nights(raw: Path) -> None:
-    """nights/data.csv and ref/XXX/YYY.png, distort/XXX/YYY_{0,1}.png (256 x 256 here)."""
+    """nights/data.csv and ref/<group>/<item>.png, distort/<group>/<item>_{0,1}.png (256 x 256 here)."""
     rows = [("0", "0.0", "1.0", "6", "test", "False"), ("1", "1.0", "0.0", "7", "test", "True"),
             ("2", "0.2", "0.8", "5", "test", "False"), ("3", "0.0", "1.0", "6", "train", "False")]
     lines = ["id,left_vote,right_vote,votes,ref_path,left_path,right_path,split,is_imagenet,prompt"]

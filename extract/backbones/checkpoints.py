@@ -32,13 +32,14 @@ class _Inert:
 
 # Non-tensor objects the published files are known to hold (training args, mmengine logs, numpy
 # arrays in old VISSL conversions). They are unpickled as inert data; any other global is refused.
+_MULTIARRAY = getattr(np, "_core", np.core).multiarray      # numpy 2 moved numpy.core to numpy._core
 _NUMPY_DTYPES = ("float16", "float32", "float64", "int32", "int64", "uint8", "bool")
 _TOLERATED: list[Any] = [
     (_Inert, "argparse.Namespace"),
     (_Inert, "mmengine.logging.history_buffer.HistoryBuffer"),
     np.ndarray, np.dtype, *{type(np.dtype(t)) for t in _NUMPY_DTYPES},
     # numpy 1.x wrote these under numpy.core, numpy 2 under numpy._core
-    *[(getattr(np._core.multiarray, f), f"{m}.multiarray.{f}") for f in ("_reconstruct", "scalar")
+    *[(getattr(_MULTIARRAY, f), f"{m}.multiarray.{f}") for f in ("_reconstruct", "scalar")
       for m in ("numpy.core", "numpy._core")],
 ]
 
@@ -111,7 +112,7 @@ def convert(obj: Any, fmt: CheckpointFormat, *, source: str) -> StateDict:
     state: StateDict = {}
     stray = []
     for key, value in node.items():
-        if key.startswith(fmt.leftovers) and fmt.leftovers:
+        if fmt.leftovers and key.startswith(fmt.leftovers):
             continue
         match = next((p for p in prefixes if key.startswith(p)), None)
         if match is None:

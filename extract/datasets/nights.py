@@ -1,7 +1,7 @@
 """NIGHTS (DreamSim) 2AFC triplets for mid-level similarity: test split, >= 6 agreeing votes, 224 x 224.
 
 Raw files under ``RAW`` (default ``data/raw/nights``): ``nights.zip`` extracted, giving
-``data.csv`` and ``ref/XXX/YYY.png``, ``distort/XXX/YYY_0.png``, ``distort/XXX/YYY_1.png``.
+``data.csv`` and ``ref/<group>/<item>.png``, ``distort/<group>/<item>_0.png``, ``distort/<group>/<item>_1.png``.
 ``data.csv`` columns used (by name): ``id``, ``right_vote`` (the share of annotators who
 found the right image closer), ``votes``, ``ref_path``, ``left_path``, ``right_path``,
 ``split``.

@@ -1,8 +1,8 @@
 """ScanNet-1500: the standard 1500 test pairs (SuperGlue's, as packaged by LoFTR), 480 x 640.
 
 Raw files under ``RAW`` (default ``data/raw/scannet1500``): LoFTR's ``test.npz`` (``name``
-``(1500, 4)`` = scene, sub-scene, frame 0, frame 1) and ``intrinsics.npz`` (``sceneXXXX_YY`` ->
-``(3, 3)`` K at 640 x 480), and the extracted ``scannet_test_1500.tar``: ``sceneXXXX_YY/color/<frame>.jpg``,
+``(1500, 4)`` = scene, sub-scene, frame 0, frame 1) and ``intrinsics.npz`` (``scene<NNNN>_<NN>`` ->
+``(3, 3)`` K at 640 x 480), and the extracted ``scannet_test_1500.tar``: ``scene<NNNN>_<NN>/color/<frame>.jpg``,
 ``depth/<frame>.png`` (uint16 millimetres, 0 invalid, 640 x 480), ``pose/<frame>.txt`` (4 x 4
 camera-to-world). Frames are not zero-padded.
 """
