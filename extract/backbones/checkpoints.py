@@ -32,7 +32,7 @@ class _Inert:
 
 # Non-tensor objects the published files are known to hold (training args, mmengine logs, numpy
 # arrays in old VISSL conversions). They are unpickled as inert data; any other global is refused.
-_MULTIARRAY = getattr(np, "_core", np.core).multiarray      # numpy 2 moved numpy.core to numpy._core
+_MULTIARRAY = (np._core if hasattr(np, "_core") else np.core).multiarray   # numpy 2 moved numpy.core to numpy._core
 _NUMPY_DTYPES = ("float16", "float32", "float64", "int32", "int64", "uint8", "bool")
 _TOLERATED: list[Any] = [
     (_Inert, "argparse.Namespace"),
