@@ -169,3 +169,17 @@ def test_unknown_options_and_missing_raw_folders_are_one_line_errors(root, capsy
         prepare("voc", root=root, progress=False)
     assert data_main(["--dataset", "nights", "--data", str(root.root), "--option", "min_votes=six"]) == 2
     assert "option min_votes='six': expected a int" in capsys.readouterr().err
+
+
+def test_the_store_fingerprint_follows_the_raw_files(root):
+    raw = root.raw("nights")
+    fx.write_nights(raw)
+    first = open_dataset(prepare("nights", root=root, progress=False)).fingerprint
+    assert open_dataset(prepare("nights", root=root, progress=False)).fingerprint == first      # deterministic
+    (raw / "data.csv").write_text((raw / "data.csv").read_text().replace("a photo", "a picture"))
+    second = open_dataset(prepare("nights", root=root, progress=False)).fingerprint
+    assert second != first                                   # metadata: by contents
+    from PIL import Image
+
+    Image.new("RGB", (300, 300)).save(raw / "ref" / "000" / "000.png")
+    assert open_dataset(prepare("nights", root=root, progress=False)).fingerprint != second   # images: by size

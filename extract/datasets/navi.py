@@ -158,14 +158,15 @@ def prepare_navi(*, root: DataRoot, raw: str | None = None, progress: bool = Tru
     raw_dir = Path(raw) if raw else root.raw("navi")
     objects = collections(raw_dir)
     views = {s: [(name, folder, r) for name, v in objects.items() for folder, r in v[s]] for s in ("train", "test")}
-    used = {folder / "annotations.json" for s in views.values() for _, folder, _ in s}
+    annotations = {folder / "annotations.json" for s in views.values() for _, folder, _ in s}
+    images: set[Path] = set()
     for s in views.values():
         for _, folder, r in s:
-            used |= {require(folder / "images" / r["filename"], "a NAVI image"),
+            images |= {require(folder / "images" / r["filename"], "a NAVI image"),
                      require(folder / "depth" / f"{Path(r['filename']).stem}.png", "a NAVI depth PNG")}
     path = root.dataset_store("navi")
     root.ensure_writable(path.parent)
-    writer = create_dataset_store(path, name="navi", source=f"raw:{raw_fingerprint(raw_dir, used)}",
+    writer = create_dataset_store(path, name="navi", source=f"raw:{raw_fingerprint(raw_dir, annotations, images)}",
                                   options={"size": SIZE, "max_angle": MAX_ANGLE, "pair_seed": PAIR_SEED},
                                   attrs={"depth_kind": "relative", "depth_range": [0.01, 1.0],
                                          "tasks": ["depth", "normals", "correspondence"], "objects": list(objects)})

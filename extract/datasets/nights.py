@@ -58,7 +58,7 @@ def prepare_nights(*, root: DataRoot, raw: str | None = None, split: str = "test
     options = {"split": split, "min_votes": min_votes, "size": SIZE, "resample": "bicubic"}
     path = root.dataset_store("nights")
     root.ensure_writable(path.parent)
-    writer = create_dataset_store(path, name="nights", source=f"raw:{raw_fingerprint(raw_dir, [csv_path, *sum(files, [])])}",
+    writer = create_dataset_store(path, name="nights", source=f"raw:{raw_fingerprint(raw_dir, [csv_path], sum(files, []))}",
                                   options=options, attrs={"tasks": ["similarity"]})
     out = writer.split("triplets", num_images=3 * len(rows), height=SIZE, width=SIZE,
                        fields={"images": ((SIZE, SIZE, 3), "uint8")})

@@ -138,11 +138,11 @@ def prepare_nyuv2(*, root: DataRoot, raw: str | None = None, split_source: str =
             if index.min() < 0 or index.max() >= n or any(int(i) not in rows for i in index):
                 raise MidprobeError(f"{split} split indexes frames outside the {n} labeled frames or the normals")
         writer = create_dataset_store(
-            path, name="nyuv2", source=f"raw:{raw_fingerprint(raw_dir, used + frames)}", options=options,
+            path, name="nyuv2", source=f"raw:{raw_fingerprint(raw_dir, used, frames)}", options=options,
             attrs={"depth_kind": "metric", "depth_range": [0.001, MAX_DEPTH], "tasks": ["depth", "normals"],
                    "normals_source": "train: " + ("GeoNet (Qi et al.)" if geonet else "Ladicky et al. (FAIR all_normals)")
                    + "; test: Ladicky et al. (FAIR all_normals)"})
-        bar = tqdm(total=sum(len(v) for v in splits.values()) + len(frames) - (len(splits["train"]) if geonet else 0),
+        bar = tqdm(total=len(splits["test"]) + (len(frames) if geonet else len(splits["train"])),
                    unit="img", desc="nyuv2", disable=not progress, file=sys.stderr)
         for split, index in splits.items():
             if split == "train" and geonet:

@@ -69,10 +69,11 @@ def prepare_scannet1500(*, root: DataRoot, raw: str | None = None, progress: boo
                            folder / "pose" / f"{frame}.txt"))
     for _, color, depth, pose in frames:
         require(color, "a ScanNet colour frame"), require(depth, "a ScanNet depth PNG"), require(pose, "a pose file")
-    used = [raw_dir / "test.npz", raw_dir / "intrinsics.npz", *sorted({p for f in frames for p in f[1:]})]
+    metadata = [raw_dir / "test.npz", raw_dir / "intrinsics.npz", *sorted({f[3] for f in frames})]
+    images = sorted({p for f in frames for p in f[1:3]})
     path = root.dataset_store("scannet1500")
     root.ensure_writable(path.parent)
-    writer = create_dataset_store(path, name="scannet1500", source=f"raw:{raw_fingerprint(raw_dir, used)}",
+    writer = create_dataset_store(path, name="scannet1500", source=f"raw:{raw_fingerprint(raw_dir, metadata, images)}",
                                   options={"height": HEIGHT, "width": WIDTH},
                                   attrs={"depth_kind": "metric", "depth_range": [0.001, 10.0],
                                          "tasks": ["correspondence"]})

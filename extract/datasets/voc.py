@@ -57,11 +57,11 @@ def prepare_voc(*, root: DataRoot, raw: str | None = None, void_as_foreground: b
             require(jpg, "a VOC JPEG image")
             require(png, "a VOC SegmentationObject palette PNG")
     lists = [devkit / "ImageSets" / "Segmentation" / f"{n}.txt" for n in SPLITS.values()]
-    used = lists + [p for pairs in files.values() for pair in pairs for p in pair]
+    images = [p for pairs in files.values() for pair in pairs for p in pair]
     options = {"size": SIZE, "void_as_foreground": void_as_foreground, "image_resample": "bilinear"}
     path = root.dataset_store("voc")
     root.ensure_writable(path.parent)
-    writer = create_dataset_store(path, name="voc", source=f"raw:{raw_fingerprint(raw_dir, used)}", options=options,
+    writer = create_dataset_store(path, name="voc", source=f"raw:{raw_fingerprint(raw_dir, lists, images)}", options=options,
                                   attrs={"tasks": ["segmentation"], "ignore_label": IGNORE,
                                          "void_band": "foreground" if void_as_foreground else "ignored"})
     fields = {"images": ((SIZE, SIZE, 3), "uint8"), "foreground": ((SIZE, SIZE), "uint8")}
