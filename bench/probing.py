@@ -57,7 +57,7 @@ def cache_vs_recompute(*, images: int = 128, batch_size: int = 32, loss_stride: 
     """
     dev = resolve_device(device)
     task = get_task("normals")
-    settings = TrainSettings(epochs=1, batch_size=batch_size, device=str(dev), options={"loss_stride": loss_stride})
+    settings = TrainSettings.make(epochs=1, batch_size=batch_size, device=str(dev), loss_stride=loss_stride)
     config = ProbeConfig("linear", tuple(VIT_LAYERS), 5e-4)
     with temporary_root("cache") as root:
         random_dataset(root, name="bench", splits={"train": images}, size=224)
@@ -87,10 +87,10 @@ def cache_vs_recompute(*, images: int = 128, batch_size: int = 32, loss_stride: 
                 maps, _ = backbone(to_input(pixels, backbone.spec.mean, backbone.spec.std, dev))
             maps = {k: v.to(torch.float32, copy=True) for k, v in maps.items()}   # leave inference mode
             raw = subsample_raw({"normals": split.read("normals", index)}, loss_stride)
-            target, valid = task.targets(raw, data.attrs, dev)
+            target, valid = task.targets(raw, data.attrs, dev, settings.choices, training=True)
             (logits,) = forward_heads(config_head, BatchInputs(maps, standardizer))
-            prediction = task.decode(logits, split.image_size, data.attrs, {"sample_stride": loss_stride})
-            loss = task.loss(prediction, target, valid, {})
+            prediction = task.decode(logits, split.image_size, data.attrs, settings.choices, loss_stride)
+            loss = task.loss(prediction, target, valid, settings.choices)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -111,7 +111,7 @@ def sweep_vs_single(*, images: int = 256, heads: int = 8, loss_stride: int = 1, 
     """A sweep of ``heads`` linear heads (different learning rates) in one pass, over one head alone."""
     dev = resolve_device(device)
     task = get_task("normals")
-    settings = TrainSettings(epochs=1, batch_size=32, device=str(dev), options={"loss_stride": loss_stride})
+    settings = TrainSettings.make(epochs=1, batch_size=32, device=str(dev), loss_stride=loss_stride)
     with temporary_root("sweep") as root:
         random_dataset(root, name="bench", splits={"train": images}, size=224)
         write_random_features(root, dataset="bench", model="vit", split="train", num_images=images)

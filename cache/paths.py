@@ -5,7 +5,7 @@ Layout under the root (default ``data/`` in the working directory, or ``$MIDPROB
     raw/<dataset>/                      user-downloaded original files
     stores/datasets/<dataset>.zarr      prepared dataset stores
     stores/features/<dataset>/<model>.zarr   feature stores, one group per split
-    results/<task>/<dataset>/<model>/   one JSON record per probe
+    results/<task>/<dataset>/<model>/<protocol>/   one JSON record per probe
     reports/                            generated report pages and figures
 """
 
@@ -38,9 +38,10 @@ class DataRoot:
     def feature_dir(self, dataset: str) -> Path:
         return self.root / "stores" / "features" / dataset
 
-    def results(self, task: str | None = None, dataset: str | None = None, model: str | None = None) -> Path:
+    def results(self, task: str | None = None, dataset: str | None = None, model: str | None = None,
+                protocol: str | None = None) -> Path:
         path = self.root / "results"
-        for part in (task, dataset, model):
+        for part in (task, dataset, model, protocol):
             if part is None:
                 break
             path = path / _safe(part)

@@ -1,4 +1,8 @@
-"""``python -m probe``: train probes (or run zero-shot tasks) on cached features, write records."""
+"""``python -m probe``: train probes (or run zero-shot tasks) on cached features, write records.
+
+Every choice defaults to the protocol's (``--protocol``, default ``midprobe``); an option given
+on the command line overrides that one choice and is recorded as an override.
+"""
 
 from __future__ import annotations
 
@@ -16,54 +20,64 @@ def _floats(text: str) -> list[float]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m probe", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m probe", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, help="depth, normals, segmentation, correspondence, similarity")
     p.add_argument("--dataset", default="synthetic")
+    p.add_argument("--protocol", default="midprobe", help="midprobe (default) or paper")
     p.add_argument("--model", help="comma-separated models (default: every model cached for the dataset)")
-    p.add_argument("--head", default="linear", help="comma-separated heads: linear, mlp, dpt, ridge")
+    p.add_argument("--head", help="comma-separated heads: linear, mlp, dpt, ridge (default: the protocol's)")
     p.add_argument("--layers", help="layer sets: 'block2,block11;block11' (default: all cached layers)")
-    p.add_argument("--lr", type=_floats, default=[5e-4], help="comma-separated learning rates")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--warmup-epochs", type=float, default=1.5)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--lr", type=_floats, help="comma-separated learning rates (default: the protocol's)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--hidden", type=int, help="hidden width of the MLP and DPT heads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--uncertainty-aware", action="store_true", help="normals: the uncertainty-aware angular loss")
-    p.add_argument("--depth-bins", choices=("quarter", "grid"), default="quarter",
-                   help="depth: resolve the 256 bins at 1/4 target resolution (paper) or at the feature grid")
-    p.add_argument("--loss-stride", type=int, default=1,
-                   help="compute the training loss at every n-th target pixel (1 = all, the paper's)")
-    p.add_argument("--bidirectional", action="store_true", help="correspondence: keep mutual nearest neighbours only")
+    p.add_argument("--depth-bins", choices=("quarter", "grid"),
+                   help="depth: resolve the 256 bins at 1/4 target resolution or at the feature grid")
+    p.add_argument("--loss-stride", type=int,
+                   help="compute the training loss at every n-th target pixel (1 = all)")
+    p.add_argument("--bidirectional", action="store_true", help="correspondence: match both ways "
+                   "(the protocol says how: mutual nearest neighbours, or the paper's halves)")
     p.add_argument("--data", help="data root (default $MIDPROBE_DATA or ./data)")
     p.add_argument("--quiet", action="store_true")
     return p
+
+
+def overrides_of(args: argparse.Namespace) -> dict:
+    """The protocol choices the command line overrides (only those given)."""
+    named = {"epochs": args.epochs, "warmup_epochs": args.warmup_epochs, "batch_size": args.batch_size,
+             "weight_decay": args.weight_decay, "hidden": args.hidden, "depth_bins": args.depth_bins,
+             "loss_stride": args.loss_stride}
+    out = {k: v for k, v in named.items() if v is not None}
+    for key in ("epochs", "batch_size", "loss_stride", "hidden"):
+        if key in out and out[key] < 1:
+            raise MidprobeError(f"--{key.replace('_', '-')} must be >= 1, got {out[key]}")
+    if "batch_size" in out:
+        out["eval_batch_size"] = out["batch_size"]
+    if args.uncertainty_aware:
+        out["normals_loss"] = "uncertainty-aware"
+    return out
 
 
 @exits_on_error
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from probe.run import print_table, run_task
-    from probe.train import TrainSettings
+    from probe.tasks import DenseTask, get_task
 
-    if args.epochs < 1 or args.batch_size < 1:
-        raise MidprobeError(f"epochs and batch size must be >= 1, got {args.epochs} and {args.batch_size}")
-    options: dict = {"uncertainty_aware": True} if args.uncertainty_aware else {}
-    if args.task == "depth":
-        options["depth_bins"] = args.depth_bins
-    if args.loss_stride != 1:
-        if args.loss_stride < 1:
-            raise MidprobeError(f"--loss-stride must be >= 1, got {args.loss_stride}")
-        options["loss_stride"] = args.loss_stride
-    settings = TrainSettings(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
-                             weight_decay=args.weight_decay, seed=args.seed, device=args.device,
-                             hidden=args.hidden, options=options)
+    task = get_task(args.task)
+    overrides = overrides_of(args) if isinstance(task, DenseTask) else {}
     layer_sets = [s.split(",") for s in args.layers.split(";") if s] if args.layers else None
     zero_shot = {"bidirectional": True} if args.bidirectional else {}
-    rows = run_task(task_name=args.task, dataset=args.dataset,
+    rows = run_task(task_name=args.task, dataset=args.dataset, protocol=args.protocol,
                     models=args.model.split(",") if args.model else None,
-                    heads=[h for h in args.head.split(",") if h], lrs=args.lr, layer_sets=layer_sets,
-                    settings=settings, root=data_root(args.data), quiet=args.quiet, options=zero_shot)
+                    heads=[h for h in args.head.split(",") if h] if args.head else None, lrs=args.lr,
+                    layer_sets=layer_sets, overrides=overrides, seed=args.seed, device=args.device,
+                    root=data_root(args.data), quiet=args.quiet, options=zero_shot)
     print(print_table(rows))
     return 0

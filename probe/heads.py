@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cache import MidprobeError
+from probe.protocols import DPTChoices
 
 HEADS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -52,22 +53,28 @@ class MLPHead(nn.Module):
 
 
 class ResidualConvUnit(nn.Module):
-    def __init__(self, channels: int) -> None:
+    """Two 3x3 convolutions and a skip: pre-activation ``conv2(relu(conv1(relu(x)))) + x`` (Probe3D's
+    CNN unit) or post-activation ``relu(conv2(relu(conv1(x)))) + x`` (its ViT unit)."""
+
+    def __init__(self, channels: int, post_activation: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.post_activation = post_activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.post_activation:
+            return F.relu(self.conv2(F.relu(self.conv1(x)))) + x
         return self.conv2(F.relu(self.conv1(F.relu(x)))) + x
 
 
 class FusionBlock(nn.Module):
     """DPT feature fusion: RCU(skip) + coarser path, then another RCU."""
 
-    def __init__(self, channels: int, with_skip: bool = True) -> None:
+    def __init__(self, channels: int, with_skip: bool = True, post_activation: bool = False) -> None:
         super().__init__()
-        self.skip = ResidualConvUnit(channels) if with_skip else None
-        self.out = ResidualConvUnit(channels)
+        self.skip = ResidualConvUnit(channels, post_activation) if with_skip else None
+        self.out = ResidualConvUnit(channels, post_activation)
 
     def forward(self, x: torch.Tensor, coarser: torch.Tensor | None = None) -> torch.Tensor:
         if coarser is not None and self.skip is not None:
@@ -76,29 +83,33 @@ class FusionBlock(nn.Module):
 
 
 class DPTHead(nn.Module):
-    """The paper's DPT-style multi-layer fusion head (Probe3D ``DPT``), hidden 512.
+    """Probe3D's DPT-style multi-layer fusion head, hidden 512.
 
     Each of the four layers is projected to ``hidden`` channels (1x1 for equal-resolution
-    ViT maps, 3x3 for a CNN pyramid); ViT maps are first upsampled x2. Fusion runs from the
-    deepest layer to the shallowest, resizing the running map to each layer's grid, then a
-    3x3 -> ReLU -> 3x3 output block. ViT outputs come out at 8x the token grid (the
-    paper's x2, x4 and final x2 make 16x; the last x2 is left to the task's upsampling to
-    the target, which is the same bilinear step).
+    ViT maps, 3x3 without bias for a CNN pyramid); ViT maps are then upsampled x2 (nearest).
+    Fusion runs from the deepest layer to the shallowest, resizing the running map to each
+    layer's grid (bilinear, align_corners), then x4 (ViT; ``dpt.vit_upsample``) or x2 (CNN,
+    bilinear) and a 3x3 -> ReLU -> 3x3 output block. ``dpt.final_upsample="nearest"`` adds
+    the paper's last x2 (nearest) inside the head, so ViT outputs come out at 16x the token
+    grid; with ``"task"`` they come out at 8x and the task's upsampling to the target does
+    the rest. ``dpt.vit_residual`` picks the ViT residual unit (see :class:`ResidualConvUnit`).
     """
 
     input_kind = "pyramid"
 
     def __init__(self, *, in_channels: list[int], out_channels: int, hidden: int = 512,
-                 equal_grids: bool = True, **_: object) -> None:
+                 equal_grids: bool = True, dpt: DPTChoices = DPTChoices(), **_: object) -> None:
         super().__init__()
         if len(in_channels) != 4:
             raise MidprobeError(f"the dpt head fuses exactly 4 layers, got {len(in_channels)}; pass four LAYERS")
         kernel = 1 if equal_grids else 3
         self.equal_grids = equal_grids
+        self.choices = dpt
+        post = equal_grids and dpt.vit_residual == "post-activation"
         self.project = nn.ModuleList(nn.Conv2d(c, hidden, kernel, padding=kernel // 2, bias=equal_grids)
                                      for c in in_channels)
-        self.fuse = nn.ModuleList([FusionBlock(hidden), FusionBlock(hidden), FusionBlock(hidden),
-                                   FusionBlock(hidden, with_skip=False)])
+        self.fuse = nn.ModuleList([FusionBlock(hidden, post_activation=post) for _ in range(3)]
+                                  + [FusionBlock(hidden, with_skip=False, post_activation=post)])
         self.out = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
                                  nn.Conv2d(hidden, out_channels, 3, padding=1))
 
@@ -110,9 +121,14 @@ class DPTHead(nn.Module):
         for level in (2, 1, 0):
             coarser = F.interpolate(out, size=x[level].shape[-2:], mode="bilinear", align_corners=True)
             out = self.fuse[level](x[level], coarser)
-        scale = 4 if self.equal_grids else 2
-        out = F.interpolate(out, scale_factor=scale, mode="bilinear", align_corners=True)
-        return self.out(out)
+        if self.equal_grids and self.choices.vit_upsample == "nearest":
+            out = F.interpolate(out, scale_factor=4, mode="nearest")
+        else:
+            out = F.interpolate(out, scale_factor=4 if self.equal_grids else 2, mode="bilinear", align_corners=True)
+        out = self.out(out)
+        if self.choices.final_upsample == "nearest":
+            out = F.interpolate(out, scale_factor=2, mode="nearest")
+        return out
 
 
 @register_head("linear")
@@ -135,8 +151,43 @@ CLOSED_FORM = ("ridge",)
 
 
 def build_head(name: str, *, in_channels: list[int], out_channels: int, hidden: int = 512,
-               equal_grids: bool = True) -> nn.Module:
-    if name not in HEADS:
+               equal_grids: bool = True, dpt: DPTChoices = DPTChoices()) -> nn.Module:
+    check_head(name)
+    return HEADS[name](in_channels=in_channels, out_channels=out_channels, hidden=hidden, equal_grids=equal_grids,
+                       dpt=dpt)
+
+
+def check_head(name: str) -> None:
+    """A one-line error for a head name that is neither trained nor closed-form."""
+    if name not in HEADS and name not in CLOSED_FORM:
         known = ", ".join(sorted([*HEADS, *CLOSED_FORM]))
         raise MidprobeError(f"unknown head {name!r}; known heads: {known}")
-    return HEADS[name](in_channels=in_channels, out_channels=out_channels, hidden=hidden, equal_grids=equal_grids)
+
+
+class Probe(nn.Module):
+    """A trained head and, optionally, a BatchNorm on its logits (``logit_norm``).
+
+    The logit BatchNorm is Probe3D's objectness output norm: its affine parameters train
+    with the head, and it stays in train mode when the probe is evaluated, so test logits
+    are normalised with the statistics of their own test batch.
+    """
+
+    def __init__(self, head: nn.Module, *, out_channels: int, logit_norm: str = "none") -> None:
+        super().__init__()
+        if logit_norm not in ("none", "batchnorm-train"):
+            raise MidprobeError(f"logit_norm {logit_norm!r}: expected none or batchnorm-train")
+        self.head = head
+        self.logit_norm = nn.BatchNorm2d(out_channels) if logit_norm == "batchnorm-train" else None
+
+    def normalise(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.logit_norm is None else self.logit_norm(logits)
+
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        return self.normalise(self.head(x))
+
+    def evaluating(self) -> "Probe":
+        """Eval mode, except a logit BatchNorm, which the paper's code leaves in train mode."""
+        self.eval()
+        if self.logit_norm is not None:
+            self.logit_norm.train()
+        return self

@@ -38,9 +38,37 @@ def gradient_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
     return total
 
 
-def depth_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Probe3D's ``DepthLoss``: 10 x scale-invariant log loss + 0.5 x gradient loss."""
-    return 10.0 * sig_loss(pred, target, valid) + 0.5 * gradient_loss(pred, target, valid)
+def gradient_loss_across_batch(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
+                               eps: float = 1e-3) -> torch.Tensor:
+    """The paper's "gradient" term exactly as its indexing computes it (a bug, reproduced by ``paper``).
+
+    The paper's code slices ``(B, 1, H, W)`` tensors as if they were ``(H, W)``: ``[::s, ::s]``
+    subsamples the *batch* (and the size-1 channel axis), ``d[0:-2, :] - d[2:, :]`` compares the
+    log residual of image b with that of image b+2, and the "horizontal" ``d[:, 0:-2]`` slices the
+    channel axis and is empty. So at steps 1, 2, 4, 6 this is the L1 difference of log residuals
+    between images two apart (of the subsampled batch), over pixels valid in both, divided by the
+    valid pixels of that sub-batch. ``(B, H, W)`` inputs.
+    """
+    total = pred.new_zeros(())
+    for step in (1, 2, 4, 6):
+        p, t, v = pred[::step], target[::step], valid[::step].float()
+        n = v.sum()
+        if n == 0:
+            continue
+        diff = (torch.log(p + eps) - torch.log(t + eps)) * v
+        across = (diff[:-2] - diff[2:]).abs() * v[:-2] * v[2:]
+        total = total + across.sum() / n
+    return total
+
+
+GRADIENT_LOSSES = {"spatial": gradient_loss, "across-batch": gradient_loss_across_batch}
+
+
+def depth_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
+               gradient: str = "spatial") -> torch.Tensor:
+    """Probe3D's ``DepthLoss``: 10 x scale-invariant log loss + 0.5 x gradient loss (``gradient``:
+    ``"spatial"`` or the paper's ``"across-batch"`` indexing)."""
+    return 10.0 * sig_loss(pred, target, valid) + 0.5 * GRADIENT_LOSSES[gradient](pred, target, valid)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -1,8 +1,9 @@
-"""Evaluation metrics as the paper's code defines them, accumulated image by image.
+"""Evaluation metrics, accumulated image by image (or batch by batch where a protocol says so).
 
 Every metric is computed per image over its valid pixels and averaged over images
-(Probe3D's ``image_average``), except the pixel-pooled mean and median angular error.
-Invalid target pixels (depth 0/NaN, zero normals, label 255) never count.
+(Probe3D's ``image_average``), except the pixel-pooled mean and median angular error and,
+under the paper's protocol, segmentation (pooled per evaluation batch, averaged over
+batches). Invalid target pixels (depth 0/NaN, zero normals, label 255) never count.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class NormalMetrics:
 
 def segmentation_metrics(score: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
                          beta2: float = F_BETA2) -> dict[str, torch.Tensor]:
-    """Per image: IoU, F-beta, pixel accuracy, CorLoc (IoU >= 0.5), as the paper's code computes them.
+    """Per image: IoU, F-beta, pixel accuracy, CorLoc (IoU >= 0.5), with the paper's formulas.
 
     ``score > 0`` is foreground (a logit, i.e. sigmoid > 0.5); ``target`` {0, 1}; ``valid`` bool.
     F-beta = (1 + b2) P R / (b2 P + R) with P, R from per-image counts (1e-6 guards).
@@ -136,14 +137,44 @@ def segmentation_metrics(score: torch.Tensor, target: torch.Tensor, valid: torch
             "precision": precision, "recall": recall}
 
 
+def pooled_segmentation_metrics(score: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
+                                beta2: float = F_BETA2) -> dict[str, float]:
+    """The metrics of one evaluation batch with its pixels pooled, as the paper's objectness code
+    computes them: TP/FP/FN/union over the whole batch array, P and R (1e-6 guards), F-beta from
+    them, IoU, accuracy over the batch's (valid) pixels, and CorLoc = 1 if the pooled IoU >= 0.5.
+    """
+    pred = (score > 0) & valid
+    gt = (target == 1) & valid
+    tp, fp = float((pred & gt).sum()), float((pred & ~gt).sum())
+    fn, union = float((~pred & gt).sum()), float((pred | gt).sum())
+    precision, recall = tp / (tp + fp + 1e-6), tp / (tp + fn + 1e-6)
+    iou = tp / (union + 1e-6)
+    return {"iou": iou, "f_beta": (1 + beta2) * precision * recall / (beta2 * precision + recall + 1e-6),
+            "pixel_accuracy": float(((pred == gt) & valid).sum()) / max(float(valid.sum()), 1.0),
+            "corloc": float(iou >= 0.5), "precision": precision, "recall": recall}
+
+
 class SegmentationMetrics:
-    def __init__(self) -> None:
+    """Per-image metrics averaged over images (``aggregation="image"``), or the paper's per-batch
+    pooling averaged over evaluation batches (``"batch"``: every update is one batch, the partial
+    last one included with the same weight)."""
+
+    def __init__(self, aggregation: str = "image") -> None:
+        if aggregation not in ("image", "batch"):
+            raise ValueError(f"aggregation {aggregation!r}: expected image or batch")
+        self.aggregation = aggregation
         self.avg = ImageAverage()
 
     def update(self, score: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> None:
-        self.avg.add(segmentation_metrics(score, target, valid))
+        if self.aggregation == "image":
+            self.avg.add(segmentation_metrics(score, target, valid))
+        else:
+            self.avg.add({k: torch.tensor([v]) for k, v in pooled_segmentation_metrics(score, target, valid).items()})
 
     def result(self) -> dict[str, float]:
-        return {**self.avg.result(), "f_beta_beta2": F_BETA2}
+        out = {**self.avg.result(), "f_beta_beta2": F_BETA2}
+        if self.aggregation == "batch":
+            out["batches"] = float(self.avg.count)
+        return out
 
 

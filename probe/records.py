@@ -1,4 +1,4 @@
-"""Result records: one JSON file per probe under ``results/<task>/<dataset>/<model>/``."""
+"""Result records: one JSON file per probe under ``results/<task>/<dataset>/<model>/<protocol>/``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from cache import DataRoot
 
-RECORD_VERSION = 1
+#: 2: records carry their protocol (name, resolved choices, overrides) and live under its folder.
+RECORD_VERSION = 2
 
 
 def versions() -> dict[str, str]:
@@ -40,12 +41,13 @@ def record_name(probe: str, seed: int) -> str:
 
 def write_record(root: DataRoot, *, task: str, dataset: str, model: str, probe: str, config: Mapping[str, Any],
                  metrics: Mapping[str, float], headline: str, fingerprint: Mapping[str, Any],
-                 wall_seconds: float, seed: int, extra: Mapping[str, Any] | None = None) -> Path:
+                 wall_seconds: float, seed: int, protocol: str = "midprobe",
+                 extra: Mapping[str, Any] | None = None) -> Path:
     """Write one record atomically (a reader never sees half a file); returns its path."""
-    folder = root.ensure_writable(root.results(task, dataset, model))
+    folder = root.ensure_writable(root.results(task, dataset, model, protocol))
     record = {
         "record_version": RECORD_VERSION, "task": task, "dataset": dataset, "model": model, "probe": probe,
-        "seed": seed, "config": dict(config), "headline_metric": headline, "headline": metrics.get(headline),
+        "protocol": protocol, "seed": seed, "config": dict(config), "headline_metric": headline, "headline": metrics.get(headline),
         "metrics": dict(metrics), "feature_fingerprint": dict(fingerprint), "wall_seconds": wall_seconds,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions(), **dict(extra or {}),
     }

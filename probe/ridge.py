@@ -17,6 +17,7 @@ import torch
 
 from cache import FeatureSplit, SplitView, iterate_batches
 from probe.features import Standardizer, concat_on_grid
+from probe.protocols import DenseChoices
 from probe.tasks.base import DenseTask
 
 RELATIVE_PENALTIES = tuple(10.0 ** e for e in range(-6, 3))
@@ -38,24 +39,25 @@ def _design(maps: Mapping[str, torch.Tensor], layers: Sequence[str]) -> tuple[to
 
 
 def _targets(task: DenseTask, batch_targets: Mapping[str, np.ndarray], attrs: Mapping[str, Any],
-             grid: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    target, valid = task.targets(batch_targets, attrs, device)
+             grid: tuple[int, int], device: torch.device, choices: DenseChoices) -> tuple[torch.Tensor, torch.Tensor]:
+    target, valid = task.targets(batch_targets, attrs, device, choices)
     y, ok = task.ridge_target(target, valid, grid)
     k = y.shape[1]
     return y.permute(0, 2, 3, 1).reshape(-1, k), ok.reshape(-1)
 
 
 def fit_ridge(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, dataset_attrs: Mapping[str, Any],
-              layers: Sequence[str], standardizer: Standardizer, batch_size: int = 32,
+              layers: Sequence[str], standardizer: Standardizer, choices: DenseChoices = DenseChoices(),
               heldout_fraction: float = 0.1, device: str = "cpu") -> RidgeFit:
     dev = torch.device(device)
     n_fit = train.num_images - max(1, int(round(heldout_fraction * train.num_images)))
     sums: dict[str, Any] = {}
     targets = {key: train_data.array(key) for key in task.needs}
-    for batch in iterate_batches(train, layers=list(layers), batch_size=batch_size, shuffle=False, targets=targets):
+    for batch in iterate_batches(train, layers=list(layers), batch_size=choices.batch_size, shuffle=False,
+                                 targets=targets):
         maps = standardizer(batch.features, layers)
         x, grid = _design(maps, layers)
-        y, ok = _targets(task, batch.targets, dataset_attrs, grid, dev)
+        y, ok = _targets(task, batch.targets, dataset_attrs, grid, dev, choices)
         cells = grid[0] * grid[1]
         held = torch.from_numpy(np.repeat(batch.index >= n_fit, cells)).to(dev)
         for part, rows in (("fit", ok & ~held), ("held", ok & held)):
@@ -85,17 +87,18 @@ def fit_ridge(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, da
 @torch.inference_mode()
 def evaluate_ridge(task: DenseTask, fit: RidgeFit, *, test: FeatureSplit, test_data: SplitView,
                    dataset_attrs: Mapping[str, Any], layers: Sequence[str], standardizer: Standardizer,
-                   batch_size: int = 32, device: str = "cpu") -> dict[str, float]:
+                   choices: DenseChoices = DenseChoices(), device: str = "cpu") -> dict[str, float]:
     dev = torch.device(device)
-    metrics = task.new_metrics()
+    metrics = task.new_metrics(choices)
     targets = {key: test_data.array(key) for key in task.needs}
-    for batch in iterate_batches(test, layers=list(layers), batch_size=batch_size, shuffle=False, targets=targets):
+    for batch in iterate_batches(test, layers=list(layers), batch_size=choices.eval_batch_size, shuffle=False,
+                                 targets=targets):
         maps = standardizer(batch.features, layers)
         x, grid = _design(maps, layers)
         values = (x.double() @ fit.weights).float()
         b = len(batch.index)
         values = values.reshape(b, grid[0], grid[1], -1).permute(0, 3, 1, 2)
-        prediction = task.ridge_decode(values, test_data.image_size, dataset_attrs)
-        target, valid = task.targets(batch.targets, dataset_attrs, dev)
+        prediction = task.ridge_decode(values, test_data.image_size, dataset_attrs, choices)
+        target, valid = task.targets(batch.targets, dataset_attrs, dev, choices)
         metrics.update(prediction, target, valid)
     return metrics.result()

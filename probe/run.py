@@ -1,17 +1,21 @@
-"""Running probes for one task over cached models, writing one record per probe."""
+"""Running probes for one task over cached models, under a protocol, writing one record per probe."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sys
 import time
-from typing import Any, Callable, Sequence
+from dataclasses import replace
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from cache import DataRoot, MidprobeError, data_root, list_feature_stores, open_dataset, open_features
 from probe.features import Standardizer, channel_stats
-from probe.heads import CLOSED_FORM
+from probe.heads import CLOSED_FORM, check_head
+from probe.protocols import DenseChoices, ExtractionChoices, Protocol, get_protocol
 from probe.records import format_table, write_record
 from probe.ridge import evaluate_ridge, fit_ridge
 from probe.tasks import DenseTask, ZeroShotTask, get_task
@@ -35,52 +39,134 @@ def resolve_layers(available: Sequence[str], layer_sets: Sequence[Sequence[str]]
     return out
 
 
-def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = None, heads: Sequence[str] = ("linear",),
-             lrs: Sequence[float] = (5e-4,), layer_sets: Sequence[Sequence[str]] | None = None,
-             settings: TrainSettings = TrainSettings(), root: DataRoot | None = None,
-             quiet: bool = False, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Probe ``task_name`` on ``dataset`` for each model (default: every cached model)."""
+def feature_split(split: str, extraction: ExtractionChoices, *, training: bool = False) -> str:
+    """The feature split holding ``split`` extracted with ``extraction`` (augmented views: train only)."""
+    choices = extraction if training else replace(extraction, augment_views=0, augment_policy="")
+    tag = choices.split_tag()
+    return f"{split}@{tag}" if tag else split
+
+
+def dense_choices(protocol: Protocol, task: str, overrides: Mapping[str, Any] | None) -> DenseChoices:
+    """The protocol's choices for ``task`` with the named fields overridden (unknown names are an error)."""
+    base = protocol.dense_choices(task)
+    overrides = dict(overrides or {})
+    unknown = [k for k in overrides if k not in {f.name for f in dataclasses.fields(DenseChoices)}]
+    if unknown:
+        raise MidprobeError(f"unknown probe setting {', '.join(unknown)}")
+    return replace(base, **overrides)
+
+
+def protocol_models(store_name: str, protocol: Protocol, models: Sequence[str] | None, root: DataRoot) -> list[str]:
+    """The feature stores to probe: ``models`` (or every cached one) as the protocol names them.
+
+    A protocol with a ``model_option`` (``paper``) reads ``<model>+paper`` for a model that
+    offers it (its store records the options it offers) and skips the plain variant of such a
+    model when choosing every cached one.
+    """
+    cached = list_feature_stores(store_name, root=root)
+    if not protocol.model_option:
+        return list(models or cached)
+    offered = {m: _paper_options(store_name, m, root) for m in cached}
+    if models:
+        return [f"{m}+{protocol.model_option}" if "+" not in m and offered.get(m) else m for m in models]
+    return [m for m in cached if not ("+" not in m and offered.get(m))]
+
+
+def _paper_options(dataset: str, model: str, root: DataRoot) -> tuple[str, ...]:
+    import zarr
+
+    try:
+        return tuple(zarr.open_group(str(root.feature_store(dataset, model)), mode="r").attrs.get("paper_options", ()))
+    except (FileNotFoundError, ValueError):
+        return ()
+
+
+def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = None,
+             heads: Sequence[str] | None = None, lrs: Sequence[float] | None = None,
+             layer_sets: Sequence[Sequence[str]] | None = None, protocol: str | Protocol = "midprobe",
+             overrides: Mapping[str, Any] | None = None, seed: int = 0, device: str = "cpu",
+             root: DataRoot | None = None, quiet: bool = False,
+             options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Probe ``task_name`` on ``dataset`` for each model (default: every cached model) under ``protocol``.
+
+    ``overrides`` replaces named choices of the protocol (dense tasks: :class:`DenseChoices`
+    fields; correspondence: :class:`CorrespondenceChoices` fields); ``heads`` and ``lrs``
+    default to the protocol's. Records store the protocol's name, the resolved choices and the
+    overrides.
+    """
     root = root or data_root()
     say = _say(quiet)
     task = get_task(task_name)
-    store = open_dataset(dataset, root=root)
-    models = list(models or list_feature_stores(store.name, root=root))
+    protocol = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
+    store = open_dataset(dataset if "@" in dataset else protocol.dataset_name(dataset), root=root)
+    models = protocol_models(store.name, protocol, models, root)
     if not models:
         raise MidprobeError(f"no feature stores for dataset {store.name!r}; run `make extract MODEL=... DATASET={store.name}`")
-    if settings.device.startswith("cuda") and not torch.cuda.is_available():
-        raise MidprobeError(f"device {settings.device!r} was asked for but no CUDA GPU is visible; use DEVICE=cpu")
-    torch.manual_seed(settings.seed)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MidprobeError(f"device {device!r} was asked for but no CUDA GPU is visible; use DEVICE=cpu")
+    for head in heads or ():
+        check_head(head)
+    torch.manual_seed(seed)
+    loader = store.attrs.get("loader", store.name)
+    extraction = protocol.extraction_choices(task.name, loader)
     rows = []
     for model in models:
         started = time.perf_counter()
         if isinstance(task, ZeroShotTask):
-            results = [_zero_shot(task, store, model, root, options or {}, layer_sets)]
+            results = [_zero_shot(task, store, model, root, protocol, extraction, dict(overrides or {}),
+                                  options or {}, layer_sets)]
         else:
-            results = _dense(task, store, model, root, heads, lrs, layer_sets, settings, say)
+            choices = dense_choices(protocol, task.name, overrides)
+            settings = TrainSettings(choices, seed, device)
+            results = _dense(task, store, model, root, list(heads or choices.heads), list(lrs or [choices.lr]),
+                             layer_sets, settings, protocol, extraction, say)
         for probe, metrics, fingerprint, config, extra in results:
             seconds = time.perf_counter() - started
+            config = {**config, "protocol": protocol.name, "overrides": dict(overrides or {}),
+                      "extraction": dataclasses.asdict(extraction)}
             path = write_record(root, task=task.name, dataset=store.name, model=model, probe=probe, config=config,
                                 metrics=metrics, headline=task.headline, fingerprint=fingerprint,
-                                wall_seconds=seconds, seed=settings.seed, extra=extra)
+                                wall_seconds=seconds, seed=seed, protocol=protocol.name, extra=extra)
             rows.append({"task": task.name, "dataset": store.name, "model": model, "probe": probe,
                          task.headline: metrics.get(task.headline), "record": str(path.relative_to(root.root))})
-            say(f"[probe] {task.name}/{store.name}/{model}/{probe}: {task.headline} = {metrics.get(task.headline)}")
+            say(f"[probe] {protocol.name}: {task.name}/{store.name}/{model}/{probe}: "
+                f"{task.headline} = {metrics.get(task.headline)}")
     return rows
 
 
+def _open_split(store, model: str, split: str, extraction: ExtractionChoices, root: DataRoot, *, training: bool,
+                protocol: Protocol, expect: Mapping[str, Any]):
+    name = feature_split(split, extraction, training=training)
+    try:
+        return open_features(store.name, model, name, expect=expect, root=root)
+    except MidprobeError as exc:
+        if name == split or "has no split" not in str(exc):
+            raise
+        raise MidprobeError(f"feature store of {model!r} for {store.name!r} has no split {name!r}, which protocol "
+                            f"{protocol.name!r} reads; run `make extract MODEL={model} DATASET={store.name} "
+                            f"PROTOCOL={protocol.name}`") from None
+
+
 def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[str], lrs: Sequence[float],
-           layer_sets, settings: TrainSettings, say) -> list[tuple]:
+           layer_sets, settings: TrainSettings, protocol: Protocol, extraction: ExtractionChoices,
+           say) -> list[tuple]:
+    choices = settings.choices
     train_data, test_data = store.split("train"), store.split("test")
-    task.check_dataset(train_data)
-    task.check_dataset(test_data)
+    absent = store.attrs.get("absent_targets") or {}
+    task.check_dataset(train_data, task.target_keys(choices), absent)
+    task.check_dataset(test_data, task.needs, absent)
     expect = {"dataset_fingerprint": store.fingerprint}
-    train = open_features(store.name, model, "train", expect=expect, root=root)
-    test = open_features(store.name, model, "test", expect={**expect, "weights": train.fingerprint["weights"],
-                                                               "layers": train.fingerprint["layers"]}, root=root)
+    train = _open_split(store, model, "train", extraction, root, training=True, protocol=protocol, expect=expect)
+    test = _open_split(store, model, "test", extraction, root, training=False, protocol=protocol,
+                       expect={**expect, "weights": train.fingerprint["weights"], "layers": train.fingerprint["layers"]})
     chosen_sets = resolve_layers(train.layers, layer_sets)
     used = sorted({layer for s in chosen_sets for layer in s}, key=train.layers.index)
-    say(f"[probe] {model}: per-channel statistics of {', '.join(used)} over {train.num_images} train images")
-    standardizer = Standardizer(channel_stats(train, used), torch.device(settings.device))
+    if choices.feature_norm == "train-stats":
+        say(f"[probe] {model}: per-channel statistics of {', '.join(used)} over {train.num_images} train images")
+        stats = channel_stats(train, used)
+    else:
+        stats = {layer: (np.zeros(train.shape(layer)[0]), np.ones(train.shape(layer)[0])) for layer in used}
+    standardizer = Standardizer(stats, torch.device(settings.device))
     sgd = [ProbeConfig(head, layers, lr) for head, layers, lr in itertools.product(
         [h for h in heads if h not in CLOSED_FORM], chosen_sets, lrs)]
     attrs = store.attrs
@@ -89,19 +175,19 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
             "settings": settings.as_dict()}
     if sgd:
         say(f"[probe] {model}: training {len(sgd)} head(s) in one pass: {', '.join(c.key for c in sgd)}")
-        trained, stats = train_sweep(task, train=train, train_data=train_data, dataset_attrs=attrs, configs=sgd,
-                                     settings=settings, standardizer=standardizer, log=say)
+        trained, stats_ = train_sweep(task, train=train, train_data=train_data, dataset_attrs=attrs, configs=sgd,
+                                      settings=settings, standardizer=standardizer, log=say)
         scores = evaluate_heads(task, test=test, test_data=test_data, dataset_attrs=attrs, heads=trained,
                                 settings=settings, standardizer=standardizer)
         for config in sgd:
             results.append((config.key, scores[config], train.fingerprint,
                             {**base, "head": config.head, "layers": list(config.layers), "lr": config.lr},
-                            {"training": stats[config]}))
+                            {"training": stats_[config]}))
     for layers in chosen_sets if any(h in CLOSED_FORM for h in heads) else []:
         fit = fit_ridge(task, train=train, train_data=train_data, dataset_attrs=attrs, layers=layers,
-                        standardizer=standardizer, batch_size=settings.batch_size, device=settings.device)
+                        standardizer=standardizer, choices=choices, device=settings.device)
         metrics = evaluate_ridge(task, fit, test=test, test_data=test_data, dataset_attrs=attrs, layers=layers,
-                                 standardizer=standardizer, batch_size=settings.batch_size, device=settings.device)
+                                 standardizer=standardizer, choices=choices, device=settings.device)
         key = f"ridge-{'+'.join(layers)}"
         results.append((key, metrics, train.fingerprint, {**base, "head": "ridge", "layers": list(layers)},
                         {"ridge": {"penalty": fit.penalty, "rows": fit.rows,
@@ -109,15 +195,18 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
     return results
 
 
-def _zero_shot(task: ZeroShotTask, store, model: str, root: DataRoot, options: dict[str, Any], layer_sets) -> tuple:
+def _zero_shot(task: ZeroShotTask, store, model: str, root: DataRoot, protocol: Protocol,
+               extraction: ExtractionChoices, overrides: dict[str, Any], options: dict[str, Any], layer_sets) -> tuple:
     if task.split not in store.splits:
         raise MidprobeError(f"task {task.name!r} needs split {task.split!r} in dataset {store.name!r}, "
                             f"which has {', '.join(store.splits)}")
     data = store.split(task.split)
-    task.check_dataset(data)
-    features = open_features(store.name, model, task.split, expect={"dataset_fingerprint": store.fingerprint}, root=root)
+    task.check_dataset(data, absent=store.attrs.get("absent_targets") or {})
+    features = _open_split(store, model, task.split, extraction, root, training=False, protocol=protocol,
+                           expect={"dataset_fingerprint": store.fingerprint})
     layers = resolve_layers(features.layers, layer_sets)[0] if layer_sets else None
-    metrics, config = task.evaluate(features=features, data=data, dataset_attrs=store.attrs, layers=layers, **options)
+    metrics, config = task.evaluate(features=features, data=data, dataset_attrs=store.attrs, layers=layers,
+                                    protocol=protocol, overrides=overrides, **options)
     return task.name if not layers else f"{task.name}-{'+'.join(layers)}", metrics, features.fingerprint, config, {}
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 
 from cache import FeatureSplit, SplitView, iterate_batches
 from probe.features import BatchInputs, Standardizer
-from probe.heads import LinearHead, build_head
+from probe.heads import LinearHead, Probe, build_head
+from probe.protocols import DenseChoices
 from probe.tasks.base import DenseTask, subsample_raw
 
 
@@ -33,26 +35,34 @@ class ProbeConfig:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """What every probe of a sweep shares (the data order above all).
+    """What every probe of a sweep shares: the protocol's resolved choices for the task (the data
+    order above all), the seed and the device.
 
-    AdamW (weight decay 0.01), lr warm-up over ``warmup_epochs`` then cosine decay to 0,
-    stepped per batch; batches reshuffled every epoch from ``seed``. ``options`` carries task
-    options and ``loss_stride``: 1 (the paper's) computes the training loss at every target
-    pixel; ``s > 1`` at every s-th pixel in each direction (the same prediction values,
-    s² fewer of them). Evaluation always scores every target pixel.
+    AdamW, lr warm-up over ``choices.warmup_epochs`` then the protocol's cosine decay, stepped
+    per batch; batches reshuffled every epoch from ``seed``. Evaluation always scores every
+    target pixel, whatever ``choices.loss_stride``.
     """
 
-    epochs: int = 10
-    warmup_epochs: float = 1.5
-    batch_size: int = 32
-    weight_decay: float = 0.01
+    choices: DenseChoices = DenseChoices()
     seed: int = 0
     device: str = "cpu"
-    hidden: int = 512
-    options: Mapping[str, Any] = field(default_factory=dict)   # task options, e.g. uncertainty_aware
+
+    @classmethod
+    def make(cls, *, seed: int = 0, device: str = "cpu", choices: DenseChoices | None = None,
+             **overrides: Any) -> "TrainSettings":
+        """Settings from ``choices`` (default: midprobe's) with named fields overridden."""
+        return cls(replace(choices or DenseChoices(), **overrides), seed, device)
+
+    @property
+    def epochs(self) -> int:
+        return self.choices.epochs
+
+    @property
+    def batch_size(self) -> int:
+        return self.choices.batch_size
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "options": dict(self.options)}
+        return {"seed": self.seed, "device": self.device, **dataclasses.asdict(self.choices)}
 
 
 def head_seed(seed: int, config: ProbeConfig) -> int:
@@ -60,18 +70,31 @@ def head_seed(seed: int, config: ProbeConfig) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}|{config.key}".encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
-def warmup_cosine(step: int, *, warmup: float, total: int) -> float:
-    """LR multiplier: linear warm-up for ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / max(warmup, 1.0)
-    progress = (step - warmup) / max(total - warmup, 1.0)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+def lr_multiplier(step: int, *, warmup: float, total: int, schedule: str = "quarter-cosine") -> float:
+    """The LR multiplier at optimiser step ``step`` (0-based) of ``total``, warm-up over ``warmup`` steps.
+
+    ``"quarter-cosine"`` (the paper's ``cosine_decay_linear_warmup``): ``0.99 s/W + 0.01`` while
+    ``s <= W``, then ``0.99 cos(pi/2 · (s - W)/(T - W)) + 0.01`` — a quarter cosine with a 0.01
+    floor. ``"half-cosine"``: ``(s + 1)/W`` while ``s < W``, then ``(1 + cos(pi · progress))/2``
+    down to 0.
+    """
+    if schedule == "quarter-cosine":
+        if warmup > 0 and step <= warmup:
+            return 0.99 * step / warmup + 0.01
+        progress = min((step - warmup) / max(total - warmup, 1.0), 1.0)
+        return 0.99 * math.cos(0.5 * math.pi * progress) + 0.01
+    if schedule == "half-cosine":
+        if step < warmup:
+            return (step + 1) / max(warmup, 1.0)
+        progress = (step - warmup) / max(total - warmup, 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    raise ValueError(f"unknown schedule {schedule!r}; expected quarter-cosine or half-cosine")
 
 
 @dataclass
 class _Probe:
     config: ProbeConfig
-    head: torch.nn.Module
+    head: Probe
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     losses: list[float] = field(default_factory=list)
@@ -104,21 +127,35 @@ def _stacked_linear(convs: Sequence[torch.nn.Conv2d], layers: Sequence[str], inp
 
 
 def forward_heads(heads: Sequence[tuple[ProbeConfig, torch.nn.Module]], inputs: BatchInputs) -> list[torch.Tensor]:
-    """Logits of every head. Linear heads on the same layers run as one projection with
-    their weights stacked, so a sweep of learning rates reads the batch's features once."""
+    """Logits of every head (a :class:`Probe`, or a bare head). Linear heads on the same layers
+    run as one projection with their weights stacked, so a sweep of learning rates reads the
+    batch's features once; a probe's logit norm is applied to its own part."""
     outputs: list[torch.Tensor | None] = [None] * len(heads)
     groups: dict[tuple[str, ...], list[int]] = {}
-    for i, (config, head) in enumerate(heads):
+    inner = [head.head if isinstance(head, Probe) else head for _, head in heads]
+    for i, ((config, _), head) in enumerate(zip(heads, inner)):
         if isinstance(head, LinearHead):
             groups.setdefault(config.layers, []).append(i)
         else:
             outputs[i] = head(inputs.for_head(head.input_kind, config.layers))
     for layers, members in groups.items():
-        convs = [heads[i][1].conv for i in members]
+        convs = [inner[i].conv for i in members]
         stacked = _stacked_linear(convs, layers, inputs)
         for i, part in zip(members, stacked.split([c.out_channels for c in convs], dim=1)):
             outputs[i] = part
-    return outputs  # type: ignore[return-value]
+    return [head.normalise(out) if isinstance(head, Probe) else out
+            for (_, head), out in zip(heads, outputs)]  # type: ignore[misc]
+
+
+def grouped_loss(task: DenseTask, prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+                 choices: DenseChoices) -> torch.Tensor:
+    """The task's loss, or with ``choices.loss_groups = g`` the mean of the losses of the batch's
+    ``g`` contiguous parts (as ``g`` GPUs under DDP each compute the loss of their share)."""
+    if choices.loss_groups <= 1:
+        return task.loss(prediction, target, valid, choices)
+    parts = [task.loss(p, t, v, choices) for p, t, v in zip(*(torch.tensor_split(x, choices.loss_groups)
+                                                                for x in (prediction, target, valid))) if len(p)]
+    return torch.stack(parts).mean()
 
 
 def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, dataset_attrs: Mapping[str, Any],
@@ -127,13 +164,14 @@ def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, 
                 log: Any = None) -> tuple[dict[ProbeConfig, torch.nn.Module], dict[ProbeConfig, dict[str, Any]]]:
     """Train every config on the train split in one pass per epoch; returns heads and training stats."""
     device = torch.device(settings.device)
+    choices = settings.choices
     ds_attrs = dataset_attrs
     size = train_data.image_size
     layers = sorted({layer for c in configs for layer in c.layers}, key=train.layers.index)
-    out_channels = task.out_channels(ds_attrs, settings.options)
-    steps_per_epoch = math.ceil(train.num_images / settings.batch_size)
-    total = steps_per_epoch * settings.epochs
-    warmup = settings.warmup_epochs * steps_per_epoch
+    out_channels = task.out_channels(ds_attrs, choices)
+    steps_per_epoch = math.ceil(train.num_images / choices.batch_size)
+    total = steps_per_epoch * choices.epochs
+    warmup = choices.warmup_epochs * steps_per_epoch
     probes = []
     for config in configs:
         shapes = [train.shape(layer) for layer in config.layers]
@@ -141,24 +179,25 @@ def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(head_seed(settings.seed, config))
             head = build_head(config.head, in_channels=[s[0] for s in shapes], out_channels=out_channels,
-                              hidden=settings.hidden, equal_grids=equal).to(device)
-        optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=settings.weight_decay)
+                              hidden=choices.hidden, equal_grids=equal, dpt=choices.dpt)
+            probe = Probe(head, out_channels=out_channels, logit_norm=choices.logit_norm).to(device)
+        optimizer = torch.optim.AdamW(probe.parameters(), lr=config.lr, weight_decay=choices.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup=warmup, total=total))
-        probes.append(_Probe(config, head, optimizer, scheduler))
+            optimizer, lambda step: lr_multiplier(step, warmup=warmup, total=total, schedule=choices.schedule))
+        probes.append(_Probe(config, probe, optimizer, scheduler))
     started = time.perf_counter()
-    targets = {key: train_data.array(key) for key in task.needs}
-    loss_stride = int(settings.options.get("loss_stride", 1))
-    decode_options = {**settings.options, "sample_stride": loss_stride}
-    for epoch in range(settings.epochs):
+    targets = {key: train_data.array(key) for key in task.target_keys(choices)}
+    loss_stride = choices.loss_stride
+    for epoch in range(choices.epochs):
         for probe in probes:
             probe.head.train()
-        for batch in iterate_batches(train, layers=layers, batch_size=settings.batch_size, seed=settings.seed,
+        for batch in iterate_batches(train, layers=layers, batch_size=choices.batch_size, seed=settings.seed,
                                      epoch=epoch, targets=targets):
-            target, valid = task.targets(subsample_raw(batch.targets, loss_stride), ds_attrs, device)
+            target, valid = task.targets(subsample_raw(batch.targets, loss_stride), ds_attrs, device, choices,
+                                         training=True)
             outputs = forward_heads([(p.config, p.head) for p in probes], BatchInputs(batch.features, standardizer))
-            losses = [task.loss(task.decode(logits, size, ds_attrs, decode_options), target, valid, settings.options)
-                      for logits in outputs]
+            losses = [grouped_loss(task, task.decode(logits, size, ds_attrs, choices, loss_stride), target, valid,
+                                   choices) for logits in outputs]
             for probe in probes:
                 probe.optimizer.zero_grad(set_to_none=True)
             # each loss depends on its own head only, so one backward gives every head its own gradient
@@ -168,27 +207,30 @@ def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, 
                 probe.scheduler.step()
                 probe.losses.append(float(loss.detach()))
         if log is not None:
-            log(f"epoch {epoch + 1}/{settings.epochs}: " + ", ".join(
+            log(f"epoch {epoch + 1}/{choices.epochs}: " + ", ".join(
                 f"{p.config.key} loss {np.mean(p.losses[-steps_per_epoch:]):.4f}" for p in probes))
     seconds = time.perf_counter() - started
     stats = {p.config: {"final_train_loss": float(np.mean(p.losses[-steps_per_epoch:])) if p.losses else float("nan"),
                         "train_seconds_shared": seconds, "steps": len(p.losses)} for p in probes}
-    return {p.config: p.head.eval() for p in probes}, stats
+    return {p.config: p.head.evaluating() for p in probes}, stats
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def evaluate_heads(task: DenseTask, *, test: FeatureSplit, test_data: SplitView, dataset_attrs: Mapping[str, Any],
                    heads: Mapping[ProbeConfig, torch.nn.Module], settings: TrainSettings,
                    standardizer: Standardizer) -> dict[ProbeConfig, dict[str, float]]:
-    """Score every trained head on the test split (one read of each test batch)."""
+    """Score every trained head on the test split, in store order in batches of
+    ``eval_batch_size`` (one read of each test batch)."""
     device = torch.device(settings.device)
+    choices = settings.choices
     ds_attrs = dataset_attrs
     size = test_data.image_size
     layers = sorted({layer for c in heads for layer in c.layers}, key=test.layers.index)
-    metrics = {config: task.new_metrics() for config in heads}
+    metrics = {config: task.new_metrics(choices) for config in heads}
     targets = {key: test_data.array(key) for key in task.needs}
-    for batch in iterate_batches(test, layers=layers, batch_size=settings.batch_size, shuffle=False, targets=targets):
-        target, valid = task.targets(batch.targets, ds_attrs, device)
+    for batch in iterate_batches(test, layers=layers, batch_size=choices.eval_batch_size, shuffle=False,
+                                 targets=targets):
+        target, valid = task.targets(batch.targets, ds_attrs, device, choices)
         for config, logits in zip(heads, forward_heads(list(heads.items()), BatchInputs(batch.features, standardizer))):
-            metrics[config].update(task.decode(logits, size, ds_attrs, settings.options), target, valid)
+            metrics[config].update(task.decode(logits, size, ds_attrs, choices), target, valid)
     return {config: m.result() for config, m in metrics.items()}

@@ -7,7 +7,7 @@ from probe.losses import angular_loss, depth_loss, gradient_loss, masked_bce, si
 from probe.metrics import (DepthMetrics, NormalMetrics, SegmentationMetrics, depth_metrics, match_scale_and_shift,
                            segmentation_metrics)
 from probe.tasks.depth import bins_to_depth
-from probe.train import warmup_cosine
+from probe.train import lr_multiplier
 
 
 def test_depth_metrics_by_hand():
@@ -95,10 +95,11 @@ def test_depth_bins_are_an_expectation_over_uniform_bins():
 
 
 def test_warmup_then_cosine_schedule():
-    assert warmup_cosine(0, warmup=10, total=100) == pytest.approx(0.1)
-    assert warmup_cosine(9, warmup=10, total=100) == pytest.approx(1.0)
-    assert warmup_cosine(55, warmup=10, total=100) == pytest.approx(0.5)
-    assert warmup_cosine(100, warmup=10, total=100) == pytest.approx(0.0)
+    half = dict(warmup=10, total=100, schedule="half-cosine")
+    assert lr_multiplier(0, **half) == pytest.approx(0.1)
+    assert lr_multiplier(9, **half) == pytest.approx(1.0)
+    assert lr_multiplier(55, **half) == pytest.approx(0.5)
+    assert lr_multiplier(100, **half) == pytest.approx(0.0)
 
 
 def test_strided_upsampling_computes_the_same_values_on_a_subgrid():

@@ -6,7 +6,6 @@ import pytest
 from cache import MidprobeError, create_dataset_store
 from probe.cli import main as probe_main
 from probe.run import run_task
-from probe.train import TrainSettings
 from tests.conftest import write_features
 
 SIZE = 16
@@ -45,30 +44,30 @@ def _metric(rows, probe, key="value"):
 
 def test_ridge_is_near_perfect_when_features_are_linear_in_the_target(root):
     _known_dataset(root)
-    settings = TrainSettings(batch_size=8)
-    depth = run_task(task_name="depth", dataset="known", models=["oracle"], heads=["ridge"], settings=settings,
+    settings = {"batch_size": 8}
+    depth = run_task(task_name="depth", dataset="known", models=["oracle"], heads=["ridge"], overrides=settings,
                      root=root, quiet=True)
     assert depth[0]["d1"] > 0.999
-    normals = run_task(task_name="normals", dataset="known", models=["oracle"], heads=["ridge"], settings=settings,
+    normals = run_task(task_name="normals", dataset="known", models=["oracle"], heads=["ridge"], overrides=settings,
                        root=root, quiet=True)
     assert normals[0]["within_11.25"] > 0.999
     seg = run_task(task_name="segmentation", dataset="known", models=["oracle", "noise"], heads=["ridge"],
-                   settings=settings, root=root, quiet=True)
+                   overrides=settings, root=root, quiet=True)
     assert _metric([r for r in seg if r["model"] == "oracle"], "ridge")["iou"] > 0.999
     assert _metric([r for r in seg if r["model"] == "noise"], "ridge")["iou"] < 0.8
 
 
 def test_linear_probe_learns_a_linear_target(root):
     _known_dataset(root)
-    settings = TrainSettings(batch_size=2, epochs=15, warmup_epochs=1)
+    settings = {"batch_size": 2, "epochs": 15, "warmup_epochs": 1}
     seg = run_task(task_name="segmentation", dataset="known", models=["oracle"], heads=["linear"], lrs=[0.05],
-                   settings=settings, root=root, quiet=True)
+                   overrides=settings, root=root, quiet=True)
     assert seg[0]["iou"] > 0.98
     normals = run_task(task_name="normals", dataset="known", models=["oracle"], heads=["linear"], lrs=[0.05],
-                       settings=settings, root=root, quiet=True)
+                       overrides=settings, root=root, quiet=True)
     assert normals[0]["within_11.25"] > 0.99
     depth = run_task(task_name="depth", dataset="known", models=["oracle"], heads=["linear"], lrs=[0.05],
-                     settings=settings, root=root, quiet=True)
+                     overrides=settings, root=root, quiet=True)
     assert depth[0]["d1"] > 0.99
 
 
@@ -78,8 +77,8 @@ def _records(root, task):
 
 def test_seeded_runs_repeat_exactly_and_sweeps_match_single_runs(root):
     _known_dataset(root, n_train=12, n_test=4)
-    settings = TrainSettings(batch_size=4, epochs=2, seed=3)
-    kwargs = dict(task_name="normals", dataset="known", models=["noise"], settings=settings, root=root, quiet=True)
+    kwargs = dict(task_name="normals", dataset="known", models=["noise"], overrides={"batch_size": 4, "epochs": 2},
+                  seed=3, root=root, quiet=True)
     sweep = run_task(heads=["linear", "mlp"], lrs=[1e-3, 1e-2], **kwargs)
     records = {p.name: json.loads(p.read_text()) for p in _records(root, "normals")}
     again = run_task(heads=["linear", "mlp"], lrs=[1e-3, 1e-2], **kwargs)
@@ -88,19 +87,22 @@ def test_seeded_runs_repeat_exactly_and_sweeps_match_single_runs(root):
     assert {k: v["metrics"] for k, v in records.items()} == {k: v["metrics"] for k, v in rerun.items()}
     alone = run_task(heads=["mlp"], lrs=[1e-2], **kwargs)
     assert alone[0]["within_11.25"] == _metric(sweep, "mlp-lin-lr0.01")["within_11.25"]
-    other_seed = run_task(heads=["mlp"], lrs=[1e-2], **{**kwargs, "settings": TrainSettings(batch_size=4, epochs=2, seed=4)})
+    other_seed = run_task(heads=["mlp"], lrs=[1e-2], **{**kwargs, "seed": 4})
     assert other_seed[0]["within_11.25"] != alone[0]["within_11.25"]
 
 
 def test_result_record_holds_config_metrics_fingerprint_and_versions(root):
     _known_dataset(root, n_train=8, n_test=4)
-    run_task(task_name="segmentation", dataset="known", models=["oracle"], heads=["linear"],
-             settings=TrainSettings(batch_size=4, epochs=1), root=root, quiet=True)
+    run_task(task_name="segmentation", dataset="known", models=["oracle"], heads=["linear"], lrs=[5e-4],
+             overrides={"batch_size": 4, "epochs": 1}, root=root, quiet=True)
     (path,) = _records(root, "segmentation")
-    assert path.parent == root.results("segmentation", "known", "oracle")
+    assert path.parent == root.results("segmentation", "known", "oracle", "midprobe")
     record = json.loads(path.read_text())
     assert record["config"]["head"] == "linear" and record["config"]["lr"] == 5e-4
     assert record["config"]["settings"]["epochs"] == 1
+    assert record["protocol"] == "midprobe" and record["config"]["protocol"] == "midprobe"
+    assert record["config"]["overrides"] == {"batch_size": 4, "epochs": 1}
+    assert record["config"]["settings"]["schedule"] == "quarter-cosine"
     assert set(record["metrics"]) >= {"iou", "f_beta", "pixel_accuracy", "corloc"}
     assert record["metrics"]["f_beta_beta2"] == 0.09
     assert record["headline_metric"] == "iou" and record["headline"] == record["metrics"]["iou"]
@@ -110,7 +112,7 @@ def test_result_record_holds_config_metrics_fingerprint_and_versions(root):
 
 def test_probe_without_model_runs_every_cached_model(root):
     _known_dataset(root, n_train=8, n_test=4)
-    rows = run_task(task_name="segmentation", dataset="known", heads=["ridge"], settings=TrainSettings(batch_size=4),
+    rows = run_task(task_name="segmentation", dataset="known", heads=["ridge"], overrides={"batch_size": 4},
                     root=root, quiet=True)
     assert sorted(r["model"] for r in rows) == ["noise", "oracle"]
 
@@ -148,7 +150,7 @@ def test_dpt_head_trains_on_a_four_layer_pyramid(root):
         write_features(root, dataset="pyr", model="cnn", split=split, maps=maps,
                        strides={f"res{i + 2}": 2 ** (i + 2) for i in range(4)})
     rows = run_task(task_name="segmentation", dataset="pyr", heads=["dpt", "linear"],
-                    settings=TrainSettings(batch_size=2, epochs=1, hidden=8), root=root, quiet=True)
+                    overrides={"batch_size": 2, "epochs": 1, "hidden": 8}, root=root, quiet=True)
     assert {r["probe"].split("-")[0] for r in rows} == {"dpt", "linear"}
     assert all(0 <= r["iou"] <= 1 for r in rows)
 

@@ -38,7 +38,7 @@ def test_leaderboard_mean_and_std_over_seeds(root):
     from probe.records import load_records
 
     boards = build_leaderboards(load_records(root))
-    board = boards["linear"]
+    board = boards["midprobe", "linear"]
     assert board.columns == ["depth (synthetic)", "similarity (synthetic)"]
     assert board.mean["a", "depth (synthetic)"] == pytest.approx(0.6)
     assert board.std["a", "depth (synthetic)"] == pytest.approx(0.1)
@@ -62,10 +62,10 @@ def test_report_with_known_correlations(root, tmp_path):
     assert "depth (synthetic): R² = 1.000 over 5 models" in text
     assert f"normals (synthetic): R² = {expected_r2:.3f} over 5 models" in text
     figures = root.reports() / "figures"
-    assert (figures / "mid_vs_high_linear_depth__synthetic.png").exists()
-    assert (figures / "task_correlations_linear.png").exists() and (figures / "ranking_linear.png").exists()
+    assert (figures / "mid_vs_high_midprobe_linear_depth__synthetic.png").exists()
+    assert (figures / "task_correlations_midprobe_linear.png").exists() and (figures / "ranking_midprobe_linear.png").exists()
     assert "| m5 | 1.00 |" in text                     # best on both tasks: mean rank 1
-    rows = (root.reports() / "leaderboard_linear.csv").read_text().splitlines()
+    rows = (root.reports() / "leaderboard_midprobe_linear.csv").read_text().splitlines()
     assert rows[0] == "model,column,metric,mean,std,seeds,probe" and len(rows) == 11
     assert "feature_stores" not in text and "Result records:" in text and "depth/synthetic/m1" in text
 

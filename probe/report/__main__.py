@@ -18,8 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     page, leaderboards = build_report(data_root(args.data), imagenet_csv=args.imagenet)
     if not args.quiet:
-        for head, table in leaderboards.items():
-            print(f"\nLeaderboard ({head} heads; zero-shot tasks as they are)\n{table}")
+        for label, table in leaderboards.items():
+            print(f"\nLeaderboard ({label}; zero-shot tasks as they are)\n{table}")
         print(f"\nreport: {page}")
     return 0
 

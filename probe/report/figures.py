@@ -41,9 +41,9 @@ def mid_vs_high(board: Leaderboard, imagenet: dict[str, float], folder: Path) ->
         ax.plot(grid, a * grid + b, lw=1)
         ax.set_xlabel("ImageNet linear top-1 (%)")
         ax.set_ylabel(f"{board.metric[column]} (%)")
-        ax.set_title(f"{column}: R² = {r2:.2f}", fontsize=9)
+        ax.set_title(f"{column}: R² = {r2:.2f}\n{board.label}", fontsize=8)
         fig.tight_layout()
-        path = folder / f"mid_vs_high_{board.head}_{_slug(column)}.png"
+        path = folder / f"mid_vs_high_{board.slug}_{_slug(column)}.png"
         fig.savefig(path, bbox_inches="tight")
         plt.close(fig)
         out[column] = (path, f"R² = {r2:.3f} over {int(both.sum())} models")
@@ -67,9 +67,9 @@ def correlations(board: Leaderboard, imagenet: dict[str, float], folder: Path) -
         for j in range(len(names)):
             ax.text(j, i, "–" if np.isnan(r[i, j]) else f"{r[i, j]:.2f}", ha="center", va="center", fontsize=6)
     fig.colorbar(image, ax=ax, fraction=0.046)
-    ax.set_title(f"Pearson r between tasks ({board.head})", fontsize=9)
+    ax.set_title(f"Pearson r between tasks\n{board.label}", fontsize=8)
     fig.tight_layout()
-    path = folder / f"task_correlations_{board.head}.png"
+    path = folder / f"task_correlations_{board.slug}.png"
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path, f"over {len(board.models)} models"
@@ -95,9 +95,9 @@ def ranking(board: Leaderboard, imagenet: dict[str, float], folder: Path) -> tup
     ax.plot(lim, lim, lw=0.8, ls="--")
     ax.set_xlabel("ImageNet rank (1 = best)")
     ax.set_ylabel("mid-level rank (mean over tasks)")
-    ax.set_title(f"Mid-level vs high-level rank ({board.head})", fontsize=9)
+    ax.set_title(f"Mid-level vs high-level rank\n{board.label}", fontsize=8)
     fig.tight_layout()
-    path = folder / f"ranking_{board.head}.png"
+    path = folder / f"ranking_{board.slug}.png"
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path, f"over {int(present.sum())} models", mid_rank

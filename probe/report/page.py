@@ -11,6 +11,14 @@ from probe.report.figures import correlations, mid_vs_high, ranking
 from probe.report.tables import build_leaderboards, load_imagenet
 
 
+def _describe(protocol: str) -> str:
+    from probe.protocols import PROTOCOLS
+
+    if protocol in PROTOCOLS:
+        return PROTOCOLS[protocol].description + "."
+    return "not a registered protocol (a variant, e.g. one of `make fidelity`'s); see the records' configs."
+
+
 def build_report(root: DataRoot, *, imagenet_csv: str | None = None) -> tuple[Path, dict[str, str]]:
     """Write ``reports/report.md`` (and its figures and tables); returns it and the text leaderboards."""
     records = load_records(root)
@@ -23,11 +31,12 @@ def build_report(root: DataRoot, *, imagenet_csv: str | None = None) -> tuple[Pa
              "Headline metrics in %: depth δ1, normals % within 11.25°, segmentation IoU, similarity F1, "
              "correspondence 2-D recall at 5 px. Mean ± std where several seeds ran.", ""]
     texts = {}
-    for head, board in boards.items():
-        csv_path = board.write_csv(folder / f"leaderboard_{head}.csv")
-        (folder / f"leaderboard_{head}.md").write_text(board.markdown() + "\n")
-        texts[head] = board.text()
-        lines += [f"## Leaderboard — {head} heads", "", board.markdown(), "",
+    for key, board in boards.items():
+        csv_path = board.write_csv(folder / f"leaderboard_{board.slug}.csv")
+        (folder / f"leaderboard_{board.slug}.md").write_text(board.markdown() + "\n")
+        texts[board.label] = board.text()
+        lines += [f"## Leaderboard — {board.label}", "", f"Protocol `{board.protocol}`: {_describe(board.protocol)}", "",
+                  board.markdown(), "",
                   f"CSV: [{csv_path.name}]({csv_path.name})", "", "### Mid-level vs ImageNet linear accuracy", ""]
         for column, (path, note) in mid_vs_high(board, imagenet, figures).items():
             lines += [f"![{column}](figures/{path.name})" if path else f"- {column}: not drawn — {note}.",

@@ -16,7 +16,8 @@ from cache import MidprobeError
 
 @dataclass
 class Leaderboard:
-    """Cells keyed by (model, column); a column is ``task (dataset)``."""
+    """Cells keyed by (model, column); a column is ``task (dataset)``. One protocol, one head type:
+    numbers of two protocols never share a leaderboard."""
 
     head: str
     columns: list[str]
@@ -26,6 +27,15 @@ class Leaderboard:
     seeds: dict[tuple[str, str], int] = field(default_factory=dict)
     probe: dict[tuple[str, str], str] = field(default_factory=dict)
     metric: dict[str, str] = field(default_factory=dict)
+    protocol: str = "midprobe"
+
+    @property
+    def label(self) -> str:
+        return f"{self.protocol} protocol, {self.head} heads"
+
+    @property
+    def slug(self) -> str:
+        return f"{self.protocol}_{self.head}"
 
     def column(self, name: str) -> np.ndarray:
         return np.array([self.mean.get((m, name), np.nan) for m in self.models])
@@ -61,8 +71,9 @@ def _head_of(record: Mapping[str, Any]) -> str | None:
     return record.get("config", {}).get("head")
 
 
-def build_leaderboards(records: Iterable[Mapping[str, Any]]) -> dict[str, Leaderboard]:
-    """One leaderboard per trained head type (zero-shot tasks appear in each).
+def build_leaderboards(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Leaderboard]:
+    """One leaderboard per protocol and trained head type, keyed ``(protocol, head)`` (a protocol's
+    zero-shot tasks appear in each of its boards; two protocols never share one).
 
     For a head with several configurations (learning rates, layer sets), a cell shows the
     configuration with the best mean headline metric — the best learning rate, as probing
@@ -79,23 +90,28 @@ def build_leaderboards(records: Iterable[Mapping[str, Any]]) -> dict[str, Leader
         value = r.get("headline")
         if value is None or not np.isfinite(value):
             continue
-        grouped[(_head_of(r), column, r["model"], r["probe"])].append(float(value))
-    heads = sorted({h for h, *_ in grouped if h is not None}) or ["zero-shot"]
+        grouped[(r.get("protocol", "midprobe"), _head_of(r), column, r["model"], r["probe"])].append(float(value))
     boards = {}
-    for head in heads:
-        board = Leaderboard(head=head, columns=[], models=[], metric=metric_of)
-        for (h, column, model, probe), values in grouped.items():
-            if h not in (head, None):
-                continue
-            key = (model, column)
-            mean = float(np.mean(values))
-            if key not in board.mean or mean > board.mean[key]:
-                board.mean[key], board.std[key] = mean, float(np.std(values))
-                board.seeds[key], board.probe[key] = len(values), probe
-        board.columns = sorted({c for _, c in board.mean})
-        board.models = sorted({m for m, _ in board.mean})
-        boards[head] = board
+    for protocol in sorted({p for p, *_ in grouped}):
+        heads = sorted({h for p, h, *_ in grouped if p == protocol and h is not None}) or ["zero-shot"]
+        for head in heads:
+            boards[protocol, head] = _board(protocol, head, grouped, metric_of)
     return boards
+
+
+def _board(protocol: str, head: str, grouped: Mapping[tuple, list[float]], metric_of: dict[str, str]) -> Leaderboard:
+    board = Leaderboard(head=head, columns=[], models=[], metric=metric_of, protocol=protocol)
+    for (p, h, column, model, probe), values in grouped.items():
+        if p != protocol or h not in (head, None):
+            continue
+        key = (model, column)
+        mean = float(np.mean(values))
+        if key not in board.mean or mean > board.mean[key]:
+            board.mean[key], board.std[key] = mean, float(np.std(values))
+            board.seeds[key], board.probe[key] = len(values), probe
+    board.columns = sorted({c for _, c in board.mean})
+    board.models = sorted({m for m, _ in board.mean})
+    return board
 
 
 def load_imagenet(path: str | Path | None = None) -> dict[str, float]:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cache import MidprobeError, SplitView
+from probe.protocols import DenseChoices
 
 
 @dataclass(frozen=True)
@@ -28,15 +29,19 @@ class Task:
     needs: tuple[str, ...]            # arrays the dataset split must provide
     description: str
 
-    def check_dataset(self, split: SplitView) -> None:
-        missing = [key for key in self.needs if not split.has(key)]
+    def check_dataset(self, split: SplitView, keys: tuple[str, ...] | None = None,
+                      absent: Mapping[str, str] | None = None) -> None:
+        """A one-line error naming the arrays ``split`` lacks (and, from the store's
+        ``absent_targets``, why its preparation left them out)."""
+        missing = [key for key in (keys or self.needs) if not split.has(key)]
         if missing:
+            why = "; ".join(f"{key}: {absent[key]}" for key in missing if absent and key in absent)
             raise MidprobeError(f"task {self.name!r} needs {', '.join(missing)} in split {split.name!r}, "
-                                f"which has {', '.join(split.keys + split.relations)}")
+                                f"which has {', '.join(split.keys + split.relations)}" + (f" ({why})" if why else ""))
 
 
-def upsample(x: torch.Tensor, size: tuple[int, int], stride: int = 1) -> torch.Tensor:
-    """Bilinear resize of ``(B, C, h, w)`` to ``size`` (identity when already there).
+def upsample(x: torch.Tensor, size: tuple[int, int], stride: int = 1, mode: str = "bilinear") -> torch.Tensor:
+    """Resize ``(B, C, h, w)`` to ``size`` (``mode`` bilinear or bicubic; identity when already there).
 
     With ``stride > 1``, only the output pixels ``(stride * i + stride // 2, ...)`` of that
     resize are computed — the same values, on a subsampled grid.
@@ -44,13 +49,13 @@ def upsample(x: torch.Tensor, size: tuple[int, int], stride: int = 1) -> torch.T
     if stride == 1:
         if tuple(x.shape[-2:]) == tuple(size):
             return x
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return F.interpolate(x, size=size, mode=mode, align_corners=False)
     height, width = size
     ys = torch.arange(stride // 2, height, stride, dtype=x.dtype, device=x.device)
     xs = torch.arange(stride // 2, width, stride, dtype=x.dtype, device=x.device)
     gy, gx = torch.meshgrid((2 * ys + 1) / height - 1, (2 * xs + 1) / width - 1, indexing="ij")
     grid = torch.stack([gx, gy], dim=-1).expand(x.shape[0], -1, -1, -1)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
 
 
 def subsample(x: torch.Tensor, stride: int) -> torch.Tensor:
@@ -82,31 +87,38 @@ def pool_to_grid(values: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int
 
 @dataclass(frozen=True)
 class DenseTask(Task, ABC):
-    """A per-pixel prediction task. Subclasses define targets, decoding, loss and metrics."""
+    """A per-pixel prediction task. Subclasses define targets, decoding, loss and metrics;
+    every method that a protocol can change takes the resolved :class:`DenseChoices`."""
+
+    def target_keys(self, choices: DenseChoices) -> tuple[str, ...]:
+        """The dataset arrays a batch must carry under ``choices``."""
+        return self.needs
 
     @abstractmethod
-    def out_channels(self, attrs: Mapping[str, Any], options: Mapping[str, Any]) -> int:
+    def out_channels(self, attrs: Mapping[str, Any], choices: DenseChoices) -> int:
         ...
 
     @abstractmethod
-    def targets(self, raw: Mapping[str, np.ndarray], attrs: Mapping[str, Any],
-                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(target, valid)`` tensors from the dataset arrays of one batch."""
+    def targets(self, raw: Mapping[str, np.ndarray], attrs: Mapping[str, Any], device: torch.device,
+                choices: DenseChoices, training: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(target, valid)`` tensors from the dataset arrays of one batch (``training``: the
+        training mask, which a protocol may define differently from the evaluation mask)."""
         ...
 
     @abstractmethod
     def decode(self, logits: torch.Tensor, size: tuple[int, int], attrs: Mapping[str, Any],
-               options: Mapping[str, Any]) -> torch.Tensor:
-        """Head output ``(B, k, h, w)`` -> the prediction at target resolution."""
+               choices: DenseChoices, sample_stride: int = 1) -> torch.Tensor:
+        """Head output ``(B, k, h, w)`` -> the prediction at target resolution (every
+        ``sample_stride``-th target pixel)."""
         ...
 
     @abstractmethod
     def loss(self, prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
-             options: Mapping[str, Any]) -> torch.Tensor:
+             choices: DenseChoices) -> torch.Tensor:
         ...
 
     @abstractmethod
-    def new_metrics(self) -> Any:
+    def new_metrics(self, choices: DenseChoices) -> Any:
         ...
 
     @abstractmethod
@@ -116,7 +128,8 @@ class DenseTask(Task, ABC):
         ...
 
     @abstractmethod
-    def ridge_decode(self, values: torch.Tensor, size: tuple[int, int], attrs: Mapping[str, Any]) -> torch.Tensor:
+    def ridge_decode(self, values: torch.Tensor, size: tuple[int, int], attrs: Mapping[str, Any],
+                     choices: DenseChoices) -> torch.Tensor:
         """Ridge outputs ``(B, k, h, w)`` -> the prediction at target resolution."""
         ...
 

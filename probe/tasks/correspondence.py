@@ -1,32 +1,80 @@
-"""Geometric correspondence from cached features (Probe3D protocol), zero-shot.
+"""Geometric correspondence from cached features, zero-shot.
 
 For each pair, the depth maps downsampled (nearest) to 1/4 resolution give the candidate
-points; each point's feature is sampled bilinearly from the chosen layer's cached map;
-points of the first image are matched to the second's by cosine nearest neighbour with
-the ratio test (weight = 1 - d1/d2, d the distance between unit features), keeping the
-top 1000 by weight. Errors: 3-D distance (metres) between the source point's true
-position in the second camera and the matched point; 2-D distance (pixels of the second
-image) between their projections.
+points; each point's feature is read from the chosen layer's cached map; points of the first
+image are matched to the second's by cosine nearest neighbour with the ratio test
+(weight = 1 - d1/d2, d the cosine distance), keeping the top 1000 by weight. Errors: 3-D
+distance (metres) between the source point's true position and the matched point; 2-D
+distance between their projections into the second image.
+
+How errors are measured is the dataset's evaluation *style* (:data:`STYLES`): ``navi``
+(midvision-probe's NAVI script: full-resolution pixels, 3-D recall, rotation bins on 3-D
+recall @ 2 cm) or ``probe3d-scannet`` (Probe3D's ScanNet script: 1/4-resolution pixels,
+5/10/20 px, bins on recall @ 10 px). How features are normalised, read and matched is the
+protocol's (:class:`~probe.protocols.CorrespondenceChoices`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cache import FeatureSplit, SplitView
+from cache import FeatureSplit, MidprobeError, SplitView
 from cache.camera import project, relative_rotation_deg, unproject
+from probe.protocols import CorrespondenceChoices, Protocol, get_protocol
 from probe.tasks import register_task
 from probe.tasks.base import ZeroShotTask
 
-THRESH_2D = (5, 25, 50)            # pixels
-THRESH_3D = (0.01, 0.02, 0.05)     # metres
-ROTATION_BINS = ((0, 30), (30, 60), (60, 90), (90, 120))
 DOWNSAMPLE = 4
+BN_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class CorrespondenceStyle:
+    """How a dataset's correspondence errors are measured and reported.
+
+    ``pixel_scale``: 2-D errors are in pixels of the image scaled by this factor.
+    ``ray_offset`` / ``sample_offset``: where, in pixels from a candidate's full-resolution
+    pixel ``(4i, 4j)``, its ray is cast and its feature is read (Probe3D's ScanNet script works
+    on the 1/4 grid's cell centres). ``padding``: bilinear reads outside the map.
+    ``rotation_bins``: edges in degrees, each bin ``[lo, hi)``; ``binned``: the per-pair
+    metric binned (a 2-D one when the split has no metric depth).
+    """
+
+    name: str
+    pixel_scale: float
+    thresholds_px: tuple[float, ...]
+    thresholds_m: tuple[float, ...]
+    rotation_bins: tuple[float, ...]
+    binned: str
+    ray_offset: float = 0.0
+    sample_offset: float = 0.0
+    padding: str = "border"
+    bin_2d: bool = True
+
+
+STYLES = {
+    "navi": CorrespondenceStyle("navi", 1.0, (5, 25, 50), (0.01, 0.02, 0.05), (0, 30, 60, 90, 120),
+                                "recall_3d_2cm"),
+    "probe3d-scannet": CorrespondenceStyle("probe3d-scannet", 0.25, (5, 10, 20), (), (0, 15, 30, 60, 180),
+                                           "recall_2d_10px", ray_offset=2.0, sample_offset=1.5, padding="zeros",
+                                           bin_2d=False),
+}
+#: Styles of the datasets that are not NAVI-like (by their loader).
+LOADER_STYLES = {"scannet1500": "probe3d-scannet"}
+
+
+def style_of(attrs: Mapping[str, Any]) -> CorrespondenceStyle:
+    """The dataset's style: its ``correspondence_style`` attribute, else by its loader, else ``navi``."""
+    name = attrs.get("correspondence_style") or LOADER_STYLES.get(attrs.get("loader", attrs.get("name", "")), "navi")
+    if name not in STYLES:
+        raise MidprobeError(f"unknown correspondence style {name!r}; known: {', '.join(STYLES)}")
+    return STYLES[name]
 
 
 class _ImageCache:
@@ -43,7 +91,7 @@ class _ImageCache:
             lo, hi = chunk * k, min((chunk + 1) * k, self.features.num_images)
             self.block = {layer: self.features.read(layer, lo, hi) for layer in self.layers}
             self.chunk_id = chunk
-        return {layer: v[index - chunk * k] for layer, v in self.block.items()}
+        return {layer: v[index - chunk * k].astype(np.float32) for layer, v in self.block.items()}
 
 
 def candidate_points(depth: np.ndarray, step: int = DOWNSAMPLE) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +101,8 @@ def candidate_points(depth: np.ndarray, step: int = DOWNSAMPLE) -> tuple[np.ndar
     return np.stack([u * step, v * step], axis=1).astype(np.float64), small[v, u].astype(np.float64)
 
 
-def sample_features(maps: Sequence[np.ndarray], strides: Sequence[int], uv: np.ndarray) -> torch.Tensor:
+def sample_features(maps: Sequence[np.ndarray], strides: Sequence[int], uv: np.ndarray, *,
+                    padding: str = "border") -> torch.Tensor:
     """Bilinear samples ``(M, sum C)`` of ``(C, h, w)`` maps at pixels ``uv``; unit-normalised.
 
     Feature cell ``k`` of a stride-``s`` map covers pixels ``[k s, (k+1) s)``, centred at
@@ -67,95 +116,186 @@ def sample_features(maps: Sequence[np.ndarray], strides: Sequence[int], uv: np.n
         gy = (uv[:, 1] - (stride - 1) / 2) / stride
         grid = torch.tensor(np.stack([2 * gx / max(w - 1, 1) - 1, 2 * gy / max(h - 1, 1) - 1], axis=1),
                             dtype=torch.float32).view(1, 1, -1, 2)
-        sampled = F.grid_sample(fmap[None], grid, mode="bilinear", padding_mode="border", align_corners=True)
+        sampled = F.grid_sample(fmap[None], grid, mode="bilinear", padding_mode=padding, align_corners=True)
         parts.append(F.normalize(sampled[0, :, 0].T, dim=1))
     return F.normalize(torch.cat(parts, dim=1), dim=1)
 
 
-def match(feat_a: torch.Tensor, feat_b: torch.Tensor, *, top: int = 1000, bidirectional: bool = False,
+def bicubic_grid_features(maps: Sequence[np.ndarray], size: tuple[int, int], uv: np.ndarray,
+                          step: int = DOWNSAMPLE) -> torch.Tensor:
+    """The paper's NAVI read: each map resized bicubically to the 1/4 candidate grid, read at the
+    candidates' cells ``(v/4, u/4)``; ``(M, sum C)`` unit-normalised."""
+    grid = (size[0] // step, size[1] // step)
+    cols, rows = (uv[:, 0] // step).astype(np.int64), (uv[:, 1] // step).astype(np.int64)
+    parts = []
+    for fmap in maps:
+        resized = F.interpolate(torch.from_numpy(np.asarray(fmap, dtype=np.float32))[None], size=grid,
+                                mode="bicubic", align_corners=False)[0]
+        parts.append(F.normalize(resized[:, rows, cols].T, dim=1))
+    return F.normalize(torch.cat(parts, dim=1), dim=1)
+
+
+def batch_standardise(views: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Each layer's channels standardised with the statistics of these views (all positions):
+    a BatchNorm in train mode with its initial affine (biased variance, eps 1e-5)."""
+    out: list[dict[str, np.ndarray]] = [{} for _ in views]
+    for layer in views[0]:
+        stack = np.stack([v[layer] for v in views]).astype(np.float64)        # (B, C, h, w)
+        mean = stack.mean(axis=(0, 2, 3), keepdims=True)
+        var = stack.var(axis=(0, 2, 3), keepdims=True)
+        normed = ((stack - mean) / np.sqrt(var + BN_EPS)).astype(np.float32)
+        for i in range(len(views)):
+            out[i][layer] = normed[i]
+    return out
+
+
+def _ratio_weights(sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest neighbour per row and its ratio-test weight ``1 - d1/d2`` with cosine distances."""
+    best = sim.topk(min(2, sim.shape[1]), dim=1)
+    dist = (1 - best.values).clamp(min=1e-9)
+    d2 = dist[:, 1] if dist.shape[1] > 1 else torch.ones_like(dist[:, 0])
+    return best.indices[:, 0], 1 - dist[:, 0] / d2.clamp(min=1e-9)
+
+
+def _nearest(feat_a: torch.Tensor, feat_b: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    nn_idx, weight = [], []
+    for s in range(0, len(feat_a), chunk):
+        idx, w = _ratio_weights(feat_a[s:s + chunk] @ feat_b.T)
+        nn_idx.append(idx)
+        weight.append(w)
+    return torch.cat(nn_idx), torch.cat(weight)
+
+
+def match(feat_a: torch.Tensor, feat_b: torch.Tensor, *, top: int = 1000, bidirectional: str = "",
           chunk: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nearest neighbours of A's points among B's with the ratio test.
 
-    Returns indices into A and B and weights, the ``top`` highest weights first. Memory is
+    Returns indices into A and B and weights, the ``top`` highest weights first.
+    ``bidirectional``: ``""`` (A to B only), ``"mutual"`` (keep mutual nearest neighbours) or
+    ``"halves"`` (the best ``top // 2`` of A to B and of B to A, concatenated). Memory is
     ``chunk x len(B)`` similarities at a time.
     """
-    nn_idx, weight = [], []
-    for s in range(0, len(feat_a), chunk):
-        sim = feat_a[s:s + chunk] @ feat_b.T
-        best = sim.topk(min(2, sim.shape[1]), dim=1)
-        dist = torch.sqrt(torch.clamp(2 - 2 * best.values, min=0))
-        d2 = dist[:, 1] if dist.shape[1] > 1 else torch.ones_like(dist[:, 0])
-        weight.append(1 - dist[:, 0] / d2.clamp(min=1e-12))
-        nn_idx.append(best.indices[:, 0])
-    idx_b, w = torch.cat(nn_idx), torch.cat(weight)
+    idx_b, w = _nearest(feat_a, feat_b, chunk)
     idx_a = torch.arange(len(feat_a))
-    if bidirectional:
+    if bidirectional == "halves":
+        back_a, back_w = _nearest(feat_b, feat_a, chunk)
+        first = torch.argsort(w, descending=True, stable=True)[:top // 2]
+        second = torch.argsort(back_w, descending=True, stable=True)[:top // 2]
+        return (torch.cat([idx_a[first], back_a[second]]).numpy(),
+                torch.cat([idx_b[first], torch.arange(len(feat_b))[second]]).numpy(),
+                torch.cat([w[first], back_w[second]]).numpy())
+    if bidirectional == "mutual":
         back = torch.cat([(feat_b[s:s + chunk] @ feat_a.T).argmax(dim=1) for s in range(0, len(feat_b), chunk)])
         mutual = back[idx_b] == idx_a
         idx_a, idx_b, w = idx_a[mutual], idx_b[mutual], w[mutual]
+    elif bidirectional:
+        raise MidprobeError(f"bidirectional matching {bidirectional!r}: expected mutual or halves")
     order = torch.argsort(w, descending=True, stable=True)[:top]
     return idx_a[order].numpy(), idx_b[order].numpy(), w[order].numpy()
 
 
-def pair_errors(uv_a: np.ndarray, depth_a: np.ndarray, uv_b: np.ndarray, depth_b: np.ndarray,
-                K_a: np.ndarray, pose_a: np.ndarray, K_b: np.ndarray, pose_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """3-D error (metres) and 2-D error (pixels of B) of matches ``uv_a[i] <-> uv_b[i]``."""
-    true_world = unproject(uv_a, depth_a, K_a, pose_a)
-    matched_world = unproject(uv_b, depth_b, K_b, pose_b)
-    error_3d = np.linalg.norm(true_world - matched_world, axis=1)
-    true_px, _ = project(true_world, K_b, pose_b)
-    error_2d = np.linalg.norm(true_px - uv_b, axis=1)
-    return error_3d, error_2d
+def pair_errors(world_a: np.ndarray, world_b: np.ndarray, K_b: np.ndarray,
+                pose_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """3-D error (metres) between matched world points and 2-D error (pixels of B) between their
+    projections into B."""
+    error_3d = np.linalg.norm(world_a - world_b, axis=1)
+    px_a, _ = project(world_a, K_b, pose_b)
+    px_b, _ = project(world_b, K_b, pose_b)
+    return error_3d, np.linalg.norm(px_a - px_b, axis=1)
+
+
+def _pair_row(e2: np.ndarray, e3: np.ndarray | None, style: CorrespondenceStyle) -> dict[str, float]:
+    e2 = e2 * style.pixel_scale
+    row = {f"recall_2d_{t:g}px": float((e2 < t).mean()) if len(e2) else 0.0 for t in style.thresholds_px}
+    if e3 is not None:
+        row.update({f"recall_3d_{round(t * 100)}cm": float((e3 < t).mean()) if len(e3) else 0.0
+                    for t in style.thresholds_m})
+    return row
 
 
 @dataclass(frozen=True)
 class CorrespondenceTask(ZeroShotTask):
     def evaluate(self, *, features: FeatureSplit, data: SplitView, dataset_attrs: Mapping[str, Any],
-                 layers: Sequence[str] | None = None, bidirectional: bool = False, top: int = 1000,
+                 layers: Sequence[str] | None = None, protocol: Protocol | None = None,
+                 overrides: Mapping[str, Any] | None = None, bidirectional: bool = False,
                  **_: Any) -> tuple[dict[str, float], dict[str, Any]]:
+        style = style_of(dataset_attrs)
+        choices = (protocol or get_protocol(None)).correspondence_choices(style.name)
+        choices = replace(choices, **{k: v for k, v in (overrides or {}).items()
+                                      if k in {f.name for f in dataclasses.fields(CorrespondenceChoices)}})
         layers = list(layers or features.layers[-1:])
         strides = [features.stride(layer) for layer in layers]
         pairs = data.read("pairs").astype(np.int64)
         rotations = (data.read("pair_rotation_deg") if data.has("pair_rotation_deg") else None)
         # a split may hold metric depth where the dataset's dense splits are relative (NAVI's pairs)
         metric = data.attrs.get("depth_kind", dataset_attrs.get("depth_kind", "metric")) == "metric"
+        size = data.image_size
         load = _ImageCache(features, layers)
         per_pair: list[dict[str, float]] = []
-        for p, (ia, ib) in enumerate(pairs):
-            depth = data.read("depth", np.array([ia, ib]))
-            K, pose = data.read("K", np.array([ia, ib])), data.read("pose", np.array([ia, ib]))
-            uv_a, z_a = candidate_points(depth[0])
-            uv_b, z_b = candidate_points(depth[1])
-            if len(uv_a) == 0 or len(uv_b) < 2:
-                continue
-            fa, fb = load(int(ia)), load(int(ib))
-            feat_a = sample_features([fa[layer] for layer in layers], strides, uv_a)
-            feat_b = sample_features([fb[layer] for layer in layers], strides, uv_b)
-            ia_idx, ib_idx, _ = match(feat_a, feat_b, top=top, bidirectional=bidirectional)
-            e3, e2 = pair_errors(uv_a[ia_idx], z_a[ia_idx], uv_b[ib_idx], z_b[ib_idx], K[0], pose[0], K[1], pose[1])
-            rotation = float(rotations[p]) if rotations is not None else relative_rotation_deg(pose[0], pose[1])
-            row = {f"recall_2d_{t}px": float((e2 < t).mean()) if len(e2) else 0.0 for t in THRESH_2D}
-            if metric:
-                row.update({f"recall_3d_{round(t * 100)}cm": float((e3 < t).mean()) if len(e3) else 0.0
-                            for t in THRESH_3D})
-            row["rotation"] = rotation
-            per_pair.append(row)
-        metrics = _average(per_pair)
-        config = {"task": self.name, "layers": layers, "bidirectional": bidirectional, "top": top,
-                  "downsample": DOWNSAMPLE}
+        for start in range(0, len(pairs), choices.norm_batch):
+            batch = pairs[start:start + choices.norm_batch]
+            views = [[load(int(p[side])) for p in batch] for side in (0, 1)]
+            if choices.feature_norm == "batch":
+                views = [batch_standardise(side) for side in views]
+            elif choices.feature_norm != "none":
+                raise MidprobeError(f"correspondence feature_norm {choices.feature_norm!r}: expected none or batch")
+            for k, (ia, ib) in enumerate(batch):
+                row = self._pair(ia, ib, views[0][k], views[1][k], data, style, choices, layers, strides, size,
+                                 metric, bidirectional)
+                if row is None:
+                    continue
+                p = start + k
+                row["rotation"] = (float(rotations[p]) if rotations is not None else
+                                   relative_rotation_deg(*data.read("pose", np.array([ia, ib]))))
+                per_pair.append(row)
+        metrics = _average(per_pair, style)
+        config = {"task": self.name, "layers": layers, "style": dataclasses.asdict(style),
+                  "choices": dataclasses.asdict(choices), "bidirectional": choices.bidirectional if bidirectional
+                  else "", "downsample": DOWNSAMPLE}
         return metrics, config
 
+    @staticmethod
+    def _pair(ia, ib, maps_a, maps_b, data: SplitView, style: CorrespondenceStyle, choices: CorrespondenceChoices,
+              layers, strides, size, metric: bool, bidirectional: bool) -> dict[str, float] | None:
+        depth = data.read("depth", np.array([ia, ib]))
+        K, pose = data.read("K", np.array([ia, ib])), data.read("pose", np.array([ia, ib]))
+        uv_a, z_a = candidate_points(depth[0])
+        uv_b, z_b = candidate_points(depth[1])
+        if len(uv_a) == 0 or len(uv_b) < 2:
+            return None
+        if choices.sampling == "bicubic-grid":
+            feat_a = bicubic_grid_features([maps_a[layer] for layer in layers], size, uv_a)
+            feat_b = bicubic_grid_features([maps_b[layer] for layer in layers], size, uv_b)
+        elif choices.sampling == "bilinear":
+            feat_a = sample_features([maps_a[layer] for layer in layers], strides, uv_a + style.sample_offset,
+                                     padding=style.padding)
+            feat_b = sample_features([maps_b[layer] for layer in layers], strides, uv_b + style.sample_offset,
+                                     padding=style.padding)
+        else:
+            raise MidprobeError(f"correspondence sampling {choices.sampling!r}: expected bilinear or bicubic-grid")
+        ia_idx, ib_idx, _ = match(feat_a, feat_b, top=choices.top,
+                                  bidirectional=choices.bidirectional if bidirectional else "")
+        world_a = unproject(uv_a[ia_idx] + style.ray_offset, z_a[ia_idx], K[0], pose[0])
+        world_b = unproject(uv_b[ib_idx] + style.ray_offset, z_b[ib_idx], K[1], pose[1])
+        e3, e2 = pair_errors(world_a, world_b, K[1], pose[1])
+        return _pair_row(e2, e3 if metric else None, style)
 
-def _average(rows: list[dict[str, float]]) -> dict[str, float]:
+
+def _average(rows: list[dict[str, float]], style: CorrespondenceStyle) -> dict[str, float]:
+    """Per-pair metrics averaged over pairs, and each binned by the pairs' rotation ``[lo, hi)``."""
     keys = [k for k in (rows[0] if rows else {}) if k != "rotation"]
     out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    for lo, hi in ROTATION_BINS:
-        chosen = [r for r in rows if lo <= r["rotation"] < hi or (hi == 120 and r["rotation"] == 120)]
-        for t in THRESH_2D:
-            key = f"recall_2d_{t}px"
-            out[f"{key}_rot{lo}-{hi}"] = float(np.mean([r[key] for r in chosen])) if chosen else float("nan")
-        out[f"pairs_rot{lo}-{hi}"] = float(len(chosen))
+    binned = [style.binned if style.binned in keys else f"recall_2d_{style.thresholds_px[0]:g}px"]
+    if style.bin_2d:
+        binned += [f"recall_2d_{t:g}px" for t in style.thresholds_px if f"recall_2d_{t:g}px" not in binned]
+    edges = style.rotation_bins
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        chosen = [r for r in rows if lo <= r["rotation"] < hi]
+        for key in binned:
+            out[f"{key}_rot{lo:g}-{hi:g}"] = float(np.mean([r[key] for r in chosen])) if chosen else float("nan")
+        out[f"pairs_rot{lo:g}-{hi:g}"] = float(len(chosen))
     out["pairs"] = float(len(rows))
+    out["pixel_scale"] = style.pixel_scale
     return out
 
 

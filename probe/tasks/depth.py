@@ -10,6 +10,7 @@ import torch
 
 from probe.losses import depth_loss
 from probe.metrics import DepthMetrics
+from probe.protocols import DenseChoices
 from probe.tasks import register_task
 from probe.tasks.base import DenseTask, pool_to_grid, upsample
 
@@ -18,8 +19,12 @@ DEPTH_RANGES = {"metric": (0.001, 10.0), "relative": (0.01, 1.0)}
 N_BINS = 256
 
 
-def depth_range(attrs: Mapping[str, Any]) -> tuple[float, float]:
+def depth_range(attrs: Mapping[str, Any], choices: DenseChoices | None = None) -> tuple[float, float]:
+    """The bins' range: the store's ``depth_range`` (or its kind's); relative depth starts at the
+    protocol's ``depth_relative_min``."""
     lo, hi = attrs.get("depth_range") or DEPTH_RANGES[attrs.get("depth_kind", "metric")]
+    if choices is not None and attrs.get("depth_kind") == "relative":
+        lo = choices.depth_relative_min
     return float(lo), float(hi)
 
 
@@ -36,38 +41,38 @@ def bins_to_depth(logits: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class DepthTask(DenseTask):
-    def out_channels(self, attrs: Mapping[str, Any], options: Mapping[str, Any]) -> int:
+    def out_channels(self, attrs, choices):
         return N_BINS
 
-    def targets(self, raw, attrs, device):
+    def targets(self, raw, attrs, device, choices, training=False):
         depth = torch.from_numpy(np.asarray(raw["depth"], dtype=np.float32)).to(device)
-        lo, hi = depth_range(attrs)
+        _, hi = depth_range(attrs)
         valid = torch.isfinite(depth) & (depth > 0) & (depth <= hi)
         return torch.where(valid, depth, torch.zeros_like(depth)), valid
 
-    def decode(self, logits, size, attrs, options):
+    def decode(self, logits, size, attrs, choices, sample_stride=1):
         # "quarter" (default, the paper's): bins are resolved at 1/4 of the target resolution
-        # (its x4 upsampling of a ViT-B/16 grid); "grid": at the feature grid, 16x cheaper on
-        # a CPU. Either way the depth map is then upsampled bilinearly to the target.
-        if options.get("depth_bins", "quarter") == "grid":
+        # (its x4 upsampling of a ViT-B/16 grid) or at the head's output if finer; "grid": at the
+        # feature grid, 16x cheaper on a CPU. Then the depth map goes to the target (bilinear).
+        if choices.depth_bins == "grid":
             grid = tuple(logits.shape[-2:])
         else:
             quarter = (max(1, size[0] // 4), max(1, size[1] // 4))
             grid = (max(logits.shape[-2], quarter[0]), max(logits.shape[-1], quarter[1]))
-        depth = bins_to_depth(upsample(logits, grid), *depth_range(attrs))
-        return upsample(depth, size, options.get("sample_stride", 1))[:, 0]
+        depth = bins_to_depth(upsample(logits, grid), *depth_range(attrs, choices))
+        return upsample(depth, size, sample_stride, choices.upsample)[:, 0]
 
-    def loss(self, prediction, target, valid, options):
-        return depth_loss(prediction, target, valid)
+    def loss(self, prediction, target, valid, choices):
+        return depth_loss(prediction, target, valid, gradient=choices.depth_gradient)
 
-    def new_metrics(self):
+    def new_metrics(self, choices):
         return DepthMetrics()
 
     def ridge_target(self, target, valid, grid):
         return pool_to_grid(target.unsqueeze(1), valid, grid)
 
-    def ridge_decode(self, values, size, attrs):
-        lo, hi = depth_range(attrs)
+    def ridge_decode(self, values, size, attrs, choices):
+        lo, hi = depth_range(attrs, choices)
         return upsample(values, size)[:, 0].clamp(lo, hi)
 
 

@@ -15,30 +15,38 @@ from probe.tasks.base import DenseTask, pool_to_grid, upsample
 
 @dataclass(frozen=True)
 class NormalsTask(DenseTask):
-    def out_channels(self, attrs, options):
-        return 4 if options.get("uncertainty_aware") else 3
+    def target_keys(self, choices):
+        # the paper's training mask is "pixels with depth", so its batches carry depth too
+        return ("normals", "depth") if choices.normals_mask == "depth" else ("normals",)
 
-    def targets(self, raw, attrs, device):
+    def out_channels(self, attrs, choices):
+        return 4 if choices.normals_loss == "uncertainty-aware" else 3
+
+    def targets(self, raw, attrs, device, choices, training=False):
         normals = torch.from_numpy(np.asarray(raw["normals"], dtype=np.float32)).to(device).permute(0, 3, 1, 2)
         norm = normals.norm(dim=1, keepdim=True)
         valid = (torch.isfinite(norm) & (norm > 0.5))[:, 0]
         # unit once per batch, shared by every head's loss
-        unit = normals / norm.clamp(min=1e-8)
-        return torch.where(valid.unsqueeze(1), unit, torch.zeros_like(unit)), valid
+        unit = torch.where(valid.unsqueeze(1), normals / norm.clamp(min=1e-8), torch.zeros_like(normals))
+        if training and choices.normals_mask == "depth":
+            depth = torch.from_numpy(np.asarray(raw["depth"], dtype=np.float32)).to(device)
+            # pixels with depth but no normal keep a zero target: a constant pi/2 in the loss, as in the paper
+            valid = torch.isfinite(depth) & (depth > 0)
+        return unit, valid
 
-    def decode(self, logits, size, attrs, options):
-        return upsample(logits, size, options.get("sample_stride", 1))
+    def decode(self, logits, size, attrs, choices, sample_stride=1):
+        return upsample(logits, size, sample_stride, choices.upsample)
 
-    def loss(self, prediction, target, valid, options):
-        return angular_loss(prediction, target, valid, uncertainty_aware=bool(options.get("uncertainty_aware")))
+    def loss(self, prediction, target, valid, choices):
+        return angular_loss(prediction, target, valid, uncertainty_aware=choices.normals_loss == "uncertainty-aware")
 
-    def new_metrics(self):
+    def new_metrics(self, choices):
         return NormalMetrics()
 
     def ridge_target(self, target, valid, grid):
         return pool_to_grid(target, valid, grid)
 
-    def ridge_decode(self, values, size, attrs):
+    def ridge_decode(self, values, size, attrs, choices):
         return upsample(values, size)
 
 

@@ -17,27 +17,27 @@ IGNORE = 255
 
 @dataclass(frozen=True)
 class SegmentationTask(DenseTask):
-    def out_channels(self, attrs, options):
+    def out_channels(self, attrs, choices):
         return 1
 
-    def targets(self, raw, attrs, device):
+    def targets(self, raw, attrs, device, choices, training=False):
         labels = torch.from_numpy(np.asarray(raw["foreground"])).to(device)
         valid = labels != IGNORE
         return (labels == 1).float(), valid
 
-    def decode(self, logits, size, attrs, options):
-        return upsample(logits, size, options.get("sample_stride", 1))[:, 0]
+    def decode(self, logits, size, attrs, choices, sample_stride=1):
+        return upsample(logits, size, sample_stride, choices.upsample)[:, 0]
 
-    def loss(self, prediction, target, valid, options):
+    def loss(self, prediction, target, valid, choices):
         return masked_bce(prediction, target, valid)
 
-    def new_metrics(self):
-        return SegmentationMetrics()
+    def new_metrics(self, choices):
+        return SegmentationMetrics(choices.aggregation)
 
     def ridge_target(self, target, valid, grid):
         return pool_to_grid(target.unsqueeze(1), valid, grid)
 
-    def ridge_decode(self, values, size, attrs):
+    def ridge_decode(self, values, size, attrs, choices):
         # a regressed foreground share: above one half is foreground, as a logit above 0
         return upsample(values, size)[:, 0] - 0.5
 

@@ -51,9 +51,11 @@ class SimilarityTask(ZeroShotTask):
         answer = data.read("triplet_answer").astype(np.int64)
         sim0 = cosine(vectors[triplets[:, 0]], vectors[triplets[:, 1]])
         sim1 = cosine(vectors[triplets[:, 0]], vectors[triplets[:, 2]])
-        choice = (sim1 > sim0).astype(int)
+        # a tie goes to candidate 1, as the paper's torch.where(sim_left > sim_right, 0, 1) decides
+        choice = (sim1 >= sim0).astype(int)
         config = {"task": self.name, "representation": "global" if not layers else f"mean of {'+'.join(layers)}",
-                  "positive_class": "candidate 1 closer"}
+                  "global_kind": features.fingerprint.get("global_kind", "default"),
+                  "positive_class": "candidate 1 closer", "ties": "candidate 1"}
         return two_afc_metrics(choice, answer), config
 
 
