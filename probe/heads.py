@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cache import MidprobeError
-from probe.protocols import DPTChoices
+from protocols import DPTChoices
 
 HEADS: dict[str, Callable[..., nn.Module]] = {}
 

@@ -17,7 +17,7 @@ import torch
 
 from cache import FeatureSplit, SplitView, iterate_batches
 from probe.features import Standardizer, concat_on_grid
-from probe.protocols import DenseChoices
+from protocols import DenseChoices
 from probe.tasks.base import DenseTask
 
 RELATIVE_PENALTIES = tuple(10.0 ** e for e in range(-6, 3))

@@ -15,7 +15,7 @@ import torch
 from cache import DataRoot, MidprobeError, data_root, list_feature_stores, open_dataset, open_features
 from probe.features import Standardizer, channel_stats
 from probe.heads import CLOSED_FORM, check_head
-from probe.protocols import DenseChoices, ExtractionChoices, Protocol, get_protocol
+from protocols import DenseChoices, ExtractionChoices, Protocol, get_protocol
 from probe.records import format_table, write_record
 from probe.ridge import evaluate_ridge, fit_ridge
 from probe.tasks import DenseTask, ZeroShotTask, get_task

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from cache import FeatureSplit, SplitView, iterate_batches
 from probe.features import BatchInputs, Standardizer
 from probe.heads import LinearHead, Probe, build_head
-from probe.protocols import DenseChoices
+from protocols import DenseChoices
 from probe.tasks.base import DenseTask, subsample_raw
 
 

@@ -14,7 +14,7 @@ from cache import MidprobeError, create_dataset_store, open_dataset, open_featur
 from probe.heads import Probe, build_head
 from probe.losses import gradient_loss_across_batch
 from probe.metrics import SegmentationMetrics
-from probe.protocols import (DEVIATIONS, MIDPROBE, PAPER, DPTChoices, DenseChoices, ExtractionChoices,
+from protocols import (DEVIATIONS, MIDPROBE, PAPER, DPTChoices, DenseChoices, ExtractionChoices,
                              get_protocol, with_deviation)
 from probe.records import load_records
 from probe.report.tables import build_leaderboards

@@ -12,7 +12,7 @@ from probe.report.tables import build_leaderboards, load_imagenet
 
 
 def _describe(protocol: str) -> str:
-    from probe.protocols import PROTOCOLS
+    from protocols import PROTOCOLS
 
     if protocol in PROTOCOLS:
         return PROTOCOLS[protocol].description + "."

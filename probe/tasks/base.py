@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cache import MidprobeError, SplitView
-from probe.protocols import DenseChoices
+from protocols import DenseChoices
 
 
 @dataclass(frozen=True)

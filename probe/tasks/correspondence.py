@@ -11,7 +11,7 @@ How errors are measured is the dataset's evaluation *style* (:data:`STYLES`): ``
 (midvision-probe's NAVI script: full-resolution pixels, 3-D recall, rotation bins on 3-D
 recall @ 2 cm) or ``probe3d-scannet`` (Probe3D's ScanNet script: 1/4-resolution pixels,
 5/10/20 px, bins on recall @ 10 px). How features are normalised, read and matched is the
-protocol's (:class:`~probe.protocols.CorrespondenceChoices`).
+protocol's (:class:`~protocols.CorrespondenceChoices`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from cache import FeatureSplit, MidprobeError, SplitView
 from cache.camera import project, relative_rotation_deg, unproject
-from probe.protocols import CorrespondenceChoices, Protocol, get_protocol
+from protocols import CorrespondenceChoices, Protocol, get_protocol
 from probe.tasks import register_task
 from probe.tasks.base import ZeroShotTask
 

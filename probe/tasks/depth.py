@@ -10,7 +10,7 @@ import torch
 
 from probe.losses import depth_loss
 from probe.metrics import DepthMetrics
-from probe.protocols import DenseChoices
+from protocols import DenseChoices
 from probe.tasks import register_task
 from probe.tasks.base import DenseTask, pool_to_grid, upsample
 

@@ -1,0 +1,17 @@
+"""Protocols: every choice that moves a number, as data, shared by every stage.
+
+A protocol names the loader options a dataset is prepared with (``make data``), the
+extraction choices each task's cached features need (``make extract``) and how probes are
+trained and scored (``make probe``). Data preparation, extraction and probing all read it
+here, so this package imports nothing but ``cache``; code asks a protocol for a choice and
+never branches on its name.
+"""
+
+from protocols.choices import (DEFAULT_LAYERS, DENSE_TASKS, CorrespondenceChoices, DenseChoices, Deviation,
+                               DPTChoices, ExtractionChoices, Protocol, apply)
+from protocols.registry import (DEVIATIONS, MIDPROBE, PAPER, PROTOCOLS, get_protocol, register_protocol,
+                                with_deviation)
+
+__all__ = ["DEFAULT_LAYERS", "DENSE_TASKS", "CorrespondenceChoices", "DenseChoices", "Deviation", "DPTChoices",
+           "ExtractionChoices", "Protocol", "apply", "DEVIATIONS", "MIDPROBE", "PAPER", "PROTOCOLS",
+           "get_protocol", "register_protocol", "with_deviation"]

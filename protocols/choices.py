@@ -1,0 +1,242 @@
+"""The choices a protocol is made of: frozen dataclasses, one per stage and task family.
+
+Every field is a choice that can move a number; its docstring says what each value does.
+``apply`` builds one protocol from another by setting fields along paths, which is how
+``paper`` is defined from ``midprobe`` (see :mod:`protocols.registry`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from cache import MidprobeError
+
+DENSE_TASKS = ("depth", "normals", "segmentation")
+
+
+@dataclass(frozen=True)
+class DPTChoices:
+    """Details of the DPT head that differ between Probe3D's CNN and ViT paths.
+
+    ``vit_residual``: the residual conv units on ViT maps, ``"pre-activation"``
+    (ReLU-conv-ReLU-conv, + x) or ``"post-activation"`` (conv-ReLU-conv-ReLU, + x).
+    ``vit_upsample``: the x4 after fusing ViT maps, ``"bilinear"`` (align_corners) or
+    ``"nearest"``. ``final_upsample``: the last x2 of the head, ``"task"`` (left to the
+    task's upsampling to the target) or ``"nearest"`` (inside the head).
+    """
+
+    vit_residual: str = "pre-activation"
+    vit_upsample: str = "bilinear"
+    final_upsample: str = "task"
+
+
+@dataclass(frozen=True)
+class DenseChoices:
+    """Everything that shapes a trained probe of one dense task.
+
+    ``schedule``: ``"quarter-cosine"`` — warm-up ``0.99 s/W + 0.01`` over ``W`` steps, then
+    ``0.99 cos(pi/2 · progress) + 0.01`` — or ``"half-cosine"`` (warm-up ``(s+1)/W``, then
+    ``(1 + cos(pi · progress)) / 2`` to 0). ``feature_norm``: ``"train-stats"`` (per-channel
+    mean/std of the train split, fixed) or ``"none"`` (raw cached features).
+    ``loss_groups``: the batch's loss is the mean of the losses of this many equal parts
+    (two GPUs under DDP each compute the loss of their half). ``upsample``: predictions to
+    the target grid, ``"bilinear"`` or ``"bicubic"``. ``logit_norm``: ``"none"`` or
+    ``"batchnorm-train"`` (a BatchNorm on the logit left in train mode, so test logits are
+    normalised with the statistics of their test batch). ``aggregation``: metrics
+    ``"image"`` by image then averaged, or ``"batch"`` pooled over each evaluation batch of
+    ``eval_batch_size`` images then averaged over batches. Task-specific: ``depth_gradient``
+    ``"spatial"`` (MegaDepth's term over the image axes) or ``"across-batch"`` (the paper's
+    indexing: log residuals of image b against b+2, no spatial gradient);
+    ``depth_relative_min`` the first bin of relative depth; ``depth_bins`` where the 256 bins
+    are resolved (``"quarter"`` of the target or the feature ``"grid"``); ``normals_loss``
+    ``"angular"`` or ``"uncertainty-aware"``; ``normals_mask`` the training mask, ``"normals"``
+    (valid target normals) or ``"depth"`` (pixels with depth); ``loss_stride`` computes the
+    training loss at every s-th target pixel (1 = all).
+    """
+
+    heads: tuple[str, ...] = ("linear", "mlp")
+    lr: float = 5e-4
+    epochs: int = 10
+    warmup_epochs: float = 1.5
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    hidden: int = 512
+    schedule: str = "quarter-cosine"
+    feature_norm: str = "train-stats"
+    loss_groups: int = 1
+    upsample: str = "bilinear"
+    logit_norm: str = "none"
+    aggregation: str = "image"
+    eval_batch_size: int = 32
+    depth_gradient: str = "spatial"
+    depth_relative_min: float = 0.01
+    depth_bins: str = "quarter"
+    normals_loss: str = "angular"
+    normals_mask: str = "normals"
+    loss_stride: int = 1
+    dpt: DPTChoices = DPTChoices()
+
+
+@dataclass(frozen=True)
+class CorrespondenceChoices:
+    """Matching choices of one correspondence evaluation style.
+
+    ``feature_norm``: ``"none"`` (raw cached features) or ``"batch"`` (each channel
+    standardised with the statistics of the views in a batch of ``norm_batch`` pairs — first
+    views and second views separately, over every position — as a BatchNorm in train mode).
+    ``sampling``: ``"bilinear"`` (each candidate's feature read bilinearly at its pixel) or
+    ``"bicubic-grid"`` (maps resized bicubically to the candidates' 1/4 grid, read at the
+    cell). ``bidirectional``: what ``--bidirectional`` does, ``"mutual"`` (mutual nearest
+    neighbours only) or ``"halves"`` (the best ``top/2`` each way, concatenated).
+    """
+
+    feature_norm: str = "none"
+    norm_batch: int = 4
+    sampling: str = "bilinear"
+    bidirectional: str = "mutual"
+    top: int = 1000
+
+
+@dataclass(frozen=True)
+class ExtractionChoices:
+    """How the features a task reads must have been extracted.
+
+    ``input_norm``: ``"model"`` (the backbone's own mean/std), ``"none"`` ([0, 1] pixels) or
+    ``"half"`` (mean = std = 0.5). ``global_kind``: the global vector, ``"default"`` (timm's
+    pre-logits: final-norm CLS for a ViT, pooled last stage for a CNN), ``"cls-raw-last"``
+    (the CLS token of the last tapped block, before the final norm) or ``"gap"``.
+    ``augment_views``: ``k`` seeded augmented views of each training image (``augment_policy``
+    names the augmentation; epoch e reads view e mod k); 0 = none. ``layers``: what the task
+    reads — ``"all"`` cached layers, the ``"last"`` one, or only the ``"global"`` vector.
+    """
+
+    input_norm: str = "model"
+    global_kind: str = "default"
+    augment_views: int = 0
+    augment_policy: str = ""
+    layers: str = "all"
+
+    def split_tag(self) -> str:
+        """The suffix naming a feature split made with these choices (``""`` for the defaults)."""
+        parts = []
+        if self.input_norm != "model":
+            parts.append(f"input-{self.input_norm}")
+        if self.global_kind != "default":
+            parts.append(f"global-{self.global_kind}")
+        if self.augment_views:
+            parts.append(f"aug{self.augment_views}-{self.augment_policy}")
+        return "+".join(parts)
+
+
+#: Which cached layers each task reads unless a protocol says otherwise (the paper's: dense
+#: probes fuse four layers, correspondence matches the last block, similarity the global vector).
+DEFAULT_LAYERS = {
+    "depth": ExtractionChoices(layers="all"), "normals": ExtractionChoices(layers="all"),
+    "segmentation": ExtractionChoices(layers="all"), "correspondence": ExtractionChoices(layers="last"),
+    "similarity": ExtractionChoices(layers="global"),
+}
+
+def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A complete set of choices.
+
+    ``dense`` per dense task; ``correspondence`` per evaluation style (``"navi"``,
+    ``"probe3d-scannet"``); ``extraction`` per task, with ``"<task>:<loader>"`` entries for
+    one dataset loader overriding ``"<task>"``; ``data`` loader options per loader (a
+    non-empty entry gives that protocol its own dataset store ``<loader>@<protocol>``);
+    ``model_option`` the ``+option`` applied to every model that has it (``""`` = none).
+    """
+
+    name: str
+    description: str
+    dense: Mapping[str, DenseChoices]
+    correspondence: Mapping[str, CorrespondenceChoices]
+    extraction: Mapping[str, ExtractionChoices] = field(default_factory=lambda: _frozen({}))
+    data: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _frozen({}))
+    model_option: str = ""
+
+    def dense_choices(self, task: str) -> DenseChoices:
+        if task not in self.dense:
+            raise MidprobeError(f"protocol {self.name!r} has no choices for dense task {task!r}")
+        return self.dense[task]
+
+    def correspondence_choices(self, style: str) -> CorrespondenceChoices:
+        if style not in self.correspondence:
+            raise MidprobeError(f"protocol {self.name!r} has no correspondence style {style!r}; "
+                                f"it has {', '.join(self.correspondence)}")
+        return self.correspondence[style]
+
+    def extraction_choices(self, task: str, loader: str = "") -> ExtractionChoices:
+        """The most specific entry: ``task:loader``, then ``task``, then the defaults."""
+        for key in (f"{task}:{loader}", task):
+            if key in self.extraction:
+                return self.extraction[key]
+        return DEFAULT_LAYERS.get(task, ExtractionChoices())
+
+    def data_options(self, loader: str) -> dict[str, Any]:
+        return dict(self.data.get(loader, {}))
+
+    def dataset_name(self, loader: str) -> str:
+        """The dataset store this protocol reads for ``loader``: its own when its options differ."""
+        return f"{loader}@{self.name}" if self.data.get(loader) else loader
+
+    def model_name(self, model: str, options: tuple[str, ...] = ()) -> str:
+        """``model`` with this protocol's variant when the model offers it (``options``: its ``+options``)."""
+        if not self.model_option or "+" in model:
+            return model
+        return f"{model}+{self.model_option}" if self.model_option == "paper" and options else model
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every choice as plain JSON-able data (what a record stores)."""
+        return {"name": self.name, "dense": {k: dataclasses.asdict(v) for k, v in self.dense.items()},
+                "correspondence": {k: dataclasses.asdict(v) for k, v in self.correspondence.items()},
+                "extraction": {k: dataclasses.asdict(v) for k, v in self.extraction.items()},
+                "data": {k: dict(v) for k, v in self.data.items()}, "model_option": self.model_option}
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """One choice where the paper's code differs from ``midprobe``.
+
+    ``changes``: ``(path, value)`` pairs applied to the ``midprobe`` protocol (a path walks
+    its fields and mappings). ``reference``: where the paper's code makes the choice.
+    ``bug``: the paper's behaviour is a bug that ``paper`` reproduces. ``tasks``: the tasks
+    whose numbers it can move; ``datasets``: the loaders it applies to (empty = all).
+    """
+
+    key: str
+    what: str
+    changes: tuple[tuple[tuple[str, ...], Any], ...]
+    reference: str
+    tasks: tuple[str, ...]
+    bug: bool = False
+    datasets: tuple[str, ...] = ()
+    note: str = ""
+
+
+def apply(protocol: Protocol, changes: tuple[tuple[tuple[str, ...], Any], ...], *, name: str) -> Protocol:
+    """``protocol`` with each ``(path, value)`` set, renamed ``name``."""
+    out = protocol
+    for path, value in changes:
+        out = _set(out, path, value)
+    return replace(out, name=name)
+
+
+def _set(node: Any, path: tuple[str, ...], value: Any) -> Any:
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(node, Mapping):
+        return _frozen({**node, head: _set(node.get(head), rest, value)})
+    if dataclasses.is_dataclass(node):
+        if head not in {f.name for f in dataclasses.fields(node)}:
+            raise KeyError(f"{type(node).__name__} has no choice {head!r}")
+        return replace(node, **{head: _set(getattr(node, head), rest, value)})
+    raise KeyError(f"cannot set {'.'.join(path)} on a {type(node).__name__}")
