@@ -6,10 +6,11 @@ DATA     ?= data
 DATASET  ?= synthetic
 MODEL    ?=
 TASK     ?=
-HEAD     ?= linear
+HEAD     ?=
 LAYERS   ?=
-LR       ?= 5e-4
-EPOCHS   ?= 10
+LR       ?=
+EPOCHS   ?=
+PROTOCOL ?= midprobe
 DEVICE   ?= cpu
 WEIGHTS  ?=
 SHARD    ?= 0/1
@@ -41,13 +42,14 @@ data: setup
 
 extract: setup
 	@test -n "$(MODEL)" || { echo "error: MODEL is required, e.g. make extract MODEL=vit_b_mae DATASET=synthetic" >&2; exit 2; }
-	$(PY) -m extract --model $(MODEL) --dataset $(DATASET) --device $(DEVICE) --shard $(SHARD) \
+	$(PY) -m extract --model $(MODEL) --dataset $(DATASET) --protocol $(PROTOCOL) --device $(DEVICE) --shard $(SHARD) \
 		$(if $(LAYERS),--layers $(LAYERS)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(SPLIT),--split $(SPLIT))
 
 probe: setup
 	@test -n "$(TASK)" || { echo "error: TASK is required, e.g. make probe TASK=normals" >&2; exit 2; }
-	$(PY) -m probe --task $(TASK) --dataset $(DATASET) --head $(HEAD) --lr $(LR) --epochs $(EPOCHS) \
-		--device $(DEVICE) $(if $(MODEL),--model $(MODEL)) $(if $(LAYERS),--layers "$(LAYERS)")
+	$(PY) -m probe --task $(TASK) --dataset $(DATASET) --protocol $(PROTOCOL) --device $(DEVICE) \
+		$(if $(HEAD),--head $(HEAD)) $(if $(LR),--lr $(LR)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+		$(if $(MODEL),--model $(MODEL)) $(if $(LAYERS),--layers "$(LAYERS)")
 
 report: setup
 	$(PY) -m probe.report

@@ -184,11 +184,13 @@ class FeatureWriter:
 
 def open_feature_writer(store: Path, *, split: str, fingerprint: Mapping[str, Any], num_images: int,
                         layer_shapes: Mapping[str, tuple[int, int, int]], strides: Mapping[str, int],
-                        global_dim: int, chunk_images: int | None = None) -> FeatureWriter:
+                        global_dim: int, chunk_images: int | None = None,
+                        store_attrs: Mapping[str, Any] | None = None) -> FeatureWriter:
     """Create split ``split`` of the store at ``store``, or reopen it to resume.
 
     Reopening checks the fingerprint and the array shapes; a mismatch is an error naming
-    the differing field, never a silent overwrite.
+    the differing field, never a silent overwrite. ``store_attrs`` (facts about the model,
+    e.g. the options it offers) are set on the store's root.
     """
     store = Path(store)
     chunk = chunk_images or choose_chunk_images(layer_shapes, num_images)
@@ -197,6 +199,8 @@ def open_feature_writer(store: Path, *, split: str, fingerprint: Mapping[str, An
         if "kind" not in root.attrs:
             root.attrs.update({"midprobe_format": FORMAT_VERSION, "kind": "features",
                                "model": fingerprint["model"], "dataset": fingerprint["dataset"]})
+        if store_attrs and any(root.attrs.get(k) != v for k, v in store_attrs.items()):
+            root.attrs.update(dict(store_attrs))
         if split in root:
             group = root[split]
             check_fingerprint(stored=group.attrs["fingerprint"], expected=fingerprint, where=f"{store}/{split}")

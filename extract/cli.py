@@ -23,8 +23,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the registered models and exit")
     p.add_argument("--model", help="registry name, or timm:<timm model name>")
     p.add_argument("--dataset", help="dataset store name under the data root")
-    p.add_argument("--split", action="append", help="split(s) to extract (default: all)")
-    p.add_argument("--layers", help="comma-separated layer names or indices (default: the paper's)")
+    p.add_argument("--split", action="append", help="dataset split(s) to extract (default: every split the "
+                   "dataset's tasks read)")
+    p.add_argument("--task", action="append", help="extract only what these tasks read (default: the dataset's tasks)")
+    p.add_argument("--protocol", default="midprobe", help="midprobe (default) or paper: which extraction choices "
+                   "(input normalisation, global vector, augmented views) and model variants the tasks read")
+    p.add_argument("--layers", help="comma-separated layer names or indices (default: the layers the tasks read)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--shard", type=_shard, default=(0, 1), help="i/N: write only this shard's chunks")
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         raise MidprobeError("both --model and --dataset are required (or --list)")
     from extract.runner import extract
 
-    extract(model=args.model, dataset=args.dataset, splits=args.split,
+    extract(model=args.model, dataset=args.dataset, splits=args.split, tasks=args.task, protocol=args.protocol,
             layers=args.layers.split(",") if args.layers else None, batch_size=args.batch_size,
             device=args.device, shard=args.shard, weights=args.weights, chunk_images=args.chunk_images,
             root=data_root(args.data), progress=not args.quiet)

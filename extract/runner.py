@@ -18,7 +18,14 @@ import torch
 from cache import FORMAT_VERSION, MidprobeError, SplitView, data_root, open_dataset, open_feature_writer
 from cache.feature_store import GLOBAL, check_float16_range, choose_chunk_images, estimate_bytes
 from cache.paths import DataRoot
-from extract.backbones import Backbone, build_backbone
+from extract.backbones import Backbone, build_backbone, get_spec
+from extract.plan import SplitJob, plan_extraction
+from protocols import ExtractionChoices, Protocol, get_protocol
+
+#: Input normalisation choices -> (mean, std), ``None`` meaning the backbone's own.
+INPUT_NORMS = {"model": None, "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+#: Images per chunk of a split that holds only global vectors.
+GLOBAL_CHUNK = 256
 
 
 def resolve_device(name: str) -> torch.device:
@@ -43,38 +50,56 @@ def _as_float16(name: str, value: torch.Tensor) -> np.ndarray:
     return value.half().cpu().numpy()
 
 
-def forward_chunk(backbone: Backbone, images: np.ndarray, *, batch_size: int,
-                  device: torch.device) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def input_stats(backbone: Backbone, choices: ExtractionChoices) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The ``(mean, std)`` images are normalised with under ``choices.input_norm``."""
+    if choices.input_norm not in INPUT_NORMS:
+        raise MidprobeError(f"input normalisation {choices.input_norm!r}: expected {', '.join(INPUT_NORMS)}")
+    return INPUT_NORMS[choices.input_norm] or (backbone.spec.mean, backbone.spec.std)
+
+
+def forward_chunk(backbone: Backbone, images: np.ndarray, *, batch_size: int, device: torch.device,
+                  layers: list[str] | None = None,
+                  norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Run one chunk of images in batches; float16 numpy maps ``(n, C, h, w)`` and globals ``(n, D)``.
 
     The range check and the cast to float16 happen on the device, so half the bytes cross
     to the host and the host's (slow, single-threaded) numpy cast is skipped.
 
     Batches always start at the chunk's first image, so a resumed or sharded run sees the
-    same batch composition as an uninterrupted one and writes the same bytes.
+    same batch composition as an uninterrupted one and writes the same bytes. ``layers``
+    keeps only those maps (default: all); ``norm`` is the ``(mean, std)`` of the input.
     """
     maps: dict[str, list[np.ndarray]] = {}
     pooled: list[np.ndarray] = []
+    mean, std = norm or (backbone.spec.mean, backbone.spec.std)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
         for s in range(0, len(images), batch_size):
-            x = to_input(images[s:s + batch_size], backbone.spec.mean, backbone.spec.std, device)
-            layers, vector = backbone(x)
-            for name, value in layers.items():
-                maps.setdefault(name, []).append(_as_float16(name, value))
+            x = to_input(images[s:s + batch_size], mean, std, device)
+            tapped, vector = backbone(x)
+            for name, value in tapped.items():
+                if layers is None or name in layers:
+                    maps.setdefault(name, []).append(_as_float16(name, value))
             pooled.append(_as_float16(GLOBAL, vector))
     return {k: np.concatenate(v) for k, v in maps.items()}, np.concatenate(pooled)
 
 
-def fingerprint_of(backbone: Backbone, split: SplitView, dataset_name: str, dataset_fingerprint: str) -> dict[str, Any]:
+def fingerprint_of(backbone: Backbone, split: SplitView, dataset_name: str, dataset_fingerprint: str, *,
+                   job: SplitJob | None = None, layers: list[str] | None = None) -> dict[str, Any]:
+    """What a feature split was computed from; ``split`` is its name (``<source>@<tag>`` for choices
+    other than the defaults), ``source_split`` the dataset split it was computed from."""
     import timm
 
     spec = backbone.spec
+    choices = job.choices if job else ExtractionChoices()
+    mean, std = input_stats(backbone, choices)
     return {
         "format_version": FORMAT_VERSION, "model": spec.name, "weights": backbone.weights_id,
-        "timm_version": timm.__version__, "layers": list(spec.layer_names), "input_size": list(split.image_size),
-        "mean": list(spec.mean), "std": list(spec.std), "feature_norm": False,
-        "dataset": dataset_name, "dataset_fingerprint": dataset_fingerprint, "split": split.name,
+        "timm_version": timm.__version__, "layers": list(spec.layer_names if layers is None else layers),
+        "input_size": list(split.image_size), "mean": list(mean), "std": list(std), "feature_norm": False,
+        "dataset": dataset_name, "dataset_fingerprint": dataset_fingerprint,
+        "split": job.name if job else split.name, "source_split": split.name,
+        "input_norm": choices.input_norm, "global_kind": getattr(backbone.module, "global_kind", "default"),
     }
 
 
@@ -149,51 +174,80 @@ class ExtractionReport:
     seconds: float
 
 
+def protocol_model(model: str, protocol: Protocol) -> str:
+    """``model`` as ``protocol`` names it (``paper``: ``<model>+paper`` for a model with paper options)."""
+    if "+" in model or model.startswith("timm:") or not protocol.model_option:
+        return model
+    return protocol.model_name(model, get_spec(model).paper_options)
+
+
 def extract(*, model: str, dataset: str, splits: list[str] | None = None, layers: list[str] | None = None,
+            protocol: str | Protocol = "midprobe", tasks: list[str] | None = None,
             batch_size: int = 16, device: str = "cpu", shard: tuple[int, int] = (0, 1),
             weights: str | None = None, chunk_images: int | None = None, root: DataRoot | None = None,
             backbone: Backbone | None = None, progress: bool = True) -> list[ExtractionReport]:
-    """Extract ``model``'s features for ``dataset``'s splits (default: every split).
+    """Extract ``model``'s features for the feature splits ``protocol``'s tasks read from ``dataset``.
 
-    Resumable (chunks already durable are skipped) and shardable (``shard=(i, n)`` writes
-    only its chunk-aligned block). Returns one report per split.
+    The plan (:func:`extract.plan.plan_extraction`) picks, per task of the dataset store
+    (``tasks`` to narrow it), the dataset splits, the extraction choices and the layers;
+    ``splits`` keeps only those dataset splits; ``layers`` (names or indices) overrides the
+    layers. Resumable (chunks already durable are skipped) and shardable (``shard=(i, n)``
+    writes only its chunk-aligned block). Returns one report per feature split.
     """
     root = root or data_root()
     if batch_size < 1:
         raise MidprobeError(f"batch size must be >= 1, got {batch_size}")
-    store = open_dataset(dataset, root=root)
+    protocol = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
+    store = open_dataset(dataset if "@" in dataset else protocol.dataset_name(dataset), root=root)
     torch_device = resolve_device(device)
-    backbone = backbone or build_backbone(model, weights=weights, layers=layers)
+    jobs = plan_extraction(attrs=store.attrs, splits=store.splits, protocol=protocol, tasks=tasks,
+                           only_splits=splits, layers="all" if layers else None)
+    backbone = backbone or build_backbone(protocol_model(model, protocol), weights=weights, layers=layers)
     backbone.module.to(torch_device)
     path = root.feature_store(store.name, backbone.spec.name)
     root.ensure_writable(path.parent)
     reports = []
-    for split_name in splits or store.splits:
-        split = store.split(split_name)
-        reports.append(_extract_split(backbone, split, store.name, store.fingerprint, path, batch_size=batch_size,
-                                      device=torch_device, shard=shard, chunk_images=chunk_images,
-                                      progress=progress))
+    for job in jobs:
+        split = store.split(job.source)
+        reports.append(_extract_split(backbone, split, job, store.name, store.fingerprint, path,
+                                      batch_size=batch_size, device=torch_device, shard=shard,
+                                      chunk_images=chunk_images, progress=progress))
     return reports
 
 
-def _extract_split(backbone: Backbone, split: SplitView, dataset_name: str, dataset_fp: str, path: Path, *,
-                   batch_size: int, device: torch.device, shard: tuple[int, int], chunk_images: int | None,
-                   progress: bool) -> ExtractionReport:
+def _job_layers(backbone: Backbone, job: SplitJob) -> list[str]:
+    names = list(backbone.spec.layer_names)
+    return {"all": names, "last": names[-1:], "global": []}[job.layers]
+
+
+def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_name: str, dataset_fp: str,
+                   path: Path, *, batch_size: int, device: torch.device, shard: tuple[int, int],
+                   chunk_images: int | None, progress: bool) -> ExtractionReport:
+    if job.choices.augment_views or job.choices.global_kind != "default":
+        raise MidprobeError(f"feature split {job.name!r} needs extraction choices this build cannot make yet")
     height, width = split.image_size
-    shapes, global_dim = layer_shapes(backbone, height, width, device)
-    chunk = chunk_images or choose_chunk_images(shapes, split.num_images)
+    wanted = _job_layers(backbone, job)
+    all_shapes, global_dim = layer_shapes(backbone, height, width, device)
+    shapes = {name: all_shapes[name] for name in wanted}
+    norm = input_stats(backbone, job.choices)
+    chunk = chunk_images or (choose_chunk_images(shapes, split.num_images) if shapes
+                             else min(GLOBAL_CHUNK, split.num_images))
     need = estimate_bytes(shapes, global_dim, split.num_images)
     free = _free_bytes(path)
-    _say(progress, f"[extract] {backbone.spec.name} on {dataset_name}/{split.name}: {split.num_images} images "
-                   f"{height}x{width}, layers {', '.join(f'{k}{list(v)}' for k, v in shapes.items())}, "
-                   f"store ~{need / 2**20:.1f} MiB ({free / 2**30:.1f} GiB free)")
+    _say(progress, f"[extract] {backbone.spec.name} on {dataset_name}/{job.name}: {split.num_images} images "
+                   f"{height}x{width}, layers {', '.join(f'{k}{list(v)}' for k, v in shapes.items()) or 'none'} "
+                   f"+ global, store ~{need / 2**20:.1f} MiB ({free / 2**30:.1f} GiB free)")
     if need > free:
         raise MidprobeError(f"not enough disk for the feature store at {path}: needs ~{need / 2**20:.0f} MiB, "
                             f"{free / 2**20:.0f} MiB free; free space or set DATA= to another disk")
-    writer = open_feature_writer(path, split=split.name, fingerprint=fingerprint_of(backbone, split, dataset_name, dataset_fp),
+    strides = dict(zip(backbone.spec.layer_names, backbone.spec.strides))
+    writer = open_feature_writer(path, split=job.name,
+                                 fingerprint=fingerprint_of(backbone, split, dataset_name, dataset_fp, job=job,
+                                                            layers=wanted),
                                  num_images=split.num_images, layer_shapes=shapes,
-                                 strides=dict(zip(backbone.spec.layer_names, backbone.spec.strides)),
-                                 global_dim=global_dim, chunk_images=chunk)
+                                 strides={name: strides[name] for name in wanted},
+                                 global_dim=global_dim, chunk_images=chunk,
+                                 store_attrs={"paper_options": list(backbone.spec.paper_options)})
     pending = writer.pending(shard)
     images = split.array("images")
     todo = sum(hi - lo for lo, hi in map(writer.chunk_range, pending))
@@ -206,12 +260,13 @@ def _extract_split(backbone: Backbone, split: SplitView, dataset_name: str, data
 
     from tqdm import tqdm
 
-    bar = tqdm(total=todo, unit="img", desc=f"{backbone.spec.name}/{split.name}", disable=not progress,
+    bar = tqdm(total=todo, unit="img", desc=f"{backbone.spec.name}/{job.name}", disable=not progress,
                file=sys.stderr, smoothing=0.1)
     sink = _Writer(writer.write_chunk)
     try:
         for index, batch in _background(reads()):
-            maps, vectors = forward_chunk(backbone, batch, batch_size=batch_size, device=device)
+            maps, vectors = forward_chunk(backbone, batch, batch_size=batch_size, device=device, layers=wanted,
+                                          norm=norm)
             sink.put(index, maps, vectors)
             bar.update(len(batch))
     finally:
@@ -220,8 +275,8 @@ def _extract_split(backbone: Backbone, split: SplitView, dataset_name: str, data
     complete = writer.finalize()
     seconds = time.perf_counter() - started
     state = "complete" if complete else "this shard done; other shards pending"
-    _say(progress, f"[extract] wrote {todo} images in {seconds:.1f} s to {path}/{split.name} ({state})")
-    return ExtractionReport(path, split.name, todo, complete, seconds)
+    _say(progress, f"[extract] wrote {todo} images in {seconds:.1f} s to {path}/{job.name} ({state})")
+    return ExtractionReport(path, job.name, todo, complete, seconds)
 
 
 def _say(enabled: bool, message: str) -> None:

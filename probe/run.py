@@ -15,7 +15,7 @@ import torch
 from cache import DataRoot, MidprobeError, data_root, list_feature_stores, open_dataset, open_features
 from probe.features import Standardizer, channel_stats
 from probe.heads import CLOSED_FORM, check_head
-from protocols import DenseChoices, ExtractionChoices, Protocol, get_protocol
+from protocols import DenseChoices, ExtractionChoices, Protocol, feature_split_name, get_protocol
 from probe.records import format_table, write_record
 from probe.ridge import evaluate_ridge, fit_ridge
 from probe.tasks import DenseTask, ZeroShotTask, get_task
@@ -37,13 +37,6 @@ def resolve_layers(available: Sequence[str], layer_sets: Sequence[Sequence[str]]
             raise MidprobeError(f"layers {', '.join(missing)} are not cached; the store has {', '.join(available)}")
         out.append(tuple(chosen))
     return out
-
-
-def feature_split(split: str, extraction: ExtractionChoices, *, training: bool = False) -> str:
-    """The feature split holding ``split`` extracted with ``extraction`` (augmented views: train only)."""
-    choices = extraction if training else replace(extraction, augment_views=0, augment_policy="")
-    tag = choices.split_tag()
-    return f"{split}@{tag}" if tag else split
 
 
 def dense_choices(protocol: Protocol, task: str, overrides: Mapping[str, Any] | None) -> DenseChoices:
@@ -136,7 +129,7 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
 
 def _open_split(store, model: str, split: str, extraction: ExtractionChoices, root: DataRoot, *, training: bool,
                 protocol: Protocol, expect: Mapping[str, Any]):
-    name = feature_split(split, extraction, training=training)
+    name = feature_split_name(split, extraction, training=training)
     try:
         return open_features(store.name, model, name, expect=expect, root=root)
     except MidprobeError as exc:

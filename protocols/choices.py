@@ -131,6 +131,23 @@ class ExtractionChoices:
         return "+".join(parts)
 
 
+def feature_split_name(split: str, choices: ExtractionChoices, *, training: bool = False) -> str:
+    """The feature split holding dataset split ``split`` extracted with ``choices``:
+    ``<split>`` for the defaults, else ``<split>@<tag>``. Augmented views apply to training
+    splits only (a test split is never augmented)."""
+    if not training:
+        choices = replace(choices, augment_views=0, augment_policy="")
+    tag = choices.split_tag()
+    return f"{split}@{tag}" if tag else split
+
+
+#: The dataset splits each task reads, and whether it trains on them.
+TASK_SPLITS: Mapping[str, tuple[tuple[str, bool], ...]] = MappingProxyType({
+    "depth": (("train", True), ("test", False)), "normals": (("train", True), ("test", False)),
+    "segmentation": (("train", True), ("test", False)), "correspondence": (("pairs", False),),
+    "similarity": (("triplets", False),),
+})
+
 #: Which cached layers each task reads unless a protocol says otherwise (the paper's: dense
 #: probes fuse four layers, correspondence matches the last block, similarity the global vector).
 DEFAULT_LAYERS = {
@@ -180,6 +197,12 @@ class Protocol:
                 return self.extraction[key]
         return DEFAULT_LAYERS.get(task, ExtractionChoices())
 
+    def feature_splits(self, task: str, loader: str = "") -> list[tuple[str, str, bool, ExtractionChoices]]:
+        """``(dataset split, feature split, training, choices)`` for every split ``task`` reads."""
+        choices = self.extraction_choices(task, loader)
+        return [(split, feature_split_name(split, choices, training=training), training, choices)
+                for split, training in TASK_SPLITS.get(task, ())]
+
     def data_options(self, loader: str) -> dict[str, Any]:
         return dict(self.data.get(loader, {}))
 
@@ -209,6 +232,9 @@ class Deviation:
     its fields and mappings). ``reference``: where the paper's code makes the choice.
     ``bug``: the paper's behaviour is a bug that ``paper`` reproduces. ``tasks``: the tasks
     whose numbers it can move; ``datasets``: the loaders it applies to (empty = all).
+    ``requires``: deviations it only matters with (a DPT detail needs the DPT head), switched
+    on with it when it is measured alone; ``options``: run options it only matters under
+    (``{"bidirectional": True}``).
     """
 
     key: str
@@ -219,6 +245,8 @@ class Deviation:
     bug: bool = False
     datasets: tuple[str, ...] = ()
     note: str = ""
+    requires: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def apply(protocol: Protocol, changes: tuple[tuple[tuple[str, ...], Any], ...], *, name: str) -> Protocol:

@@ -53,11 +53,14 @@ DEVIATIONS: tuple[Deviation, ...] = (
               _dense("heads", ("dpt",)), f"{_MV} configs/probe/{{depth_dpt,snorm_dpt,binaryhead}}.yaml head_type: dpt",
               DENSE_TASKS),
     Deviation("dpt-vit-post-activation", "ViT residual conv units are conv-ReLU-conv-ReLU (+x), post-activation",
-              _dpt("vit_residual", "post-activation"), f"{_MV} evals/models/probes.py L283-288, L300", DENSE_TASKS),
+              _dpt("vit_residual", "post-activation"), f"{_MV} evals/models/probes.py L283-288, L300", DENSE_TASKS,
+              requires=("dpt-head",)),
     Deviation("dpt-vit-nearest", "the DPT's x4 on ViT maps is nearest, not bilinear",
-              _dpt("vit_upsample", "nearest"), f"{_MV} evals/models/probes.py L396", DENSE_TASKS),
+              _dpt("vit_upsample", "nearest"), f"{_MV} evals/models/probes.py L396", DENSE_TASKS,
+              requires=("dpt-head",)),
     Deviation("dpt-final-nearest", "the DPT's final x2 is nearest, inside the head",
-              _dpt("final_upsample", "nearest"), f"{_MV} evals/models/probes.py L398", DENSE_TASKS),
+              _dpt("final_upsample", "nearest"), f"{_MV} evals/models/probes.py L398", DENSE_TASKS,
+              requires=("dpt-head",)),
     Deviation("loss-per-gpu", "depth and normals losses are computed per GPU batch of 16 (two GPUs, DDP "
               "averages them) — the pooled log loss and the gradient term see 16 images",
               _dense("loss_groups", 2, ("depth", "normals")),
@@ -110,7 +113,7 @@ DEVIATIONS: tuple[Deviation, ...] = (
               "concatenated, with no mutual check",
               tuple(((("correspondence", style, "bidirectional"), "halves")) for style in ("navi", "probe3d-scannet")),
               f"{_MV} evals/utils/correspondence.py L79-98", ("correspondence",),
-              note="only with --bidirectional (off by default)"),
+              note="only with --bidirectional (off by default)", options=_frozen({"bidirectional": True})),
     Deviation("similarity-raw-cls", "NIGHTS: the CLS token of the last block before the final LayerNorm, on "
               "[0, 1] pixels without mean/std normalisation",
               ((("extraction", "similarity"), ExtractionChoices(input_norm="none", global_kind="cls-raw-last",
@@ -175,9 +178,16 @@ def get_protocol(name: str | None) -> Protocol:
     return PROTOCOLS[name]
 
 
-def with_deviation(key: str, base: Protocol = MIDPROBE) -> Protocol:
-    """``base`` with the one paper deviation ``key`` switched on (named ``midprobe+<key>``)."""
+def deviation(key: str) -> Deviation:
     by_key = {d.key: d for d in DEVIATIONS}
     if key not in by_key:
         raise MidprobeError(f"unknown deviation {key!r}; known: {', '.join(by_key)}")
-    return apply(base, by_key[key].changes, name=f"{base.name}+{key}")
+    return by_key[key]
+
+
+def with_deviation(key: str, base: Protocol = MIDPROBE, *, prerequisites: bool = False) -> Protocol:
+    """``base`` with the paper deviation ``key`` switched on (named ``<base>+<key>``); with
+    ``prerequisites``, also the deviations it requires (named ``<base>+<required>+<key>``)."""
+    keys = [*deviation(key).requires, key] if prerequisites else [key]
+    changes = tuple(c for k in keys for c in deviation(k).changes)
+    return apply(base, changes, name="+".join([base.name, *keys]))

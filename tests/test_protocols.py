@@ -18,7 +18,8 @@ from protocols import (DEVIATIONS, MIDPROBE, PAPER, DPTChoices, DenseChoices, Ex
                              get_protocol, with_deviation)
 from probe.records import load_records
 from probe.report.tables import build_leaderboards
-from probe.run import feature_split, run_task
+from probe.run import run_task
+from protocols import feature_split_name as feature_split
 from probe.tasks import get_task
 from probe.tasks.correspondence import STYLES, _pair_row, batch_standardise
 from probe.train import lr_multiplier
