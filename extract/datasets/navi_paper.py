@@ -14,6 +14,7 @@ import io
 import numpy as np
 
 from cache import MidprobeError
+from cache.augment import nearest_resize
 
 DOWNSAMPLE_SHORT_SIDE = 1024
 
@@ -94,14 +95,9 @@ def box_paper(valid: np.ndarray) -> tuple[int, int, int]:
 
 
 def nearest_cv2(array: np.ndarray, size: int) -> np.ndarray:
-    """albumentations ``Resize(size, size, interpolation=0)`` (``utils.py:150-155``), i.e. OpenCV's
-    ``INTER_NEAREST``: source index ``min(floor(i / (size / n)), n - 1)`` in double precision."""
-    h, w = array.shape[:2]
-    if (h, w) == (size, size):
-        return array
-    rows = np.minimum(np.floor(np.arange(size) * (1.0 / (size / h))).astype(np.int64), h - 1)
-    cols = np.minimum(np.floor(np.arange(size) * (1.0 / (size / w))).astype(np.int64), w - 1)
-    return array[rows[:, None], cols[None, :]]
+    """albumentations ``Resize(size, size, interpolation=0)`` (``utils.py:150-155``): OpenCV's
+    ``INTER_NEAREST``, source index ``min(floor(i / (size / n)), n - 1)``."""
+    return nearest_resize(array, (size, size))
 
 
 def paper_normals(depth: np.ndarray, focal: float) -> np.ndarray:
