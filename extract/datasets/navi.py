@@ -23,7 +23,8 @@ import numpy as np
 
 from cache import DataRoot, MidprobeError, create_dataset_store
 from cache.camera import relative_rotation_deg
-from extract.datasets.navi_paper import box_paper, centre_crop, downsample, nearest_cv2, paper_normals, resize_short_nearest
+from extract.datasets.navi_paper import (box_paper, centre_crop, downsample, nearest_cv2, paper_normals,
+                                         resize_short_nearest)
 from extract.datasets.raw import as_uint16, raw_fingerprint, read_image, require, resize
 
 SIZE = 512
@@ -152,14 +153,14 @@ def load_view(folder: Path, record: dict[str, Any], *, crop: str = "object", nor
     if code.shape != image.shape[:2]:
         raise MidprobeError(f"{depth_path} is {code.shape}, its image {image.shape[:2]}; expected the same size")
     view = (_object_crop_paper if crop == "paper" else _object_crop)(image, code, record)
-    depth, K, full = view["depth"], view["K"], view["full_depth"]
+    depth, K, full = view["depth"], view["K"].astype(np.float32), view["full_depth"]
     lo = float(full[full > 0].min()) if relative_min == "image" and (full > 0).any() else None
     if normals == "paper":
         # at the box's own resolution with its focal length, then resized with the image (navi.py:183-196)
         n = view["to_size"](paper_normals(view["box_depth"], view["box_focal"]))
     else:
-        n = normals_from_depth(depth, K)
-    return {"rgb": view["rgb"], "depth": depth, "K": K.astype(np.float32),
+        n = normals_from_depth(depth, K.astype(np.float64))
+    return {"rgb": view["rgb"], "depth": depth, "K": K,
             "pose": camera_to_object(record["camera"]).astype(np.float32), "relative": relative_depth(depth, lo),
             "normals": n.astype(np.float32), "foreground": (depth > 0).astype(np.uint8)}
 
@@ -251,7 +252,9 @@ def prepare_navi(*, root: DataRoot, raw: str | None = None, name: str = "navi", 
                        require(folder / "depth" / f"{Path(r['filename']).stem}.png", "a NAVI depth PNG")}
     choices = {"crop": crop, "normals": normals, "relative_min": relative_min}
     test = views["test"]
-    pairs = draw_pairs([camera_to_object(r["camera"]) for _, _, r in test], [obj for obj, _, _ in test],
+    # angles from the poses as stored (float32)
+    poses = [camera_to_object(r["camera"]).astype(np.float32).astype(np.float64) for _, _, r in test]
+    pairs = draw_pairs(poses, [obj for obj, _, _ in test],
                        anchors=list(range(0, len(test), every)))
     needed = {k for i, j, _ in pairs for k in (i, j)}
     path = root.dataset_store(name)
