@@ -82,7 +82,8 @@ def view_params(policy: str, *, seed: int, index: int, view: int) -> dict[str, A
     rng = np.random.default_rng([int(seed), int(index), int(view)])
     b, c, s, h = spec.jitter
     params = {"policy": policy, "jitter": bool(rng.random() < spec.jitter_p), "order": rng.permutation(4).tolist(),
-              "brightness": float(rng.uniform(max(0.0, 1 - b), 1 + b)), "contrast": float(rng.uniform(max(0.0, 1 - c), 1 + c)),
+              "brightness": float(rng.uniform(max(0.0, 1 - b), 1 + b)),
+              "contrast": float(rng.uniform(max(0.0, 1 - c), 1 + c)),
               "saturation": float(rng.uniform(max(0.0, 1 - s), 1 + s)), "hue": float(rng.uniform(-h, h))}
     log_ratio = np.log(spec.crop_ratio)
     params.update({"crop": bool(rng.random() < spec.crop_p),
