@@ -73,12 +73,16 @@ def write_nyu(raw: Path, n: int = 4, train: tuple[int, ...] = (1, 3), test: tupl
         (meta / f"{name}_SN40.json").write_text(json.dumps(records))
 
 
-def write_geonet_frame(folder: Path, name: str, *, value: int = 100) -> None:
+def write_geonet_frame(folder: Path, name: str, *, value: float = 100) -> None:
+    """GeoNet's .mat: ``img`` stored minus twice the channel means (restored by adding them back),
+    ``depth`` 2 m, ``norm`` (0, 1, 0), ``mask`` 0 in the first 100 columns; a red marker top-left and,
+    at row 300, column 400, a value of 300 (out of uint8 range)."""
     from scipy.io import savemat
 
     folder.mkdir(parents=True, exist_ok=True)
     img = np.full((481, 641, 3), float(value)) - 2 * np.array([122.175, 116.169, 103.508])
     img[:40, 80:200, 0] += 100.0
+    img[300, 400] += 300.0 - value
     norm = np.zeros((481, 641, 3)); norm[..., 1] = 1.0
     mask = np.ones((481, 641)); mask[:, :100] = 0
     savemat(str(folder / name), {"img": img, "depth": np.full((481, 641), 2.0), "norm": norm, "mask": mask,
@@ -156,25 +160,36 @@ def navi_code(depth_m: np.ndarray) -> np.ndarray:
     return np.where(depth_m > 0, np.rint(655.35 / np.maximum(depth_m, 1e-9)), 0).astype(np.uint16)
 
 
-def write_navi(raw: Path, *, angles: dict[str, list[float]] | None = None) -> None:
+NAVI_PLATES = ((40, 120, 0.5), (120, 200, 0.6))      # (first column, end column, depth m): rows 30-129
+
+
+def navi_background(collection: int, k: int) -> int:
+    """The grey level of image ``k`` of the ``collection``-th folder, so a test can tell which were kept."""
+    return 20 + 12 * k + 4 * collection
+
+
+def write_navi(raw: Path, *, angles: dict[str, list[float]] | None = None,
+               plates: tuple[tuple[int, int, float], ...] = NAVI_PLATES) -> None:
     """<object>/{multiview_00_pixel_4a, wild_set}/{annotations.json, images/NNN.jpg (EXIF), depth/NNN.png}.
 
-    Upright frames are 300 x 400 (H x W) with the object (depth > 0, red) in the top-left;
-    the JPEGs are stored rotated with EXIF orientation 6, so only EXIF-aware reading aligns them.
+    Upright frames are 300 x 400 (H x W) with the object (depth > 0, red) made of fronto-parallel
+    plates in rows 30-129, by default in the top-left; the background's grey level tells
+    the images apart (:func:`navi_background`). The JPEGs are stored rotated with EXIF
+    orientation 6, so only EXIF-aware reading aligns them.
     """
     angles = angles or {"multiview_00_pixel_4a": [0.0, 30.0], "wild_set": [0.0, 50.0, 100.0]}
     obj = raw / "duck_bath_yellow_s"
     (obj / "3d_scan").mkdir(parents=True, exist_ok=True)
-    for collection, rotations in angles.items():
+    for c, (collection, rotations) in enumerate(angles.items()):
         folder = obj / collection
         (folder / "images").mkdir(parents=True, exist_ok=True)
         (folder / "depth").mkdir(parents=True, exist_ok=True)
         records = []
         for k, angle in enumerate(rotations):
             depth = np.zeros((300, 400))
-            depth[30:130, 40:200] = 0.5               # a fronto-parallel plate at 0.5 m
-            depth[30:130, 120:200] = 0.6
-            upright = np.full((300, 400, 3), 20, np.uint8)
+            for start, end, value in plates:
+                depth[30:130, start:end] = value
+            upright = np.full((300, 400, 3), navi_background(c, k), np.uint8)
             upright[depth > 0] = (230, 30, 30)
             stored = Image.fromarray(np.ascontiguousarray(np.rot90(upright, k=1)))   # orientation 6 undoes this
             exif = Image.Exif()

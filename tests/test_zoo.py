@@ -13,7 +13,7 @@ import torch
 from cache import MidprobeError, open_features
 from extract.runner import extract
 from extract.backbones import BACKBONES, build_backbone, get_spec
-from extract.backbones.timm_models import TimmBackbone
+from extract.backbones.timm_models import TimmBackbone, create_timm_model
 from tests import checkpoint_formats as fmt
 from tests.conftest import write_tiny_dataset
 
@@ -104,9 +104,11 @@ def test_mae_paper_options_read_hugging_face_weights_and_blocks_1_4_7_10(referen
     path = tmp_path / "pytorch_model.bin"
     fmt.hf_vitmae(state, path)
     spec = get_spec("vit_b_mae+paper")
-    assert spec.name == "vit_b_mae+hf+paper-layers"
+    assert spec.name == "vit_b_mae+hf+paper-layers+sincos"
     assert spec.layer_names == ("block1", "block4", "block7", "block10")
-    _assert_same_features(build_backbone(spec.name, weights=str(path)), spec, model)
+    same = create_timm_model(spec, pretrained=False).eval()      # HF's LayerNorm eps and the sin-cos table
+    same.load_state_dict(state)
+    _assert_same_features(build_backbone(spec.name, weights=str(path)), spec, same)
     with pytest.raises(MidprobeError, match="not a MAE checkpoint: no .model."):   # the MAE repo's layout is not HF's
         build_backbone("vit_b_mae", weights=str(path))
 

@@ -15,7 +15,7 @@ from extract.backbones.checkpoints import convert, load_checkpoint_file
 from extract.backbones.download import cached_path, fetch
 from extract.backbones.handcrafted import DenseHOG, PixelPatches
 from extract.backbones.spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, layer_name, layer_stride
-from extract.backbones.timm_models import TimmBackbone, create_timm_model, family_of
+from extract.backbones.timm_models import GLOBAL_KINDS, TimmBackbone, check_global_kind, create_timm_model, family_of
 from extract.backbones.weights import file_sha256, load_strict, read_state_dict, state_sha256
 
 BACKBONES: dict[str, BackboneSpec] = {}
@@ -170,15 +170,19 @@ def select_layers(spec: BackboneSpec, layers: list[str] | None) -> BackboneSpec:
 
 
 def build_backbone(name: str, *, weights: str | Path | None = None, layers: list[str] | None = None,
-                   spec: BackboneSpec | None = None) -> Backbone:
+                   spec: BackboneSpec | None = None, global_kind: str = "default") -> Backbone:
     """Build a frozen backbone in eval mode.
 
     ``weights`` is a local ``.safetensors``/``.pth`` file loaded strictly instead of the
-    spec's own source (for machines without internet).
+    spec's own source (for machines without internet). ``global_kind`` picks the global
+    vector (``extract.backbones.timm_models.GLOBAL_KINDS``; recorded as ``spec.global_kind``).
     """
     if name.startswith("timm:") and spec is None:
-        return _build_timm_name(name, weights=weights, layers=layers)
+        return _build_timm_name(name, weights=weights, layers=layers, global_kind=global_kind)
     spec = select_layers(spec or get_spec(name), layers)
+    if global_kind != spec.global_kind:
+        spec = replace(spec, global_kind=global_kind)
+    check_global_kind(spec)
     if spec.family == "handcrafted":
         if weights:
             raise MidprobeError(f"model {spec.name!r} is weight-free; WEIGHTS= does not apply")
@@ -219,7 +223,8 @@ def _pretrained(spec: BackboneSpec) -> nn.Module:
                             "on a machine without internet pass WEIGHTS=<local file>") from None
 
 
-def _build_timm_name(name: str, *, weights: str | Path | None, layers: list[str] | None) -> Backbone:
+def _build_timm_name(name: str, *, weights: str | Path | None, layers: list[str] | None,
+                     global_kind: str = "default") -> Backbone:
     import timm
 
     arch = name[len("timm:"):]
@@ -229,7 +234,7 @@ def _build_timm_name(name: str, *, weights: str | Path | None, layers: list[str]
         raise MidprobeError(f"timm has no model {arch!r}{hint}")
     probe = timm.create_model(arch, pretrained=False, num_classes=0)
     spec = replace(_timm_spec(name, probe, layers), weights=("file" if weights else "timm"))
-    return build_backbone(name, weights=weights, layers=None, spec=spec)
+    return build_backbone(name, weights=weights, layers=None, spec=spec, global_kind=global_kind)
 
 
 def weights_available(spec: BackboneSpec) -> str:

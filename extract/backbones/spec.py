@@ -40,6 +40,9 @@ class BackboneSpec:
     checksum: tuple[str, str] | None = None   # (algorithm, published hex digest or prefix)
     variant: str = ""               # which checkpoint variant of the method (epochs, negatives, ...)
     dense_cls: bool = False         # ViT maps are [patch token, CLS token] concatenated: (B, 2C, h, w)
+    global_kind: str = "default"    # the global vector: see timm_models.GLOBAL_KINDS
+    pos_embed: str = "resample"     # ViT position table off its grid: "resample" (timm bicubic) | "sincos"
+    layer_norm_eps: float | None = None   # LayerNorm eps of a ViT (None: timm's, 1e-6)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)   # +option -> field overrides
     paper_options: tuple[str, ...] = ()       # the options that reproduce the paper's code
     notes: str = ""                 # where the paper's code differs

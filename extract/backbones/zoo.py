@@ -84,7 +84,8 @@ VITS = [
      "https://lf3-nlp-opensource.bytetos.com/obj/nlp-opensource/archive/2022/ibot/vitb_16/checkpoint_teacher.pth",
      "ibot_vitb16_checkpoint_teacher.pth", "ViT-B/16 block masking, teacher backbone", "apache-2.0", None),
     ("vit_b_mae", "MAE", "MAE repository", ck.MAE, f"{FAIR}/mae/pretrain/mae_pretrain_vit_base.pth",
-     "mae_pretrain_vit_base.pth", "ViT-B/16 pretrain (norm-pix loss), 1600 epochs", "cc-by-nc-4.0", None),
+     "mae_pretrain_vit_base.pth", "ViT-B/16 pretrain (norm-pix loss), 1600 epochs", "cc-by-nc-4.0",
+     ("md5", "8cad7c")),     # the md5 prefix in the MAE README's checkpoint table
     ("vit_b_maskfeat", "MaskFeat", "MMSelfSup model zoo", ck.MMSELFSUP_VIT,
      f"{MMSELFSUP}/maskfeat/maskfeat_vit-base-p16_8xb256-amp-coslr-300e_in1k/maskfeat_vit-base-p16_8xb256-amp-coslr-300e_in1k_20221101-6dfc8bf3.pth",
      "maskfeat_vit-base-p16_8xb256-amp-coslr-300e_in1k_20221101-6dfc8bf3.pth", "300 epochs, HOG targets",
@@ -97,18 +98,23 @@ OPTIONS = {
     "vit_b_mocov3": {**MOMENTUM, "dense-cls": {"dense_cls": True}},
     "vit_b_maskfeat": {"dense-cls": {"dense_cls": True}},
     "vit_b_mae": {
+        # HF's ViTMAE LayerNorms use config.layer_norm_eps = 1e-12 (timm's ViT 1e-6); HF publishes no digest
         "hf": {"checkpoint": ck.HF_VITMAE, "url": "https://huggingface.co/facebook/vit-mae-base/resolve/main/pytorch_model.bin",
                "filename": "hf_facebook_vit-mae-base_pytorch_model.bin", "license": "apache-2.0 (model card; MAE repo is cc-by-nc-4.0)",
-               "variant": "Hugging Face facebook/vit-mae-base, the weights the paper loaded"},
+               "variant": "Hugging Face facebook/vit-mae-base, the weights the paper loaded (most likely MAE's "
+                          "plain-pixel mae_visualize_vit_base, converted)", "checksum": None, "layer_norm_eps": 1e-12},
         "paper-layers": {"layers": (1, 4, 7, 10)},
+        # the paper rebuilds the exact sin-cos table for every input grid (mae.py:74-89)
+        "sincos": {"pos_embed": "sincos"},
     },
 }
-PAPER_OPTIONS = {"rn50_mocov3": ("momentum",), "vit_b_mocov3": ("momentum",), "vit_b_mae": ("hf", "paper-layers")}
+PAPER_OPTIONS = {"rn50_mocov3": ("momentum",), "vit_b_mocov3": ("momentum",),
+                 "vit_b_mae": ("hf", "paper-layers", "sincos")}
 NOTES = {
     "rn50_mocov3": "the paper's loader let the momentum encoder overwrite the base encoder (+momentum)",
     "vit_b_mocov3": "the paper evaluated the momentum encoder (+momentum); its yaml's dense-cls was ignored by the wrapper",
-    "vit_b_mae": "the paper loaded HF facebook/vit-mae-base (+hf) and took hidden_states[2,5,8,11] = blocks 1,4,7,10 "
-                 "(+paper-layers)",
+    "vit_b_mae": "the paper loaded HF facebook/vit-mae-base (+hf, LayerNorm eps 1e-12), took hidden_states[2,5,8,11] "
+                 "= blocks 1,4,7,10 (+paper-layers) and an exact sin-cos position table per grid (+sincos)",
     "vit_b_ibot": "the paper loaded with strict=False; here strictly",
     "vit_b_maskfeat": "its yaml's dense-cls was ignored by the paper's wrapper (+dense-cls concatenates CLS)",
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 from cache import DataRoot, MidprobeError
@@ -40,6 +41,10 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         raise MidprobeError(f"option {key}={value!r}: expected a {type(default).__name__}") from None
 
 
+#: a store name: ``stores/datasets/<name>.zarr``, e.g. ``navi`` or ``navi@paper``
+STORE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+=-]*")
+
+
 def _lazy(name: str, module: str, function: str) -> None:
     def run(*, root: DataRoot, raw: str | None = None, **options: Any):
         import importlib
@@ -52,6 +57,10 @@ def _lazy(name: str, module: str, function: str) -> None:
         if unknown:
             raise MidprobeError(f"dataset {name!r} has no option {', '.join(unknown)}; "
                                 f"its options: {', '.join(known) or 'none'}")
+        store = options.get("name", name)
+        if not isinstance(store, str) or not STORE_NAME.fullmatch(store):
+            raise MidprobeError(f"store name {store!r}: expected letters, digits and _ . @ + = - "
+                                "(it names stores/datasets/<name>.zarr)")
         return loader(root=root, raw=raw, **{k: _coerce(k, v, params[k].default) if k in params else v
                                              for k, v in options.items()})
     DATASETS[name] = run
@@ -64,7 +73,8 @@ _lazy("nights", "nights", "prepare_nights")
 _lazy("scannet1500", "scannet", "prepare_scannet1500")
 
 
-def prepare(name: str, *, root: DataRoot, raw: str | None = None, **options: Any):
+def prepare(name: str, /, *, root: DataRoot, raw: str | None = None, **options: Any):
+    """Prepare dataset ``name`` (positional only, so a loader's store-name option ``name=`` passes through)."""
     if name not in DATASETS:
         raise MidprobeError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
     return DATASETS[name](root=root, raw=raw, **options)

@@ -43,9 +43,9 @@ def read_triplets(csv_path: Path, *, split: str = "test", min_votes: int = 6) ->
     return rows
 
 
-def prepare_nights(*, root: DataRoot, raw: str | None = None, split: str = "test", min_votes: int = 6,
-                   progress: bool = True) -> Path:
-    """Write ``stores/datasets/nights.zarr``: split ``triplets`` of (reference, left, right) images."""
+def prepare_nights(*, root: DataRoot, raw: str | None = None, name: str = "nights", split: str = "test",
+                   min_votes: int = 6, progress: bool = True) -> Path:
+    """Write ``stores/datasets/<name>.zarr``: split ``triplets`` of (reference, left, right) images."""
     from tqdm import tqdm
 
     raw_dir = Path(raw) if raw else root.raw("nights")
@@ -56,13 +56,13 @@ def prepare_nights(*, root: DataRoot, raw: str | None = None, split: str = "test
         for f in triplet:
             require(f, "a NIGHTS image named in data.csv")
     options = {"split": split, "min_votes": min_votes, "size": SIZE, "resample": "bicubic"}
-    path = root.dataset_store("nights")
+    path = root.dataset_store(name)
     root.ensure_writable(path.parent)
-    writer = create_dataset_store(path, name="nights", source=f"raw:{raw_fingerprint(raw_dir, [csv_path], sum(files, []))}",
-                                  options=options, attrs={"tasks": ["similarity"]})
+    writer = create_dataset_store(path, name=name, source=f"raw:{raw_fingerprint(raw_dir, [csv_path], sum(files, []))}",
+                                  options=options, attrs={"loader": "nights", "tasks": ["similarity"]})
     out = writer.split("triplets", num_images=3 * len(rows), height=SIZE, width=SIZE,
                        fields={"images": ((SIZE, SIZE, 3), "uint8")})
-    for triplet in tqdm(files, unit="triplet", desc="nights", disable=not progress, file=sys.stderr):
+    for triplet in tqdm(files, unit="triplet", desc=name, disable=not progress, file=sys.stderr):
         out.append({"images": np.stack([resize(read_image(f), (SIZE, SIZE), resample="bicubic") for f in triplet])})
     out.put_relation("triplets", np.arange(3 * len(rows), dtype=np.int32).reshape(-1, 3))
     # right_vote is the share preferring the right image; after the vote filter it is 0 or 1

@@ -9,6 +9,12 @@ Raw files under ``RAW`` (default ``data/raw/nyuv2``):
   ``all_filenames`` (1-based frame ids); ``train_SN40.json`` / ``test_SN40.json`` beside it.
 - optional ``nyu_geonet/*.mat`` — GeoNet's ~30k full-NYU training frames (MATLAB v5,
   ``img``/``depth``/``norm``/``mask`` of 481 x 641).
+
+Without ``all_normals.pklz`` the store holds images and depth only and names the missing
+file in its ``absent_targets`` attribute. The paper's choices (midvision-probe @ 984b325):
+``split_source=sn40 test_depth=rawDepths`` (``data_processing/create_nyu_pkl.py:59-64``),
+``geonet=true`` (``evals/datasets/nyu.py:20-31``: every split but test is GeoNet, for depth and
+normals alike), ``geonet_mask=false geonet_uint8=truncate`` (``convert_nyuv2.ipynb`` cell 2).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ GEONET_MEAN = (122.175, 116.169, 103.508)
 GEONET_UNREADABLE = {"library_0006_r-1300708259.539496-3335480784.mat", "bedroom_0129_r-1315328302.785180-1089784518.mat"}
 FIELDS = {"images": ((SIZE, SIZE, 3), "uint8"), "depth": ((SIZE, SIZE), "float32"),
           "normals": ((SIZE, SIZE, 3), "float32")}
+UINT8_CASTS = ("round", "truncate")
 
 
 def centre_crop(x: np.ndarray) -> np.ndarray:
@@ -86,25 +93,40 @@ def _geonet_frames(folder: Path) -> list[Path]:
     return [p for p in files if p.name not in GEONET_UNREADABLE]
 
 
-def geonet_frame(path: Path) -> dict[str, np.ndarray]:
-    """One GeoNet frame, cropped from 481 x 641 to 480 x 640 and then centred to 480 x 480."""
+def to_uint8(img: np.ndarray, cast: str = "round") -> np.ndarray:
+    """Float pixel values -> uint8: ``round`` rounds and clips to 0..255; ``truncate`` is the
+    paper's ``img.astype(np.uint8)`` (convert_nyuv2.ipynb cell 2, as Probe3D's nyu.py): toward
+    zero, and out-of-range values wrap modulo 256 as numpy's cast does on x86."""
+    if cast == "truncate":
+        return np.trunc(img).astype(np.int64).astype(np.uint8)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def geonet_frame(path: Path, *, mask: bool = True, cast: str = "round") -> dict[str, np.ndarray]:
+    """One GeoNet frame, cropped from 481 x 641 to 480 x 640 and then centred to 480 x 480.
+
+    ``img`` is restored by adding twice the channel means (as Probe3D and the paper do) and
+    cast with ``cast`` (:func:`to_uint8`); with ``mask`` the normals are zero outside
+    GeoNet's ``mask`` (the paper's code never reads it).
+    """
     from scipy.io import loadmat
 
     try:
         mat = loadmat(str(path))
         img = np.asarray(mat["img"], np.float64)[:480, :640] + 2 * np.asarray(GEONET_MEAN)
         depth, norm = np.asarray(mat["depth"])[:480, :640], np.asarray(mat["norm"], np.float32)[:480, :640]
-        mask = np.asarray(mat["mask"])[:480, :640] > 0.5
+        valid = np.asarray(mat["mask"])[:480, :640] > 0.5 if mask else np.ones(norm.shape[:2], bool)
     except (KeyError, ValueError, OSError) as exc:
         raise MidprobeError(f"cannot read GeoNet frame {path} ({exc}); expected img, depth, norm, mask") from None
-    return {"images": centre_crop(np.clip(np.rint(img), 0, 255).astype(np.uint8)),
-            "depth": centre_crop(clean_depth(depth)),
-            "normals": centre_crop(np.where(mask[..., None], norm, 0.0).astype(np.float32))}
+    return {"images": centre_crop(to_uint8(img, cast)), "depth": centre_crop(clean_depth(depth)),
+            "normals": centre_crop(np.where(valid[..., None], norm, 0.0).astype(np.float32))}
 
 
-def prepare_nyuv2(*, root: DataRoot, raw: str | None = None, split_source: str = "official",
-                  test_depth: str = "depths", geonet: bool = False, progress: bool = True) -> Path:
-    """Write ``stores/datasets/nyuv2.zarr``: train / test with images, depth (m), normals."""
+def prepare_nyuv2(*, root: DataRoot, raw: str | None = None, name: str = "nyuv2", split_source: str = "official",
+                  test_depth: str = "depths", geonet: bool = False, geonet_mask: bool = True,
+                  geonet_uint8: str = "round", progress: bool = True) -> Path:
+    """Write ``stores/datasets/<name>.zarr``: train / test with images, depth (m) and, when FAIR's
+    ``all_normals.pklz`` is there, normals."""
     import h5py
     from tqdm import tqdm
 
@@ -113,15 +135,26 @@ def prepare_nyuv2(*, root: DataRoot, raw: str | None = None, split_source: str =
         raise MidprobeError(f"split_source {split_source!r}: expected official (splits.mat) or sn40 (FAIR's json)")
     if test_depth not in ("depths", "rawDepths"):
         raise MidprobeError(f"test_depth {test_depth!r}: expected depths (in-painted) or rawDepths (Kinect)")
+    if geonet_uint8 not in UINT8_CASTS:
+        raise MidprobeError(f"geonet_uint8 {geonet_uint8!r}: expected round (round and clip) or truncate (the paper's)")
     mat_path = require(raw_dir / "nyu_depth_v2_labeled.mat", "the NYU Depth v2 labeled set (MATLAB v7.3 / HDF5)")
     splits = official_split(raw_dir) if split_source == "official" else sn40_split(raw_dir)
-    rows, normals, valid = ladicky_normals(raw_dir)
-    used = [mat_path, raw_dir / "surfacenormal_metadata" / "all_normals.pklz",
+    pklz = raw_dir / "surfacenormal_metadata" / "all_normals.pklz"
+    absent = {}
+    if pklz.exists():
+        rows, normals, valid = ladicky_normals(raw_dir)
+    else:
+        absent["normals"] = f"missing {pklz} (FAIR's nyuv2_surfacenormal_metadata.zip, all_normals.pklz)"
+        rows, normals, valid = {}, None, None
+        print(f"[nyuv2] {absent['normals']}: preparing images and depth only, no normals", file=sys.stderr)
+    used = [mat_path, *([pklz] if normals is not None else []),
             *([raw_dir / "splits.mat"] if split_source == "official" else
               [raw_dir / "surfacenormal_metadata" / f"{s}_SN40.json" for s in ("train", "test")])]
     frames = _geonet_frames(raw_dir / "nyu_geonet") if geonet else []
-    options = {"split_source": split_source, "test_depth": test_depth, "geonet": geonet, "size": SIZE}
-    path = root.dataset_store("nyuv2")
+    options = {"split_source": split_source, "test_depth": test_depth, "geonet": geonet, "size": SIZE,
+               "geonet_mask": geonet_mask, "geonet_uint8": geonet_uint8}
+    fields = FIELDS if normals is not None else {k: v for k, v in FIELDS.items() if k != "normals"}
+    path = root.dataset_store(name)
     root.ensure_writable(path.parent)
     try:
         h5 = h5py.File(str(mat_path), "r")
@@ -135,30 +168,34 @@ def prepare_nyuv2(*, root: DataRoot, raw: str | None = None, split_source: str =
         if h5["images"].shape[1:] != (3, 640, 480):
             raise MidprobeError(f"{mat_path}: images has shape {h5['images'].shape}, expected (N, 3, 640, 480)")
         for split, index in splits.items():
-            if index.min() < 0 or index.max() >= n or any(int(i) not in rows for i in index):
+            if index.min() < 0 or index.max() >= n or (normals is not None and any(int(i) not in rows for i in index)):
                 raise MidprobeError(f"{split} split indexes frames outside the {n} labeled frames or the normals")
+        source = ("train: " + ("GeoNet (Qi et al.)" if geonet else "Ladicky et al. (FAIR all_normals)")
+                  + "; test: Ladicky et al. (FAIR all_normals)")
         writer = create_dataset_store(
-            path, name="nyuv2", source=f"raw:{raw_fingerprint(raw_dir, used, frames)}", options=options,
-            attrs={"depth_kind": "metric", "depth_range": [0.001, MAX_DEPTH], "tasks": ["depth", "normals"],
-                   "normals_source": "train: " + ("GeoNet (Qi et al.)" if geonet else "Ladicky et al. (FAIR all_normals)")
-                   + "; test: Ladicky et al. (FAIR all_normals)"})
+            path, name=name, source=f"raw:{raw_fingerprint(raw_dir, used, frames)}", options=options,
+            attrs={"loader": "nyuv2", "depth_kind": "metric", "depth_range": [0.001, MAX_DEPTH],
+                   "tasks": ["depth", "normals"] if normals is not None else ["depth"],
+                   **({"normals_source": source} if normals is not None else {"absent_targets": absent})})
         bar = tqdm(total=len(splits["test"]) + (len(frames) if geonet else len(splits["train"])),
-                   unit="img", desc="nyuv2", disable=not progress, file=sys.stderr)
+                   unit="img", desc=name, disable=not progress, file=sys.stderr)
         for split, index in splits.items():
             if split == "train" and geonet:
-                out = writer.split("train", num_images=len(frames), height=SIZE, width=SIZE, fields=FIELDS)
+                out = writer.split("train", num_images=len(frames), height=SIZE, width=SIZE, fields=fields)
                 for frame in frames:
-                    out.append({k: v[None] for k, v in geonet_frame(frame).items()})
+                    arrays = geonet_frame(frame, mask=geonet_mask, cast=geonet_uint8)
+                    out.append({k: arrays[k][None] for k in fields})
                     bar.update(1)
                 continue
-            out = writer.split(split, num_images=len(index), height=SIZE, width=SIZE, fields=FIELDS)
+            out = writer.split(split, num_images=len(index), height=SIZE, width=SIZE, fields=fields)
             depth_key = test_depth if split == "test" else "depths"
             for i in (int(i) for i in index):
-                r = rows[i]
-                n_valid = np.asarray(valid[r]) > 0.5
                 frame = {"images": np.asarray(h5["images"][i]).transpose(2, 1, 0),
-                         "depth": clean_depth(np.asarray(h5[depth_key][i]).T),
-                         "normals": np.where(n_valid[..., None], normals[r], 0.0).astype(np.float32)}
+                         "depth": clean_depth(np.asarray(h5[depth_key][i]).T)}
+                if normals is not None:
+                    r = rows[i]
+                    n_valid = np.asarray(valid[r]) > 0.5
+                    frame["normals"] = np.where(n_valid[..., None], normals[r], 0.0).astype(np.float32)
                 out.append({k: centre_crop(v)[None] for k, v in frame.items()})
                 bar.update(1)
         bar.close()

@@ -75,6 +75,18 @@ def read_image(path: Path, *, mode: str = "RGB", exif: bool = False) -> np.ndarr
         raise MidprobeError(f"cannot read image {path} ({exc}); expected a valid image file") from None
 
 
+def as_uint16(array: np.ndarray) -> np.ndarray:
+    """A 16-bit PNG's values as uint16, whichever mode Pillow opened it in.
+
+    Pillow >= 10.3 opens 16-bit greyscale PNGs as mode ``I;16`` (uint16); older Pillow as
+    mode ``I`` (int32), cast here when every value fits 16 bits. Anything else is returned
+    unchanged, for the caller's dtype check to reject.
+    """
+    if array.dtype == np.int32 and (array.size == 0 or (array.min() >= 0 and array.max() <= 0xFFFF)):
+        return array.astype(np.uint16)
+    return array
+
+
 def image_mode(path: Path) -> str:
     from PIL import Image
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from cache import DataRoot, MidprobeError, create_dataset_store
 from cache.camera import relative_rotation_deg
-from extract.datasets.raw import raw_fingerprint, read_image, require, resize
+from extract.datasets.raw import as_uint16, raw_fingerprint, read_image, require, resize
 
 HEIGHT, WIDTH = 480, 640
 FIELDS = {"images": ((HEIGHT, WIDTH, 3), "uint8"), "depth": ((HEIGHT, WIDTH), "float32"),
@@ -42,14 +42,16 @@ def read_pose(path: Path) -> np.ndarray:
 
 
 def read_depth_mm(path: Path) -> np.ndarray:
-    depth = read_image(path, mode=None)
+    """A ScanNet depth PNG (uint16 mm, whichever mode Pillow opens it in) -> ``(480, 640) float32`` metres."""
+    depth = as_uint16(read_image(path, mode=None))
     if depth.dtype != np.uint16 or depth.shape != (HEIGHT, WIDTH):
         raise MidprobeError(f"{path} is {depth.dtype} {depth.shape}; expected uint16 millimetres of {HEIGHT}x{WIDTH}")
     return depth.astype(np.float32) / 1000.0
 
 
-def prepare_scannet1500(*, root: DataRoot, raw: str | None = None, progress: bool = True) -> Path:
-    """Write ``stores/datasets/scannet1500.zarr``: split ``pairs`` (image 2p and 2p+1 form pair p)."""
+def prepare_scannet1500(*, root: DataRoot, raw: str | None = None, name: str = "scannet1500",
+                        progress: bool = True) -> Path:
+    """Write ``stores/datasets/<name>.zarr``: split ``pairs`` (image 2p and 2p+1 form pair p)."""
     from tqdm import tqdm
 
     raw_dir = Path(raw) if raw else root.raw("scannet1500")
@@ -71,15 +73,15 @@ def prepare_scannet1500(*, root: DataRoot, raw: str | None = None, progress: boo
         require(color, "a ScanNet colour frame"), require(depth, "a ScanNet depth PNG"), require(pose, "a pose file")
     metadata = [raw_dir / "test.npz", raw_dir / "intrinsics.npz", *sorted({f[3] for f in frames})]
     images = sorted({p for f in frames for p in f[1:3]})
-    path = root.dataset_store("scannet1500")
+    path = root.dataset_store(name)
     root.ensure_writable(path.parent)
-    writer = create_dataset_store(path, name="scannet1500", source=f"raw:{raw_fingerprint(raw_dir, metadata, images)}",
+    writer = create_dataset_store(path, name=name, source=f"raw:{raw_fingerprint(raw_dir, metadata, images)}",
                                   options={"height": HEIGHT, "width": WIDTH},
-                                  attrs={"depth_kind": "metric", "depth_range": [0.001, 10.0],
+                                  attrs={"loader": "scannet1500", "depth_kind": "metric", "depth_range": [0.001, 10.0],
                                          "tasks": ["correspondence"]})
     out = writer.split("pairs", num_images=len(frames), height=HEIGHT, width=WIDTH, fields=FIELDS)
     poses = []
-    for scene, color, depth, pose_path in tqdm(frames, unit="img", desc="scannet1500", disable=not progress,
+    for scene, color, depth, pose_path in tqdm(frames, unit="img", desc=name, disable=not progress,
                                                file=sys.stderr):
         pose = read_pose(pose_path)
         poses.append(pose)

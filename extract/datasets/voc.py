@@ -19,6 +19,7 @@ from extract.datasets.raw import image_mode, raw_fingerprint, read_image, requir
 SIZE = 480
 IGNORE = 255
 SPLITS = {"train": "trainval", "test": "test"}
+RESAMPLES = ("bilinear", "lanczos")
 
 
 def foreground(instances: np.ndarray, *, void_as_foreground: bool = False) -> np.ndarray:
@@ -42,11 +43,17 @@ def _ids(devkit: Path, name: str) -> list[str]:
     return ids
 
 
-def prepare_voc(*, root: DataRoot, raw: str | None = None, void_as_foreground: bool = False,
-                progress: bool = True) -> Path:
-    """Write ``stores/datasets/voc.zarr``: train = VOC2007 seg trainval, test = VOC2007 seg test."""
+def prepare_voc(*, root: DataRoot, raw: str | None = None, name: str = "voc", void_as_foreground: bool = False,
+                resample: str = "bilinear", progress: bool = True) -> Path:
+    """Write ``stores/datasets/<name>.zarr``: train = VOC2007 seg trainval, test = VOC2007 seg test.
+
+    Images are resized to 480 x 480 with ``resample`` (``lanczos``: the paper's ``Image.LANCZOS``,
+    midvision-probe evals/datasets/voc.py:62-65), masks with nearest neighbour.
+    """
     from tqdm import tqdm
 
+    if resample not in RESAMPLES:
+        raise MidprobeError(f"voc option resample={resample!r}: expected one of {', '.join(RESAMPLES)}")
     raw_dir = Path(raw) if raw else root.raw("voc")
     devkit = require(raw_dir / "VOCdevkit" / "VOC2007", "the extracted VOC2007 tars (VOCdevkit/VOC2007)")
     ids = {split: _ids(devkit, name) for split, name in SPLITS.items()}
@@ -58,14 +65,14 @@ def prepare_voc(*, root: DataRoot, raw: str | None = None, void_as_foreground: b
             require(png, "a VOC SegmentationObject palette PNG")
     lists = [devkit / "ImageSets" / "Segmentation" / f"{n}.txt" for n in SPLITS.values()]
     images = [p for pairs in files.values() for pair in pairs for p in pair]
-    options = {"size": SIZE, "void_as_foreground": void_as_foreground, "image_resample": "bilinear"}
-    path = root.dataset_store("voc")
+    options = {"size": SIZE, "void_as_foreground": void_as_foreground, "image_resample": resample}
+    path = root.dataset_store(name)
     root.ensure_writable(path.parent)
-    writer = create_dataset_store(path, name="voc", source=f"raw:{raw_fingerprint(raw_dir, lists, images)}", options=options,
-                                  attrs={"tasks": ["segmentation"], "ignore_label": IGNORE,
+    writer = create_dataset_store(path, name=name, source=f"raw:{raw_fingerprint(raw_dir, lists, images)}", options=options,
+                                  attrs={"loader": "voc", "tasks": ["segmentation"], "ignore_label": IGNORE,
                                          "void_band": "foreground" if void_as_foreground else "ignored"})
     fields = {"images": ((SIZE, SIZE, 3), "uint8"), "foreground": ((SIZE, SIZE), "uint8")}
-    bar = tqdm(total=sum(map(len, files.values())), unit="img", desc="voc", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=sum(map(len, files.values())), unit="img", desc=name, disable=not progress, file=sys.stderr)
     for split, pairs in files.items():
         out = writer.split(split, num_images=len(pairs), height=SIZE, width=SIZE, fields=fields)
         for jpg, png in pairs:
@@ -75,7 +82,7 @@ def prepare_voc(*, root: DataRoot, raw: str | None = None, void_as_foreground: b
             image = read_image(jpg)
             if image.shape[:2] != mask.shape:
                 raise MidprobeError(f"{png} is {mask.shape}, its image {jpg} {image.shape[:2]}; expected the same size")
-            out.append({"images": resize(image, (SIZE, SIZE))[None],
+            out.append({"images": resize(image, (SIZE, SIZE), resample=resample)[None],
                         "foreground": resize(foreground(mask, void_as_foreground=void_as_foreground), (SIZE, SIZE),
                                              nearest=True)[None]})
             bar.update(1)
