@@ -37,16 +37,22 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def iterate_batches(features: FeatureSplit, *, layers: Sequence[str], batch_size: int, seed: int = 0,
                     epoch: int = 0, shuffle: bool = True, targets: Mapping[str, zarr.Array] | None = None,
                     chunks: Sequence[int] | None = None, window_chunks: int = 4,
-                    drop_last: bool = False, prefetch: bool = True) -> Iterator[Batch]:
+                    drop_last: bool = False, prefetch: bool = True,
+                    images: tuple[int, int] | None = None, target_offset: int = 0) -> Iterator[Batch]:
     """Yield :class:`Batch` es covering the chosen chunks' images once each.
 
-    ``targets`` are per-image arrays of the dataset store (same N and image order as the
-    features); they are read for exactly the same images. The order depends only on
-    ``(seed, epoch)``.
+    ``targets`` are per-image arrays of the dataset store; feature image ``f`` reads target
+    ``f - target_offset`` (0: the same N and order as the features). ``images = (lo, hi)``
+    keeps only feature images ``lo:hi`` (one augmented view of a view-major split). The order
+    depends only on ``(seed, epoch)``.
     """
     targets = dict(targets or {})
     k, n = features.chunk_images, features.num_images
-    chunk_order = np.asarray(list(chunks) if chunks is not None else range(-(-n // k)), dtype=np.int64)
+    lo_limit, hi_limit = images if images is not None else (0, n)
+    if not 0 <= lo_limit < hi_limit <= n:
+        raise ValueError(f"image range {images} is outside the split's {n} images")
+    default_chunks = range(lo_limit // k, -(-hi_limit // k))
+    chunk_order = np.asarray(list(chunks) if chunks is not None else default_chunks, dtype=np.int64)
     rng = np.random.default_rng([seed, epoch])
     if shuffle:
         chunk_order = chunk_order[rng.permutation(len(chunk_order))]
@@ -55,12 +61,12 @@ def iterate_batches(features: FeatureSplit, *, layers: Sequence[str], batch_size
         blocks = []
         target_chunks: dict[tuple[str, int], np.ndarray] = {}   # whole target chunks, read once per window
         for ci in window:
-            lo, hi = int(ci) * k, min((int(ci) + 1) * k, n)
+            lo, hi = max(int(ci) * k, lo_limit), min((int(ci) + 1) * k, hi_limit)
             block = {"__index__": np.arange(lo, hi, dtype=np.int64)}
             for layer in layers:
                 block[f"f:{layer}"] = features.read(layer, lo, hi)
             for key, arr in targets.items():
-                block[f"t:{key}"] = _read_range(arr, lo, hi, key, target_chunks)
+                block[f"t:{key}"] = _read_range(arr, lo - target_offset, hi - target_offset, key, target_chunks)
             blocks.append(block)
         return blocks
 

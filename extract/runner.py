@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import queue
 import shutil
 import sys
@@ -16,9 +17,11 @@ import numpy as np
 import torch
 
 from cache import FORMAT_VERSION, MidprobeError, SplitView, data_root, open_dataset, open_feature_writer
+from cache.augment import augment_pixels, view_params
 from cache.feature_store import GLOBAL, check_float16_range, choose_chunk_images, estimate_bytes
 from cache.paths import DataRoot
 from extract.backbones import Backbone, build_backbone, get_spec
+from extract.backbones.timm_models import TimmBackbone
 from extract.plan import SplitJob, plan_extraction
 from protocols import ExtractionChoices, Protocol, get_protocol
 
@@ -26,6 +29,8 @@ from protocols import ExtractionChoices, Protocol, get_protocol
 INPUT_NORMS = {"model": None, "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
 #: Images per chunk of a split that holds only global vectors.
 GLOBAL_CHUNK = 256
+#: The seed of every augmented view (a view is a pure function of policy, seed, image and view).
+AUGMENT_SEED = 0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,8 +43,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def to_input(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """``(B, H, W, 3) uint8`` images to the ``(B, 3, H, W) float32`` normalised input."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    """``(B, H, W, 3)`` images — uint8, or float pixels with 1 = white (augmented views) — to the
+    ``(B, 3, H, W) float32`` normalised input."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
+    if images.dtype == np.uint8:
+        x = x.div_(255.0)
     m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=device).view(1, 3, 1, 1)
     return (x - m) / s
@@ -99,7 +107,9 @@ def fingerprint_of(backbone: Backbone, split: SplitView, dataset_name: str, data
         "input_size": list(split.image_size), "mean": list(mean), "std": list(std), "feature_norm": False,
         "dataset": dataset_name, "dataset_fingerprint": dataset_fingerprint,
         "split": job.name if job else split.name, "source_split": split.name,
-        "input_norm": choices.input_norm, "global_kind": getattr(backbone.module, "global_kind", "default"),
+        "input_norm": choices.input_norm, "global_kind": spec.global_kind,
+        "augment": ({"views": choices.augment_views, "policy": choices.augment_policy, "seed": AUGMENT_SEED}
+                    if job and job.training and choices.augment_views else None),
     }
 
 
@@ -215,6 +225,27 @@ def extract(*, model: str, dataset: str, splits: list[str] | None = None, layers
     return reports
 
 
+def with_global_kind(backbone: Backbone, kind: str) -> Backbone:
+    """The same network giving global vector ``kind`` (the family's default where ``kind`` does not
+    apply: a CNN's pooled last stage is the paper's NIGHTS vector for a CNN)."""
+    from extract.backbones.timm_models import GLOBAL_KINDS
+
+    family = backbone.spec.family
+    kind = kind if kind in GLOBAL_KINDS.get(family, ("default",)) else "default"
+    if kind == backbone.spec.global_kind:
+        return backbone
+    spec = dataclasses.replace(backbone.spec, global_kind=kind)
+    module = backbone.module
+    if isinstance(module, TimmBackbone):
+        module = TimmBackbone(spec, module.model).eval()
+    return Backbone(spec, module, backbone.weights_id)
+
+
+def view_source(index: np.ndarray, num_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Feature images of a view-major augmented split -> (view, dataset image) of each."""
+    return index // num_images, index % num_images
+
+
 def _job_layers(backbone: Backbone, job: SplitJob) -> list[str]:
     names = list(backbone.spec.layer_names)
     return {"all": names, "last": names[-1:], "global": []}[job.layers]
@@ -223,18 +254,18 @@ def _job_layers(backbone: Backbone, job: SplitJob) -> list[str]:
 def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_name: str, dataset_fp: str,
                    path: Path, *, batch_size: int, device: torch.device, shard: tuple[int, int],
                    chunk_images: int | None, progress: bool) -> ExtractionReport:
-    if job.choices.augment_views or job.choices.global_kind != "default":
-        raise MidprobeError(f"feature split {job.name!r} needs extraction choices this build cannot make yet")
+    backbone = with_global_kind(backbone, job.choices.global_kind)
+    views = job.choices.augment_views if job.training else 0
+    num = split.num_images * max(views, 1)
     height, width = split.image_size
     wanted = _job_layers(backbone, job)
     all_shapes, global_dim = layer_shapes(backbone, height, width, device)
     shapes = {name: all_shapes[name] for name in wanted}
     norm = input_stats(backbone, job.choices)
-    chunk = chunk_images or (choose_chunk_images(shapes, split.num_images) if shapes
-                             else min(GLOBAL_CHUNK, split.num_images))
-    need = estimate_bytes(shapes, global_dim, split.num_images)
+    chunk = chunk_images or (choose_chunk_images(shapes, num) if shapes else min(GLOBAL_CHUNK, num))
+    need = estimate_bytes(shapes, global_dim, num)
     free = _free_bytes(path)
-    _say(progress, f"[extract] {backbone.spec.name} on {dataset_name}/{job.name}: {split.num_images} images "
+    _say(progress, f"[extract] {backbone.spec.name} on {dataset_name}/{job.name}: {num} images "
                    f"{height}x{width}, layers {', '.join(f'{k}{list(v)}' for k, v in shapes.items()) or 'none'} "
                    f"+ global, store ~{need / 2**20:.1f} MiB ({free / 2**30:.1f} GiB free)")
     if need > free:
@@ -244,7 +275,7 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
     writer = open_feature_writer(path, split=job.name,
                                  fingerprint=fingerprint_of(backbone, split, dataset_name, dataset_fp, job=job,
                                                             layers=wanted),
-                                 num_images=split.num_images, layer_shapes=shapes,
+                                 num_images=num, layer_shapes=shapes,
                                  strides={name: strides[name] for name in wanted},
                                  global_dim=global_dim, chunk_images=chunk,
                                  store_attrs={"paper_options": list(backbone.spec.paper_options)})
@@ -256,7 +287,14 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
     def reads() -> Iterator[tuple[int, np.ndarray]]:
         for index in pending:
             lo, hi = writer.chunk_range(index)
-            yield index, images[lo:hi]
+            if not views:
+                yield index, images[lo:hi]
+                continue
+            view, source = view_source(np.arange(lo, hi), split.num_images)
+            pixels = split.read("images", source)
+            yield index, np.stack([augment_pixels(pixels[j], view_params(job.choices.augment_policy, seed=AUGMENT_SEED,
+                                                                          index=int(i), view=int(v)))
+                                   for j, (v, i) in enumerate(zip(view, source))])
 
     from tqdm import tqdm
 

@@ -49,17 +49,21 @@ def _targets(task: DenseTask, batch_targets: Mapping[str, np.ndarray], attrs: Ma
 def fit_ridge(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, dataset_attrs: Mapping[str, Any],
               layers: Sequence[str], standardizer: Standardizer, choices: DenseChoices = DenseChoices(),
               heldout_fraction: float = 0.1, device: str = "cpu") -> RidgeFit:
+    from probe.train import training_batches, views_of
+
     dev = torch.device(device)
-    n_fit = train.num_images - max(1, int(round(heldout_fraction * train.num_images)))
+    views, per_view = views_of(train)
+    n_fit = per_view - max(1, int(round(heldout_fraction * per_view)))
     sums: dict[str, Any] = {}
     targets = {key: train_data.array(key) for key in task.needs}
-    for batch in iterate_batches(train, layers=list(layers), batch_size=choices.batch_size, shuffle=False,
-                                 targets=targets):
+    passes = (training_batches(train, layers=list(layers), targets=targets, batch_size=choices.batch_size, seed=0,
+                               epoch=0, view=v, shuffle=False) for v in range(views))
+    for batch in (b for one in passes for b in one):
         maps = standardizer(batch.features, layers)
         x, grid = _design(maps, layers)
         y, ok = _targets(task, batch.targets, dataset_attrs, grid, dev, choices)
         cells = grid[0] * grid[1]
-        held = torch.from_numpy(np.repeat(batch.index >= n_fit, cells)).to(dev)
+        held = torch.from_numpy(np.repeat(batch.index % per_view >= n_fit, cells)).to(dev)
         for part, rows in (("fit", ok & ~held), ("held", ok & held)):
             xs, ys = x[rows], y[rows]
             # float32 products per batch (2x faster), summed across batches in float64

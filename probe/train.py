@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from cache import FeatureSplit, SplitView, iterate_batches
+from cache.augment import augment_targets, view_params
+from cache.batches import Batch
 from probe.features import BatchInputs, Standardizer
 from probe.heads import LinearHead, Probe, build_head
 from protocols import DenseChoices
@@ -89,6 +91,38 @@ def lr_multiplier(step: int, *, warmup: float, total: int, schedule: str = "quar
         progress = (step - warmup) / max(total - warmup, 1.0)
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
     raise ValueError(f"unknown schedule {schedule!r}; expected quarter-cosine or half-cosine")
+
+
+def views_of(split: FeatureSplit) -> tuple[int, int]:
+    """``(views, images per view)`` of a feature split: augmented splits hold ``views`` view-major
+    copies of the dataset split (feature image ``v * n + i`` is view ``v`` of image ``i``)."""
+    augment = split.fingerprint.get("augment")
+    views = int(augment["views"]) if augment else 1
+    return views, split.num_images // views
+
+
+def training_batches(train: FeatureSplit, *, layers: Sequence[str], targets: Mapping[str, Any], batch_size: int,
+                     seed: int, epoch: int, view: int | None = None, shuffle: bool = True) -> Any:
+    """The batches of one pass over a training split, targets moved with each image's augmented view.
+
+    On an augmented split the pass reads view ``epoch mod views`` (or ``view``) — the paper's
+    training distribution, one fresh view per epoch — and crops each image's targets as its
+    view was cropped; otherwise it reads the whole split.
+    """
+    views, per_view = views_of(train)
+    if views == 1:
+        yield from iterate_batches(train, layers=layers, batch_size=batch_size, seed=seed, epoch=epoch,
+                                   targets=targets, shuffle=shuffle)
+        return
+    augment = train.fingerprint["augment"]
+    v = epoch % views if view is None else view
+    for batch in iterate_batches(train, layers=layers, batch_size=batch_size, seed=seed, epoch=epoch, targets=targets,
+                                 shuffle=shuffle, images=(v * per_view, (v + 1) * per_view),
+                                 target_offset=v * per_view):
+        moved = [augment_targets({k: a[j] for k, a in batch.targets.items()},
+                                 view_params(augment["policy"], seed=int(augment["seed"]), index=int(i - v * per_view),
+                                             view=v)) for j, i in enumerate(batch.index)]
+        yield Batch(batch.index, batch.features, {k: np.stack([m[k] for m in moved]) for k in batch.targets})
 
 
 @dataclass
@@ -169,7 +203,7 @@ def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, 
     size = train_data.image_size
     layers = sorted({layer for c in configs for layer in c.layers}, key=train.layers.index)
     out_channels = task.out_channels(ds_attrs, choices)
-    steps_per_epoch = math.ceil(train.num_images / choices.batch_size)
+    steps_per_epoch = math.ceil(views_of(train)[1] / choices.batch_size)
     total = steps_per_epoch * choices.epochs
     warmup = choices.warmup_epochs * steps_per_epoch
     probes = []
@@ -191,8 +225,8 @@ def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, 
     for epoch in range(choices.epochs):
         for probe in probes:
             probe.head.train()
-        for batch in iterate_batches(train, layers=layers, batch_size=choices.batch_size, seed=settings.seed,
-                                     epoch=epoch, targets=targets):
+        for batch in training_batches(train, layers=layers, batch_size=choices.batch_size, seed=settings.seed,
+                                      epoch=epoch, targets=targets):
             target, valid = task.targets(subsample_raw(batch.targets, loss_stride), ds_attrs, device, choices,
                                          training=True)
             outputs = forward_heads([(p.config, p.head) for p in probes], BatchInputs(batch.features, standardizer))
