@@ -66,8 +66,10 @@ class Inert:
 def placeholder(name: str) -> type[Inert]:
     """A fresh :class:`Inert` class standing for the global ``name`` (``module.qualname``)."""
     # a module name that is never imported: torch's legacy reader looks for the source of pickled
-    # nn.Module classes, and finds none here
-    return type("Inert", (Inert,), {"__slots__": (), "global_name": name, "__module__": f"{__name__}.<placeholders>"})
+    # nn.Module classes, and finds none here; a name with control characters is kept escaped,
+    # so error messages naming it stay on one line
+    return type("Inert", (Inert,), {"__slots__": (), "global_name": name if name.isprintable() else repr(name),
+                                    "__module__": f"{__name__}.<placeholders>"})
 
 
 def describe(value: Any) -> str:
