@@ -4,6 +4,10 @@ Written from the sources' own saving code (key names, nesting, wrapper dicts, co
 format), independently of the loader's conversion tables: renames here go *from* timm's
 names *to* the source's. Values are whatever timm state dict is passed in; decoys (momentum
 encoders, projectors, decoders) get other values, so a wrong mapping changes the features.
+Training state sits next to the weights where the sources' saving code puts it: optimizer
+states of real ``torch.optim`` steps, counters, numpy scalars and arrays, and objects of the
+sources' own classes, pickled under their packages' names and loaded where those packages are
+absent. Which exact objects each published file holds was not checked (no download here).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import re
 import sys
 import types
+from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,42 +39,77 @@ def _mlp(prefix: str, sizes: list[int]) -> State:
     return out
 
 
-class _HistoryBuffer:
-    """Pickled under mmengine's name, as mmengine's message hub stores its logs."""
+class _Recorded:
+    """Base of the stand-in classes: a plain object, pickled (protocol 2) as NEWOBJ + BUILD of its attributes."""
+
+    def __init__(self, **attrs):
+        self.__dict__.update(attrs)
 
 
-def _with_fake_mmengine(save):
-    names = ["mmengine", "mmengine.logging", "mmengine.logging.history_buffer"]
-    saved = {n: sys.modules.get(n) for n in names}
-    module = types.ModuleType(names[-1])
-    _HistoryBuffer.__module__, _HistoryBuffer.__qualname__ = names[-1], "HistoryBuffer"
-    module.HistoryBuffer = _HistoryBuffer
+@contextmanager
+def _absent_packages(*names: str):
+    """Classes under the dotted ``names`` while saving, in stand-in modules (replacing any real
+    ones until the file is written); when the file is loaded the packages are not there."""
+    saved: dict[str, types.ModuleType | None] = {}
+    classes = {}
     try:
-        sys.modules.update({names[0]: types.ModuleType(names[0]), names[1]: types.ModuleType(names[1]), names[2]: module})
-        save()
+        for name in names:
+            module_name, _, cls_name = name.rpartition(".")
+            parts = module_name.split(".")
+            for m in (".".join(parts[:i + 1]) for i in range(len(parts))):
+                if m not in saved:
+                    saved[m] = sys.modules.get(m)
+                    sys.modules[m] = types.ModuleType(m)
+            cls = type(cls_name, (_Recorded,), {"__module__": module_name, "__qualname__": cls_name})
+            setattr(sys.modules[module_name], cls_name, cls)
+            classes[name] = cls
+        yield classes
     finally:
-        for n, m in saved.items():
-            if m is None:
-                sys.modules.pop(n, None)
+        for m, module in saved.items():
+            if module is None:
+                sys.modules.pop(m, None)
             else:
-                sys.modules[n] = m
+                sys.modules[m] = module
 
 
-def _history() -> _HistoryBuffer:
-    buffer = _HistoryBuffer()
-    buffer.__dict__.update({"_max_length": 1000000, "_log_history": np.array([0.5, 0.25]),
-                            "_count_history": np.array([1.0, 1.0])})
-    return buffer
+def optimizer_state(kind: str) -> dict:
+    """A real ``torch.optim`` state dict after one step on two small parameters: SGD with
+    momentum buffers, or AdamW with its moments and step counts."""
+    g = torch.Generator().manual_seed(2)
+    params = [torch.nn.Parameter(torch.randn(4, 8, generator=g)), torch.nn.Parameter(torch.randn(4, generator=g))]
+    if kind == "sgd":
+        opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4)
+    else:
+        opt = torch.optim.AdamW(params, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    sum((p * p).sum() for p in params).backward()
+    opt.step()
+    return opt.state_dict()
+
+
+def _module_state(state: State) -> "OrderedDict[str, torch.Tensor]":
+    """A state dict as ``nn.Module.state_dict()`` returns it: an OrderedDict carrying ``_metadata``."""
+    out = OrderedDict(state)
+    out._metadata = OrderedDict({"": {"version": 1}})
+    return out
 
 
 def vissl(state: State, path: Path) -> None:
-    """VISSL training checkpoint (vissl/hooks/log_hooks.py, utils/checkpoint.py)."""
+    """VISSL training checkpoint (vissl/hooks/log_hooks.py ``checkpoint_content``, ClassyVision's task
+    state): the trunk next to heads, the SGD state and the phase counters; the losses here are numpy
+    scalars and the meter an object of a VISSL class (absent at load time), standing for whatever
+    non-tensor objects the real files hold."""
     trunk = {f"_feature_blocks.{k}": v for k, v in state.items()}
     heads = _mlp("0.clf.", [2048, 100])
-    torch.save({"phase_idx": 104, "iteration": 52000, "loss": {}, "iteration_num": 52000, "train_phase_idx": 104,
-                "classy_state_dict": {"train": True, "base_model": {"model": {"trunk": trunk, "heads": heads},
-                                                                     "meta": {}},
-                                      "optimizer": {"name": "sgd", "num_updates": 1}}}, path)
+    meter_class = "vissl.meters.accuracy_list_meter.AccuracyListMeter"
+    with _absent_packages(meter_class) as classes:
+        meter = classes[meter_class](_num_meters=1, _topk_values=[1, 5], _total_sample_count=torch.tensor(1281167),
+                                     _curr_sample_count=torch.tensor(0))
+        classy = {"train": True, "base_model": {"model": {"trunk": trunk, "heads": heads}, "meta": {}},
+                  "meters": [meter], "optimizer": {"optim": optimizer_state("sgd"), "param_schedulers": {"lr": 0.0}},
+                  "phase_idx": 104, "train_phase_idx": 104, "num_updates": 13312000,
+                  "losses": [np.float64(5.21), np.float64(5.19)], "hooks": {}, "loss": {}}
+        torch.save({"phase_idx": 104, "iteration": 52000, "loss": OrderedDict(), "iteration_num": 52000,
+                    "train_phase_idx": 104, "classy_state_dict": classy}, path)
 
 
 def vissl_converted(state: State, path: Path) -> None:
@@ -93,7 +134,7 @@ def moco_v2(state: State, path: Path) -> None:
     """main_moco.py: {epoch, arch, state_dict: module.encoder_q.* incl. its MLP head fc.0/fc.2, optimizer}."""
     sd = {f"module.encoder_q.{k}": v for k, v in state.items()}
     sd.update({f"module.encoder_q.{k}": v for k, v in _mlp("fc.", [2048, 2048, 128]).items()})
-    torch.save({"epoch": 800, "arch": "resnet50", "state_dict": sd, "optimizer": {"state": {}, "param_groups": []}}, path)
+    torch.save({"epoch": 800, "arch": "resnet50", "state_dict": sd, "optimizer": optimizer_state("sgd")}, path)
 
 
 def moco_v3(state: State, path: Path, *, head: str) -> State:
@@ -105,22 +146,43 @@ def moco_v3(state: State, path: Path, *, head: str) -> State:
     for enc in ("base_encoder", "momentum_encoder"):
         sd.update({f"module.{enc}.{k}": v for k, v in _mlp(f"{head}.", [8, 8, 4]).items()})
     sd.update({f"module.{k}": v for k, v in _mlp("predictor.", [4, 8, 4]).items()})
-    torch.save({"epoch": 300, "arch": "vit_base", "state_dict": sd, "optimizer": {}, "scaler": {"scale": 1.0}}, path)
+    scaler = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+              "_growth_tracker": 0}
+    torch.save({"epoch": 300, "arch": "vit_base", "state_dict": sd, "optimizer": optimizer_state("adamw"),
+                "scaler": scaler}, path)
     return momentum
 
 
-def _mmengine(state_dict: State, path: Path) -> None:
-    """publish_model.py output: meta, state_dict, message_hub (HistoryBuffer logs), old non-zip format."""
-    ckpt = {"meta": {"epoch": 200, "mmengine_version": "0.1.0"}, "state_dict": state_dict,
-            "message_hub": {"log_scalars": {"train/loss": _history()}, "runtime_info": {"epoch": 200}}}
-    _with_fake_mmengine(lambda: torch.save(ckpt, path, _use_new_zipfile_serialization=False))
+def _mmengine(state_dict: State, path: Path, *, optimizer: str) -> None:
+    """mmengine Runner.save_checkpoint output (old non-zip format): meta, the model's state dict,
+    the MessageHub object itself (early mmengine pickled it whole; log scalars in HistoryBuffers of
+    numpy arrays, runtime info), the optimizer state and the parameter schedulers' states."""
+    hub_class, buffer_class = "mmengine.logging.message_hub.MessageHub", "mmengine.logging.history_buffer.HistoryBuffer"
+    with _absent_packages(hub_class, buffer_class) as classes:
+        def history(values):
+            return classes[buffer_class](_max_length=1000000, _log_history=np.array(values),
+                                         _count_history=np.ones(len(values)))
+
+        hub = classes[hub_class](
+            _instance_name="mmselfsup",
+            _log_scalars={"train/loss": history([0.5, 0.25]), "train/lr": history([0.05, 0.0])},
+            _runtime_info={"epoch": 200, "iter": 250200, "max_epochs": 200, "seed": np.int64(0),
+                           "loss_scale": np.float32(512.0)},
+            _resumed_keys={"epoch": True, "iter": True})
+        ckpt = {"meta": {"epoch": 200, "iter": 250200, "cfg": "model = dict(type='SimSiam')", "seed": 0,
+                         "experiment_name": "pretrain_20220825", "time": "20220825_101010",
+                         "mmengine_version": "0.1.0"},
+                "state_dict": _module_state(state_dict), "message_hub": hub, "optimizer": optimizer_state(optimizer),
+                "param_schedulers": [{"T_max": 200, "eta_min": 0.0, "begin": 0, "end": 200, "by_epoch": True,
+                                      "last_step": 200, "base_values": [0.05], "_last_value": [0.0]}]}
+        torch.save(ckpt, path, _use_new_zipfile_serialization=False)
 
 
 def mmselfsup_resnet(state: State, path: Path) -> None:
     sd = {f"backbone.{k}": v for k, v in state.items()}
     sd.update({f"neck.{k}": v for k, v in _mlp("projector.", [2048, 64]).items()})
     sd.update({f"head.{k}": v for k, v in _mlp("predictor.", [64, 64]).items()})
-    _mmengine(sd, path)
+    _mmengine(sd, path, optimizer="sgd")
 
 
 def timm_to_mmcls_vit(key: str) -> str:
@@ -140,15 +202,18 @@ def mmselfsup_vit(state: State, path: Path) -> None:
     sd["backbone.mask_token"] = torch.zeros(1, 1, state["cls_token"].shape[-1])
     sd.update({"neck.fc.weight": torch.randn(108, 768), "neck.fc.bias": torch.randn(108)})
     sd["target_generator.hog.gaussian_kernel"] = torch.ones(16, 16)
-    _mmengine(sd, path)
+    _mmengine(sd, path, optimizer="adamw")
 
 
 def byol(state: State, path: Path) -> None:
-    """The legacy BYOL-PyTorch file: online/target modules saved separately, module.-prefixed."""
+    """The legacy BYOL-PyTorch file: online/target modules saved separately, module.-prefixed,
+    next to the LARS (SGD-like) optimizer state, the epoch and step counters and apex amp's state."""
     torch.save({"online_backbone": {f"module.{k}": v for k, v in state.items()},
                 "online_projection": _mlp("module.net.", [2048, 256]),
                 "predictor": _mlp("module.net.", [256, 256]),
-                "target_backbone": {f"module.{k}": v for k, v in _decoy(state).items()}}, path)
+                "target_backbone": {f"module.{k}": v for k, v in _decoy(state).items()},
+                "optimizer": optimizer_state("sgd"), "epoch": 300, "steps": 375300,
+                "amp": OrderedDict(loss_scaler0={"loss_scale": 65536.0, "unskipped": 1250})}, path)
 
 
 def densecl(state: State, path: Path) -> None:

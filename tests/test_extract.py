@@ -113,8 +113,10 @@ def test_weights_file_loads_strictly_and_is_fingerprinted(root, tmp_path):
     with pytest.raises(MidprobeError, match=r"missing keys \[blocks.0.attn.qkv.weight\], unexpected keys \[decoder.extra\]"):
         build_backbone("test_vit_tiny", weights=tmp_path / "broken.safetensors")
 
-    torch.save({"model": state, "args": object()}, tmp_path / "pickle.pth")
-    with pytest.raises(MidprobeError, match="tensors only"):
+    torch.save({"model": state, "args": object()}, tmp_path / "pickle.pth")     # other pickled objects: inert data
+    torch.testing.assert_close(build_backbone("test_vit_tiny", weights=tmp_path / "pickle.pth")(x)[1], reference(x)[1])
+    torch.save({"model": {**state, "norm.weight": object()}}, tmp_path / "pickle.pth")
+    with pytest.raises(MidprobeError, match="'norm.weight' is a pickled builtins.object object"):
         build_backbone("test_vit_tiny", weights=tmp_path / "pickle.pth")
     torch.save({"module." + k: v for k, v in state.items()}, tmp_path / "dp.pth")
     torch.testing.assert_close(build_backbone("test_vit_tiny", weights=tmp_path / "dp.pth")(x)[1], reference(x)[1])

@@ -18,34 +18,18 @@ import numpy as np
 import torch
 
 from cache import MidprobeError
+from extract.backbones.unpickle import describe, read_torch_file
 
 StateDict = dict[str, torch.Tensor]
 
 
-class _Inert:
-    """Stand-in for bookkeeping objects pickled next to the weights (argparse Namespace,
-    mmengine's HistoryBuffer): it absorbs their state and runs no code."""
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-# Non-tensor objects the published files are known to hold (training args, mmengine logs, numpy
-# arrays in old VISSL conversions). They are unpickled as inert data; any other global is refused.
-_MULTIARRAY = (np._core if hasattr(np, "_core") else np.core).multiarray   # numpy 2 moved numpy.core to numpy._core
-_NUMPY_DTYPES = ("float16", "float32", "float64", "int32", "int64", "uint8", "bool")
-_TOLERATED: list[Any] = [
-    (_Inert, "argparse.Namespace"),
-    (_Inert, "mmengine.logging.history_buffer.HistoryBuffer"),
-    np.ndarray, np.dtype, *{type(np.dtype(t)) for t in _NUMPY_DTYPES},
-    # numpy 1.x wrote these under numpy.core, numpy 2 under numpy._core
-    *[(getattr(_MULTIARRAY, f), f"{m}.multiarray.{f}") for f in ("_reconstruct", "scalar")
-      for m in ("numpy.core", "numpy._core")],
-]
-
-
 def load_checkpoint_file(path: Path) -> Any:
-    """The object in a ``torch.save`` file, read with ``weights_only=True`` (never an arbitrary pickle)."""
+    """The object in a published checkpoint file, built without running any code from it.
+
+    ``.safetensors`` files hold tensors only; ``torch.save`` files are read by
+    :func:`~extract.backbones.unpickle.read_torch_file`, where training state next to the
+    weights (optimizers, logs, pickled objects of absent packages) becomes inert placeholders.
+    """
     path = Path(path)
     if not path.is_file():
         raise MidprobeError(f"weights file {path} does not exist; expected the published checkpoint file")
@@ -58,13 +42,7 @@ def load_checkpoint_file(path: Path) -> Any:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        with torch.serialization.safe_globals(_TOLERATED):
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise MidprobeError(f"cannot read {path} with weights_only=True ({first}); "
-                            "expected a torch.save checkpoint of tensors") from None
+    return read_torch_file(path)
 
 
 @dataclass(frozen=True)
@@ -94,7 +72,7 @@ def _tensor(name: str, value: Any, source: str) -> torch.Tensor:
         return value
     if isinstance(value, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(value))
-    raise MidprobeError(f"{source}: {name!r} is a {type(value).__name__}, expected a tensor")
+    raise MidprobeError(f"{source}: {name!r} is {describe(value)}, expected a tensor")
 
 
 def convert(obj: Any, fmt: CheckpointFormat, *, source: str) -> StateDict:
@@ -103,11 +81,12 @@ def convert(obj: Any, fmt: CheckpointFormat, *, source: str) -> StateDict:
     for i, key in enumerate(fmt.container):
         if not isinstance(node, Mapping) or key not in node:
             where = "/".join(fmt.container[:i]) or "the top level"
-            have = ", ".join(sorted(map(str, node))[:8]) if isinstance(node, Mapping) else type(node).__name__
+            have = ", ".join(sorted(map(str, node))[:8]) if isinstance(node, Mapping) else describe(node)
             raise MidprobeError(f"{source} is not a {fmt.name} checkpoint: no {key!r} under {where} (has {have})")
         node = node[key]
     if not isinstance(node, Mapping):
-        raise MidprobeError(f"{source}: expected a state dict at {'/'.join(fmt.container) or 'the top level'}")
+        raise MidprobeError(f"{source}: expected a state dict at {'/'.join(fmt.container) or 'the top level'}, "
+                            f"found {describe(node)}")
     prefixes = sorted(fmt.prefix, key=len, reverse=True)
     state: StateDict = {}
     stray = []

@@ -9,6 +9,7 @@ from typing import Iterable
 import torch
 
 from cache import MidprobeError
+from extract.backbones.unpickle import describe, read_torch_file
 
 
 def file_sha256(path: Path, block: int = 1 << 20) -> str:
@@ -32,28 +33,33 @@ def state_sha256(module: torch.nn.Module) -> str:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A flat tensor dict from a ``.safetensors`` file or a ``torch.save`` file.
 
-    Pickles load with ``weights_only=True`` only; wrapper dicts ``model`` /
+    Pickles are read without running any of their code
+    (:func:`~extract.backbones.unpickle.read_torch_file`); wrapper dicts ``model`` /
     ``state_dict`` are unwrapped and a DataParallel ``module.`` prefix is stripped.
     """
     path = Path(path)
     if not path.is_file():
         raise MidprobeError(f"weights file {path} does not exist; expected a .safetensors or .pth file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, or a pickle with arbitrary objects
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MidprobeError(f"cannot read weights file {path} as tensors only ({first}); "
-                            "expected a state dict saved with torch.save or safetensors") from None
+        except Exception as exc:  # corrupt file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MidprobeError(f"cannot read weights file {path} as safetensors ({first}); "
+                                "expected a state dict saved with safetensors") from None
+    else:
+        state = read_torch_file(path)
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MidprobeError(f"weights file {path} does not hold a flat name->tensor state dict")
+    if not isinstance(state, dict):
+        raise MidprobeError(f"weights file {path} holds {describe(state)}, expected a flat name->tensor state dict")
+    wrong = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if wrong is not None:
+        raise MidprobeError(f"weights file {path}: {wrong!r} is {describe(state[wrong])}, "
+                            "expected a flat name->tensor state dict")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
