@@ -38,7 +38,8 @@ test: setup
 	$(PY) -m pytest tests
 
 data: setup
-	$(PY) -m extract.datasets --dataset $(DATASET) $(if $(RAW),--raw $(RAW)) $(foreach o,$(OPTIONS),--option $(o))
+	$(PY) -m extract.datasets --dataset $(DATASET) $(if $(RAW),--raw $(RAW)) $(foreach o,$(OPTIONS),--option $(o)) \
+		$(if $(filter-out midprobe,$(PROTOCOL)),--protocol $(PROTOCOL))
 
 extract: setup
 	@test -n "$(MODEL)" || { echo "error: MODEL is required, e.g. make extract MODEL=vit_b_mae DATASET=synthetic" >&2; exit 2; }

@@ -133,13 +133,14 @@ DEVIATIONS: tuple[Deviation, ...] = (
               note="on the synthetic set the NYU policy stands in for a scene dataset's"),
     Deviation("nyu-geonet", "NYUv2 trains depth and normals on GeoNet's ~30.9k frames (mask ignored, image "
               "truncated to uint8) and tests on FAIR's SN40 split with raw Kinect depth",
-              ((("data", "nyuv2"), _frozen({"geonet": True, "split_source": "sn40", "test_depth": "rawDepths"})),),
+              ((("data", "nyuv2"), _frozen({"geonet": True, "split_source": "sn40", "test_depth": "rawDepths",
+                                            "geonet_mask": False, "geonet_uint8": "truncate"})),),
               f"{_MV} configs/dataset/nyu.yaml train_path; evals/datasets/nyu.py L22-24; "
               "data_processing/create_nyu_pkl.py L60-64", ("depth", "normals"), datasets=("nyuv2",)),
     Deviation("navi-paper-cut", "NAVI as the paper cut it: every 4th image of every split, short side to 512 "
               "(nearest) and a 512 centre crop before the object crop, relative depth from the full image's "
               "minimum, normals away from the camera with the principal point at the crop corner",
-              ((("data", "navi"), _frozen({"paper_cut": True})),),
+              ((("data", "navi"), _frozen({"every": 4, "crop": "paper", "normals": "paper", "relative_min": "image"})),),
               f"{_MV} evals/datasets/navi.py L113, L157, L180; evals/datasets/utils.py L87-123, L242-267",
               ("depth", "normals", "correspondence"), datasets=("navi",), bug=True,
               note="the normals' principal point at the crop corner is a bug"),

@@ -9,6 +9,20 @@ from cache.errors import exits_on_error
 from extract.datasets import prepare
 
 
+def protocol_options(dataset: str, protocol_name: str, given: dict) -> dict:
+    """The loader options (and store name) of ``protocol_name`` for ``dataset``; an explicit option
+    that contradicts the protocol is an error (the store would not be the protocol's)."""
+    from protocols import get_protocol
+
+    protocol = get_protocol(protocol_name)
+    wanted = protocol.data_options(dataset)
+    for key, value in wanted.items():
+        if key in given and str(given[key]).lower() != str(value).lower():
+            raise MidprobeError(f"option {key}={given[key]} contradicts protocol {protocol.name!r}, which prepares "
+                                f"{dataset} with {key}={value}; drop the option or the protocol")
+    return {**wanted, "name": protocol.dataset_name(dataset)} if wanted else {}
+
+
 @exits_on_error
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m extract.datasets", description=__doc__)
@@ -25,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a loader option, e.g. test_depth=rawDepths (nyuv2), split_source=sn40 (nyuv2), "
                         "geonet=true (nyuv2), void_as_foreground=true (voc); see the README")
+    p.add_argument("--protocol", help="prepare the dataset as this protocol reads it (paper: the paper's loader "
+                   "options, into the store <dataset>@paper when they differ from the defaults)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     options = {k: v for k, v in vars(args).items()
@@ -37,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not key:
             raise MidprobeError(f"--option {item!r}: expected KEY=VALUE")
         options[key.replace("-", "_")] = value
+    if args.protocol:
+        options.update(protocol_options(args.dataset, args.protocol, options))
     path = prepare(args.dataset, root=data_root(args.data), raw=args.raw, progress=not args.quiet, **options)
     print(path)
     return 0
