@@ -23,6 +23,8 @@ def _synthetic(*, root: DataRoot, raw: str | None = None, **options: Any):
 
     if raw:
         raise MidprobeError("the synthetic dataset is rendered, it reads no raw files; drop RAW=")
+    if not isinstance(options.get("size", 0), int):
+        raise MidprobeError(f"size {options['size']!r}: the synthetic dataset renders square images, expected --size S")
     return prepare_synthetic(root=root, **options)
 
 
@@ -62,9 +64,10 @@ _lazy("navi", "navi", "prepare_navi")
 _lazy("voc", "voc", "prepare_voc")
 _lazy("nights", "nights", "prepare_nights")
 _lazy("scannet1500", "scannet", "prepare_scannet1500")
+_lazy("folder", "folder", "prepare_folder")
 
 
-def prepare(name: str, *, root: DataRoot, raw: str | None = None, **options: Any):
-    if name not in DATASETS:
-        raise MidprobeError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name](root=root, raw=raw, **options)
+def prepare(dataset: str, /, *, root: DataRoot, raw: str | None = None, **options: Any):
+    if dataset not in DATASETS:
+        raise MidprobeError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(DATASETS))}")
+    return DATASETS[dataset](root=root, raw=raw, **options)
