@@ -138,7 +138,8 @@ def read_table(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str
                     rows.append((line, row))
             return rows
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise MidprobeError(f"cannot read {path} ({exc}); expected a CSV file with header {','.join(columns)}") from None
+        raise MidprobeError(f"cannot read {path} ({exc}); expected a CSV file with header "
+                            f"{','.join(columns)}") from None
 
 
 class Names:
@@ -224,7 +225,8 @@ def read_cameras(path: Path, names: Names) -> dict[str, tuple[np.ndarray, np.nda
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise MidprobeError(f"cannot read {path} ({exc}); expected JSON with convention and cameras") from None
-    if not isinstance(data, dict) or data.get("convention") not in CONVENTIONS or not isinstance(data.get("cameras"), dict):
+    if not isinstance(data, dict) or data.get("convention") not in CONVENTIONS \
+            or not isinstance(data.get("cameras"), dict):
         raise MidprobeError(f"{path}: expected {{\"convention\": \"opencv\" or \"opengl\", \"cameras\": "
                             "{image: {\"K\": 3x3, \"pose\": 4x4 camera-to-world}}, optional shared \"K\"}")
     shared = check_intrinsics(_matrix(data["K"], ((3, 3),), f"{path}: K"), f"{path}: K") if "K" in data else None
@@ -280,7 +282,7 @@ def scan(raw: Path, *, seed: int = 0, test_fraction: float = 0.2) -> Layout:
     """Find, match and check every file of ``raw`` short of reading pixel values."""
     if not raw.is_dir():
         raise MidprobeError(f"missing {raw}: expected a folder with images/ (see the README, 'Probe your own data')")
-    nested = [(raw / s).is_dir() and (raw / s / "images").is_dir() for s in SPLITS]
+    nested = [(raw / s / "images").is_dir() for s in SPLITS]
     if (raw / "images").is_dir() and any(nested):
         raise MidprobeError(f"{raw} has both images/ and train/ or test/ sub-folders; expected one layout")
     if (raw / "images").is_dir():
@@ -295,6 +297,9 @@ def scan(raw: Path, *, seed: int = 0, test_fraction: float = 0.2) -> Layout:
         raise MidprobeError(f"{raw / 'train'} has target folders {', '.join(present['train']) or 'none'}, "
                             f"{raw / 'test'} has {', '.join(present['test']) or 'none'}; expected the same in both")
     targets = next(iter(present.values()))
+    if not targets and not (raw / "pairs.csv").is_file() and not (raw / "triplets.csv").is_file():
+        raise MidprobeError(f"{raw} has images but nothing to probe; expected depth/, normals/, masks/, pairs.csv "
+                            "or triplets.csv")
     scanned = {key: _scan_base(base, targets) for key, base in bases.items()}
     items = {name: item for key in bases for name, item in scanned[key].items()}
     if len(bases) == 2:
@@ -311,23 +316,23 @@ def scan(raw: Path, *, seed: int = 0, test_fraction: float = 0.2) -> Layout:
         split, source = _split_csv(raw / "split.csv", items, names), "split.csv"
     elif len(bases) == 2:
         split, source = {s: sorted(scanned[s]) for s in SPLITS}, "train/ and test/ folders"
-    else:
+    elif targets:
         split = seeded_split(list(items), seed=seed, test_fraction=test_fraction)
         source = f"seeded {round(100 * (1 - test_fraction))}/{round(100 * test_fraction)} (seed {seed})"
+    else:
+        split, source = {s: [] for s in SPLITS}, "none: no depth/, normals/ or masks/"
     if targets and not all(split.values()):
         raise MidprobeError(f"the split ({source}) leaves {'train' if not split['train'] else 'test'} empty; "
                             "expected images in both train and test")
     cameras = read_cameras(raw / "cameras.json", names) if (raw / "cameras.json").is_file() else None
     pairs = None
     if (raw / "pairs.csv").is_file():
-        lacking = [what for what, ok in (("cameras.json", cameras is not None), ("depth/", "depth" in targets)) if not ok]
+        lacking = [what for what, ok in (("cameras.json", cameras is not None), ("depth/", "depth" in targets))
+                   if not ok]
         if lacking:
             raise MidprobeError(f"{raw / 'pairs.csv'} needs {' and '.join(lacking)} in {raw}; expected depth, K and "
                                 "pose for every paired image (correspondence)")
         pairs = _pairs(raw / "pairs.csv", names, cameras)
     triplets = _triplets(raw / "triplets.csv", names) if (raw / "triplets.csv").is_file() else None
-    if not targets and pairs is None and triplets is None:
-        raise MidprobeError(f"{raw} has images but nothing to probe; expected depth/, normals/, masks/, pairs.csv "
-                            "or triplets.csv")
-    return Layout(raw=raw, bases=tuple(bases.values()), items=items, split=split, split_source=source, targets=targets, cameras=cameras,
-                  pairs=pairs, triplets=triplets, metadata=metadata)
+    return Layout(raw=raw, bases=tuple(bases.values()), items=items, split=split, split_source=source,
+                  targets=targets, cameras=cameras, pairs=pairs, triplets=triplets, metadata=metadata)
