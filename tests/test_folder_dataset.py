@@ -384,6 +384,11 @@ def test_names_sizes_and_the_command_line(folder, root, capsys):
         assert message in capsys.readouterr().err
     assert data_main(["--dataset", "folder", "--data", str(root.root), "--quiet"]) == 2
     assert "needs RAW=" in capsys.readouterr().err
+    for argv, message in ((["--dataset", "synthetic", "--check"], "dataset 'synthetic' has no option check"),
+                          (["--dataset", "synthetic", "--size", "32x48"], "renders square images"),
+                          (["--dataset", "nyuv2", "--check"], "dataset 'nyuv2' has no option check")):
+        assert data_main([*argv, "--data", str(root.root), "--quiet"]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_example_command_writes_the_layout_and_refuses_a_foreign_folder(tmp_path, capsys):

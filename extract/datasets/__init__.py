@@ -23,6 +23,12 @@ def _synthetic(*, root: DataRoot, raw: str | None = None, **options: Any):
 
     if raw:
         raise MidprobeError("the synthetic dataset is rendered, it reads no raw files; drop RAW=")
+    import inspect
+
+    known = [k for k in inspect.signature(prepare_synthetic).parameters if k not in ("root", "progress")]
+    unknown = [k for k in options if k not in known and k != "progress"]
+    if unknown:
+        raise MidprobeError(f"dataset 'synthetic' has no option {', '.join(unknown)}; its options: {', '.join(known)}")
     if not isinstance(options.get("size", 0), int):
         raise MidprobeError(f"size {options['size']!r}: the synthetic dataset renders square images, expected --size S")
     return prepare_synthetic(root=root, **options)
