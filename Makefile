@@ -17,14 +17,19 @@ SHARD    ?= 0/1
 SPLIT    ?=
 RAW      ?=
 OPTIONS  ?=
+NAME     ?=
+SIZE     ?=
+DEPTH_SCALE ?=
+CHECK    ?=
+EXAMPLE  ?= $(DATA)/raw/example
 export MIDPROBE_DATA := $(DATA)
 
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test data extract probe demo bench report clean-data help
+.PHONY: setup test data example-folder extract probe demo bench report clean-data help
 
 help:
-	@echo "make setup | test | data DATASET=synthetic | extract MODEL=… DATASET=… | probe TASK=… | demo | bench | report"
+	@echo "make setup | test | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… | probe TASK=… | demo | bench | report"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +43,13 @@ test: setup
 	$(PY) -m pytest tests
 
 data: setup
-	$(PY) -m extract.datasets --dataset $(DATASET) $(if $(RAW),--raw $(RAW)) $(foreach o,$(OPTIONS),--option $(o)) \
-		$(if $(filter-out midprobe,$(PROTOCOL)),--protocol $(PROTOCOL))
+	$(PY) -m extract.datasets --dataset $(DATASET) $(if $(RAW),--raw $(RAW)) $(if $(NAME),--name $(NAME)) \
+		$(if $(SIZE),--size $(SIZE)) $(if $(DEPTH_SCALE),--option depth_scale=$(DEPTH_SCALE)) $(if $(CHECK),--check) \
+		$(foreach o,$(OPTIONS),--option $(o)) $(if $(filter-out midprobe,$(PROTOCOL)),--protocol $(PROTOCOL))
+
+# A small folder in the layout of "Probe your own data" (README), rendered in seconds.
+example-folder: setup
+	$(PY) -m extract.datasets.folder_example $(EXAMPLE)
 
 extract: setup
 	@test -n "$(MODEL)" || { echo "error: MODEL is required, e.g. make extract MODEL=vit_b_mae DATASET=synthetic" >&2; exit 2; }

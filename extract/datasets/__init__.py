@@ -24,6 +24,14 @@ def _synthetic(*, root: DataRoot, raw: str | None = None, **options: Any):
 
     if raw:
         raise MidprobeError("the synthetic dataset is rendered, it reads no raw files; drop RAW=")
+    import inspect
+
+    known = [k for k in inspect.signature(prepare_synthetic).parameters if k not in ("root", "progress")]
+    unknown = [k for k in options if k not in known and k != "progress"]
+    if unknown:
+        raise MidprobeError(f"dataset 'synthetic' has no option {', '.join(unknown)}; its options: {', '.join(known)}")
+    if not isinstance(options.get("size", 0), int):
+        raise MidprobeError(f"size {options['size']!r}: the synthetic dataset renders square images, expected --size S")
     return prepare_synthetic(root=root, **options)
 
 
@@ -71,10 +79,11 @@ _lazy("navi", "navi", "prepare_navi")
 _lazy("voc", "voc", "prepare_voc")
 _lazy("nights", "nights", "prepare_nights")
 _lazy("scannet1500", "scannet", "prepare_scannet1500")
+_lazy("folder", "folder", "prepare_folder")
 
 
-def prepare(name: str, /, *, root: DataRoot, raw: str | None = None, **options: Any):
-    """Prepare dataset ``name`` (positional only, so a loader's store-name option ``name=`` passes through)."""
-    if name not in DATASETS:
-        raise MidprobeError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name](root=root, raw=raw, **options)
+def prepare(dataset: str, /, *, root: DataRoot, raw: str | None = None, **options: Any):
+    """Prepare ``dataset`` (positional only, so a loader's store-name option ``name=`` passes through)."""
+    if dataset not in DATASETS:
+        raise MidprobeError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(DATASETS))}")
+    return DATASETS[dataset](root=root, raw=raw, **options)
