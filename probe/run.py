@@ -92,6 +92,10 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
     task = get_task(task_name)
     protocol = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
     store = open_dataset(dataset if "@" in dataset else protocol.dataset_name(dataset), root=root)
+    absent = store.attrs.get("absent_targets") or {}
+    missing = [key for key in task.needs if key in absent]
+    if missing:
+        raise MidprobeError(f"dataset {store.name!r} cannot run task {task.name!r}: {absent[missing[0]]}")
     models = protocol_models(store.name, protocol, models, root)
     if not models:
         raise MidprobeError(f"no feature stores for dataset {store.name!r}; run `make extract MODEL=... DATASET={store.name}`")

@@ -22,7 +22,6 @@ from extract.datasets.folder_layout import seeded_split
 from extract.runner import extract
 from probe.run import run_task
 from probe.tasks import get_task
-from probe.train import TrainSettings
 
 H, W = 60, 80                    # the example's images; a centre crop keeps columns 10..69
 
@@ -84,9 +83,9 @@ def test_example_goes_through_data_extract_and_every_task(example, root):
     assert store.attrs["depth_range"] == [0.001, pytest.approx(deepest)]
 
     extract(model="hog", dataset="example", root=root, batch_size=8, progress=False)
-    settings = TrainSettings(epochs=1, batch_size=8, hidden=8)
+    settings = {"epochs": 1, "batch_size": 8, "hidden": 8}
     for task in store.attrs["tasks"]:
-        rows = run_task(task_name=task, dataset="example", models=["hog"], settings=settings, root=root, quiet=True)
+        rows = run_task(task_name=task, dataset="example", models=["hog"], heads=["linear"], overrides=settings, root=root, quiet=True)
         assert len(rows) == 1 and get_task(task).headline in rows[0]
         assert (root.root / rows[0]["record"]).is_file()
 
