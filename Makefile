@@ -26,7 +26,7 @@ export MIDPROBE_DATA := $(DATA)
 
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test data example-folder extract probe demo bench report clean-data help
+.PHONY: setup test data example-folder extract probe demo bench fidelity report clean-data help
 
 help:
 	@echo "make setup | test | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… | probe TASK=… | demo | bench | report"
@@ -82,6 +82,11 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench
+
+# How much each of the paper's choices moves the numbers (synthetic set, weight-free and random
+# backbones); rewrites the table between the README's fidelity markers.
+fidelity: setup
+	$(PY) -m bench.fidelity --data $(DATA)/fidelity --readme README.md
 
 clean-data:
 	rm -rf $(DATA)
