@@ -76,37 +76,56 @@ def _ranks(values: dict[str, float]) -> dict[str, int]:
     return {m: order.index(m) + 1 for m in values}
 
 
-def run_study(*, root: DataRoot, models: Sequence[str] = MODELS, only: Sequence[str] | None = None,
-              quiet: bool = True) -> dict[str, dict[str, dict[str, float]]]:
-    """Headlines ``{variant: {task: {model: value}}}`` of every measurable variant."""
-    from extract.datasets import prepare
-    from extract.runner import extract
+def _probe(job: tuple[str, str, str, int, dict[str, Any], tuple[str, ...]]) -> tuple[str, str, dict[str, float]]:
+    """One (variant, task) of the study in a worker process: one torch thread, so the workers fill
+    the cores without fighting over them."""
+    import torch
+
     from probe.run import run_task
 
+    key, task, root_path, seed, options, models = job
+    torch.set_num_threads(1)
+    protocol = next(v.protocol for v in variants() if v.key == key.removesuffix(" (baseline)"))
+    if key.endswith(" (baseline)"):
+        protocol = MIDPROBE
+    overrides = OVERRIDES if task in ("depth", "normals", "segmentation") else {}
+    rows = run_task(task_name=task, dataset="synthetic", models=list(models), protocol=protocol, overrides=overrides,
+                    seed=seed, root=data_root(root_path), quiet=True,
+                    options=options if task == "correspondence" else None)
+    return key, task, {m: _headline(rows, m) for m in models}
+
+
+def run_study(*, root: DataRoot, models: Sequence[str] = MODELS, only: Sequence[str] | None = None,
+              workers: int | None = None, quiet: bool = True) -> dict[str, dict[str, dict[str, float]]]:
+    """Headlines ``{variant: {task: {model: value}}}`` of every measurable variant.
+
+    Extraction runs first, in this process (each variant's feature splits, once); then every
+    (variant, task) probe runs in a pool of ``workers`` processes (default: one per core).
+    """
+    import multiprocessing as mp
+    import os
+
+    from extract.datasets import prepare
+    from extract.runner import extract
+
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    store = root.dataset_store("synthetic")
-    if not (store / "zarr.json").exists():
+    if not (root.dataset_store("synthetic") / "zarr.json").exists():
         prepare("synthetic", root=root, progress=False, contact_sheet=False, workers=1, **SIZES)
-    results: dict[str, dict[str, dict[str, float]]] = {}
-    for variant in variants():
-        if variant.measurable or (only and variant.key not in only and variant.key != "midprobe"):
-            continue
-        started = time.perf_counter()
+    chosen = [v for v in variants() if not v.measurable and (not only or v.key in only or v.key == "midprobe")]
+    started = time.perf_counter()
+    for variant in chosen:
         for model in models:
             extract(model=model, dataset="synthetic", protocol=variant.protocol, root=root, progress=False,
                     tasks=list(variant.tasks))
-        results[variant.key] = {}
-        for task in variant.tasks:
-            overrides = OVERRIDES if task in ("depth", "normals", "segmentation") else {}
-            rows = run_task(task_name=task, dataset="synthetic", models=list(models), protocol=variant.protocol,
-                            overrides=overrides, seed=variant.seed, root=root, quiet=True,
-                            options=variant.options if task == "correspondence" else None)
-            results[variant.key][task] = {m: _headline(rows, m) for m in models}
-        if variant.options:       # its baseline runs under the same options
-            rows = run_task(task_name="correspondence", dataset="synthetic", models=list(models), protocol=MIDPROBE,
-                            root=root, quiet=True, options=variant.options)
-            results[f"{variant.key} (baseline)"] = {"correspondence": {m: _headline(rows, m) for m in models}}
-        say(f"[fidelity] {variant.key}: {time.perf_counter() - started:.0f} s")
+    say(f"[fidelity] extraction: {time.perf_counter() - started:.0f} s")
+    jobs = [(v.key, task, str(root.root), v.seed, v.options, tuple(models)) for v in chosen for task in v.tasks]
+    jobs += [(f"{v.key} (baseline)", "correspondence", str(root.root), 0, v.options, tuple(models))
+             for v in chosen if v.options]
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    with mp.get_context("fork").Pool(workers or os.cpu_count() or 1) as pool:
+        for done, (key, task, headlines) in enumerate(pool.imap_unordered(_probe, jobs), start=1):
+            results.setdefault(key, {})[task] = headlines
+            say(f"[fidelity] {done}/{len(jobs)} {key} / {task}: {time.perf_counter() - started:.0f} s")
     return results
 
 
