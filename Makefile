@@ -16,14 +16,15 @@ SHARD    ?= 0/1
 SPLIT    ?=
 RAW      ?=
 OPTIONS  ?=
+REPAIR   ?=
 export MIDPROBE_DATA := $(DATA)
 
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test data extract probe demo bench report clean-data help
+.PHONY: setup test soak data extract probe demo bench report verify clean-data help
 
 help:
-	@echo "make setup | test | data DATASET=synthetic | extract MODEL=… DATASET=… | probe TASK=… | demo | bench | report"
+	@echo "make setup | test | soak | data DATASET=synthetic | extract MODEL=… DATASET=… | probe TASK=… | demo | bench | report | verify [REPAIR=1]"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,10 @@ setup: $(STAMP)
 
 test: setup
 	$(PY) -m pytest tests
+
+# The slow reliability soak (not in make test): 20 SIGKILLs at random points of an extraction.
+soak: setup
+	$(PY) -m pytest tests -m slow
 
 data: setup
 	$(PY) -m extract.datasets --dataset $(DATASET) $(if $(RAW),--raw $(RAW)) $(foreach o,$(OPTIONS),--option $(o))
@@ -51,6 +56,11 @@ probe: setup
 
 report: setup
 	$(PY) -m probe.report
+
+# Check every store under DATA (metadata, fingerprints, every chunk's size and checksum);
+# REPAIR=1 marks damaged chunks for the same make extract (damaged dataset stores for make data).
+verify: setup
+	$(PY) -m cache.verify $(if $(REPAIR),--repair)
 
 # The demo: a small synthetic set (256 train / 64 test at 224 px, 16 pairs, 16 triplets), three
 # weight-free backbones, linear and MLP heads on every dense task, both zero-shot tasks, the report.

@@ -195,14 +195,13 @@ def _extract_split(backbone: Backbone, split: SplitView, dataset_name: str, data
                                  strides=dict(zip(backbone.spec.layer_names, backbone.spec.strides)),
                                  global_dim=global_dim, chunk_images=chunk)
     pending = writer.pending(shard)
-    images = split.array("images")
     todo = sum(hi - lo for lo, hi in map(writer.chunk_range, pending))
     started = time.perf_counter()
 
     def reads() -> Iterator[tuple[int, np.ndarray]]:
         for index in pending:
             lo, hi = writer.chunk_range(index)
-            yield index, images[lo:hi]
+            yield index, split.read("images", slice(lo, hi))     # a damaged chunk: one line naming it
 
     from tqdm import tqdm
 

@@ -41,6 +41,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Learning rates finite and > 0; weight decay and warm-up finite and >= 0 (one-line errors)."""
+    import math
+
+    if not args.lr or any(not math.isfinite(lr) or lr <= 0 for lr in args.lr):
+        raise MidprobeError(f"--lr {','.join(f'{v:g}' for v in args.lr) or '(empty)'}: expected finite learning "
+                            "rates > 0, e.g. 5e-4 or 5e-4,1e-3")
+    for flag, value in (("--weight-decay", args.weight_decay), ("--warmup-epochs", args.warmup_epochs)):
+        if not math.isfinite(value) or value < 0:
+            raise MidprobeError(f"{flag} {value:g}: expected a finite number >= 0")
+
+
 @exits_on_error
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
@@ -49,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.epochs < 1 or args.batch_size < 1:
         raise MidprobeError(f"epochs and batch size must be >= 1, got {args.epochs} and {args.batch_size}")
+    _check_numbers(args)
     options: dict = {"uncertainty_aware": True} if args.uncertainty_aware else {}
     if args.task == "depth":
         options["depth_bins"] = args.depth_bins
