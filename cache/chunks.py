@@ -161,7 +161,9 @@ def read_checked(arr: Any, selection: slice | np.ndarray | None = None) -> np.nd
     if recorded is not None:
         for index in chunks:
             entry = recorded[index] if index < len(recorded) else None
-            problem = "no checksum recorded for it" if entry is None else check_chunk(arr, index, entry, content=content)
+            if entry is None:
+                raise damaged(arr, index, "no checksum recorded for it")
+            problem = check_chunk(arr, index, entry, content=content)
             if problem:
                 raise damaged(arr, index, problem)
     try:

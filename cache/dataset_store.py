@@ -153,6 +153,7 @@ class DatasetWriter:
                  attrs: Mapping[str, Any]) -> None:
         self.path = path
         self.building = building_path(path)
+        self.where = f"dataset store {path}"
         self._lock = _BUILD_LOCKS.get(path)
         if self._lock is None or not self._lock.held:
             self._lock = FileLock(path.with_suffix(".lock"), timeout=0,
@@ -160,7 +161,7 @@ class DatasetWriter:
             _BUILD_LOCKS[path] = self._lock
         self.fingerprint = dataset_fingerprint(name=name, source=source, options=options)
         self._splits: list[SplitWriter] = []
-        with disk_errors(self.building, after="the previous store (if any) is untouched"):
+        with disk_errors(self.where, after="the previous store (if any) is untouched"):
             for leftover in (self.building, _old_path(path)):
                 if leftover.exists():
                     shutil.rmtree(leftover)
@@ -185,7 +186,7 @@ class DatasetWriter:
             raise MidprobeError(f"split {name!r} of dataset {self.root.attrs['name']!r} would hold no images; "
                                 "expected at least one — check that the raw files list some for it")
         chunk = max(1, min(chunk_images, num_images))
-        with disk_errors(self.building, after="the previous store (if any) is untouched"):
+        with disk_errors(self.where, after="the previous store (if any) is untouched"):
             group = self.root.create_group(name)
             for key, (tail, dtype) in fields.items():
                 # uint8 images and masks compress well and are read once (extraction); float targets
@@ -195,7 +196,7 @@ class DatasetWriter:
             group.attrs.update({"num_images": num_images, "height": height, "width": width,
                                 "per_image": list(fields), "relations": [], **dict(attrs or {})})
         writer = SplitWriter(group, num_images, chunk)
-        writer.where = f"dataset store {self.path}"
+        writer.where = self.where
         self._splits.append(writer)
         return writer
 
@@ -205,7 +206,7 @@ class DatasetWriter:
             split.flush()
             if split._written not in (0, split.num_images):
                 raise MidprobeError(f"split {split.group.name!r}: {split._written} of {split.num_images} images written")
-        with disk_errors(self.building, after="the previous store (if any) is untouched"):
+        with disk_errors(self.where, after="the previous store (if any) is untouched"):
             for split in self._splits:
                 split.seal()
             fsync_tree(self.building)

@@ -5,15 +5,18 @@ Layout of ``stores/features/<dataset>/<model>.zarr``::
     attrs: {midprobe_format, kind: "features", model, dataset}
     <split>/
         attrs: {fingerprint: {...}, layers: [...], strides: {...}, num_images,
-                chunk_images, complete}
+                chunk_images, complete, checksums: {array: [[bytes, crc32c], ...]}}
         <layer>   (N, C, h, w) float16   one array per tapped layer, chunks (k, C, h, w)
         global    (N, D) float16         CLS token (ViT) or global-average-pool (CNN)
 
 Chunks hold whole images (``k`` images each) and are stored uncompressed: float16
 activations gain little from zstd (see ``make bench``, ``store_zstd_ratio``) and
 compression costs write bandwidth. Progress of an unfinished extraction is kept beside
-the store in ``<model>.progress/<split>/<chunk>`` markers, one per durable chunk; they are
-removed once every chunk is written and the split is marked complete.
+the store in ``<model>.progress/<split>/<chunk>`` markers, one per durable chunk, each
+holding the size and crc32c of that chunk's files; once every chunk is written the
+checksums move into the split's attributes, the split is marked complete and the markers
+are removed. ``<model>.lock`` serialises creating and completing a split among live
+writers (``cache.locks``: the lock dies with its holder).
 """
 
 from __future__ import annotations
@@ -142,6 +145,7 @@ class FeatureWriter:
             if value.shape != expected:
                 raise MidprobeError(f"layer {name!r}: chunk {index} has shape {value.shape}, expected {expected}")
         values[GLOBAL] = to_float16(GLOBAL, global_vectors)
+
         def kept() -> str:
             return f"the {sum(1 for _ in self.progress.glob('*[0-9]'))} chunks already durable are kept"
 

@@ -38,8 +38,12 @@ class FileLock:
         return self._fd is not None
 
     def acquire(self) -> "FileLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as exc:
+            raise MidprobeError(f"cannot create the lock {self.path} ({exc.strerror}); the data root must be "
+                                "writable — set MIDPROBE_DATA or DATA= to a writable folder") from None
         deadline = time.monotonic() + self.timeout
         while True:
             try:

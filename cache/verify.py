@@ -266,6 +266,10 @@ def verify(root: DataRoot, *, repair: bool = False) -> Report:
     features = sorted(p for p in (root.root / "stores" / "features").glob("*/*.zarr") if p.is_dir())
     for path in datasets:
         verify_dataset_store(path, report, repair=repair)
+    for path in sorted((root.root / "stores" / "datasets").glob("*.zarr.building")):
+        report.notes.append(Problem(path, "a preparation still running, or left by one that failed or was killed "
+                                          "(not a store); the next "
+                                          f"`make data DATASET={path.name.split('.')[0]}` removes it"))
     fps = _dataset_fingerprints(root, {p.parent.name for p in features})
     for path in features:
         verify_feature_store(path, report, fps, repair=repair)

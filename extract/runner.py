@@ -80,8 +80,12 @@ def fingerprint_of(backbone: Backbone, split: SplitView, dataset_name: str, data
 
 def layer_shapes(backbone: Backbone, height: int, width: int, device: torch.device) -> tuple[dict[str, tuple[int, int, int]], int]:
     """Per-layer ``(C, h, w)`` and the global dimension at the given input size."""
-    with torch.inference_mode():
-        layers, vector = backbone(torch.zeros(1, 3, height, width, device=device))
+    try:
+        with torch.inference_mode():
+            layers, vector = backbone(torch.zeros(1, 3, height, width, device=device))
+    except (AssertionError, IndexError) as exc:     # timm refuses a block/stage index the model lacks
+        raise MidprobeError(f"model {backbone.spec.name!r} has no layers {', '.join(backbone.spec.layer_names)} "
+                            f"({exc}); pick layers it has (see the README's Layers)") from None
     return {k: tuple(v.shape[1:]) for k, v in layers.items()}, int(vector.shape[1])
 
 

@@ -74,7 +74,7 @@ def read_mat(path: Path, what: str) -> dict[str, Any]:
     require(path, what)
     try:
         return loadmat(str(path))
-    except Exception as exc:        # scipy raises many types for a damaged file (ValueError, TypeError, zlib.error, ...)
+    except Exception as exc:        # scipy raises many types for a damaged file (ValueError, zlib.error, ...)
         raise _cannot_read(path, exc, what) from None
 
 
@@ -94,7 +94,7 @@ def read_hdf5(h5: Any, key: str, index: int, *, path: Path) -> np.ndarray:
     try:
         return np.asarray(h5[key][index])
     except Exception as exc:        # a truncated or corrupt file fails only when the bytes are read
-        raise _cannot_read(path, exc, f"item {index} of {key!r} readable (the file looks truncated or corrupt)") from None
+        raise _cannot_read(path, exc, f"item {index} of {key!r} readable (the file looks damaged)") from None
 
 
 def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:

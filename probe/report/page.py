@@ -18,14 +18,26 @@ def build_report(root: DataRoot, *, imagenet_csv: str | None = None) -> tuple[Pa
     """Write ``reports/report.md`` (and its figures and tables); returns it and the text leaderboards.
 
     Everything is written into a staging folder first and then renamed into place file by file,
-    report.md last, so a killed build never leaves a half-written file.
+    report.md last, so a killed build never leaves a half-written file; a full disk is one line.
     """
+    try:
+        with disk_errors(root.reports(), after="no file of the report is half-written"):
+            return _build_report(root, imagenet_csv=imagenet_csv)
+    finally:
+        shutil.rmtree(_staging(root), ignore_errors=True)
+
+
+def _staging(root: DataRoot) -> Path:
+    return root.reports() / f".staging-{os.getpid()}"
+
+
+def _build_report(root: DataRoot, *, imagenet_csv: str | None) -> tuple[Path, dict[str, str]]:
     records = load_records(root)
     boards = build_leaderboards(records)
     imagenet = load_imagenet(imagenet_csv)
     final = root.ensure_writable(root.reports())
     _drop_dead_stagings(final)
-    folder = final / f".staging-{os.getpid()}"
+    folder = _staging(root)
     shutil.rmtree(folder, ignore_errors=True)
     figures = root.ensure_writable(folder / "figures")
     lines = ["# midprobe report", "", f"Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from "
@@ -55,15 +67,13 @@ def build_report(root: DataRoot, *, imagenet_csv: str | None = None) -> tuple[Pa
     lines += [f"- `{root.feature_store(d, m)}` (weights `{w}`)" for d, m, w in stores]
     lines += ["", "Result records:", ""] + [f"- `{Path(r['path']).relative_to(root.root)}`" for r in records]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
-    with disk_errors(final):
-        fsync_tree(folder)
-        for path in sorted(folder.rglob("*"), key=lambda p: (p.name == "report.md", str(p))):
-            if path.is_file():
-                target = final / path.relative_to(folder)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(path, target)
-                fsync_dir(target.parent)
-        shutil.rmtree(folder, ignore_errors=True)
+    fsync_tree(folder)
+    for path in sorted(folder.rglob("*"), key=lambda p: (p.name == "report.md", str(p))):
+        if path.is_file():
+            target = final / path.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            fsync_dir(target.parent)
     return final / "report.md", texts
 
 
