@@ -4,7 +4,6 @@ random points of an extraction; each rerun ends exactly as an uninterrupted run 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import signal
