@@ -100,9 +100,9 @@ def test_a_killed_probe_run_leaves_whole_records_and_a_rerun_writes_the_same(tmp
     root = _probe_root(tmp_path / "killed")
     first = root.results("depth", "tiny", "pixels")
     assert kill_when(command("probe.cli", *PROBE, "--data", root.root),
-                     lambda: first.exists() and any(first.glob("*.json"))) == -signal.SIGKILL
+                     lambda: first.exists() and any(first.rglob("*.json"))) == -signal.SIGKILL
     written = _records(root)                  # every record present parses whole: no half-written file
-    assert list(written) == ["results/depth/tiny/pixels/linear-patch-lr0.0005-seed0.json"]
+    assert len(written) == 1 and "/pixels/" in next(iter(written))      # killed while probing hog
     assert written == {k: expected[k] for k in written}
     assert not list(root.results().rglob("*.tmp"))
     assert run(command("probe.cli", *PROBE, "--data", root.root)) == 0
