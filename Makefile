@@ -22,14 +22,15 @@ SIZE     ?=
 DEPTH_SCALE ?=
 CHECK    ?=
 EXAMPLE  ?= $(DATA)/raw/example
+REPAIR   ?=
 export MIDPROBE_DATA := $(DATA)
 
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test data example-folder extract probe demo bench fidelity report clean-data help
+.PHONY: setup test soak data example-folder extract probe demo bench fidelity report verify clean-data help
 
 help:
-	@echo "make setup | test | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… | probe TASK=… | demo | bench | report"
+	@echo "make setup | test | soak | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… | probe TASK=… | demo | bench | fidelity | report | verify [REPAIR=1]"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,10 @@ setup: $(STAMP)
 
 test: setup
 	$(PY) -m pytest tests
+
+# The slow reliability soak (not in make test): 20 SIGKILLs at random points of an extraction.
+soak: setup
+	$(PY) -m pytest tests -m slow
 
 data: setup
 	$(PY) -m extract.datasets --dataset $(DATASET) $(if $(RAW),--raw $(RAW)) $(if $(NAME),--name $(NAME)) \
@@ -64,6 +69,11 @@ probe: setup
 
 report: setup
 	$(PY) -m probe.report
+
+# Check every store under DATA (metadata, fingerprints, every chunk's size and checksum);
+# REPAIR=1 marks damaged chunks for the same make extract (damaged dataset stores for make data).
+verify: setup
+	$(PY) -m cache.verify $(if $(REPAIR),--repair)
 
 # The demo: a small synthetic set (256 train / 64 test at 224 px, 16 pairs, 16 triplets), three
 # weight-free backbones, linear and MLP heads on every dense task, both zero-shot tasks, the report.

@@ -18,6 +18,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import zarr
 
+from cache.chunks import read_checked
 from cache.feature_store import FeatureSplit
 
 
@@ -102,7 +103,8 @@ def iterate_batches(features: FeatureSplit, *, layers: Sequence[str], batch_size
 def _read_range(arr: Any, lo: int, hi: int, key: str, cache: dict[tuple[str, int], np.ndarray]) -> np.ndarray:
     """Images ``lo:hi`` of a per-image array. A zarr array is read in whole chunks, each
     at most once per window: the target store's chunks need not match the feature store's,
-    and reading part of an uncompressed chunk still reads all of it."""
+    and reading part of an uncompressed chunk still reads all of it. A damaged chunk is a
+    one-line error naming it."""
     step = getattr(arr, "chunks", None)
     if step is None:
         return np.asarray(arr[lo:hi])
@@ -110,7 +112,7 @@ def _read_range(arr: Any, lo: int, hi: int, key: str, cache: dict[tuple[str, int
     parts = []
     for c in range(lo // step, (hi - 1) // step + 1):
         if (key, c) not in cache:
-            cache[(key, c)] = arr[c * step:min((c + 1) * step, arr.shape[0])]
+            cache[(key, c)] = read_checked(arr, slice(c * step, min((c + 1) * step, arr.shape[0])))
         parts.append(cache[(key, c)][max(lo - c * step, 0):hi - c * step])
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 

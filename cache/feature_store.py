@@ -5,22 +5,25 @@ Layout of ``stores/features/<dataset>/<model>.zarr``::
     attrs: {midprobe_format, kind: "features", model, dataset}
     <split>/
         attrs: {fingerprint: {...}, layers: [...], strides: {...}, num_images,
-                chunk_images, complete}
+                chunk_images, complete, checksums: {array: [[bytes, crc32c], ...]}}
         <layer>   (N, C, h, w) float16   one array per tapped layer, chunks (k, C, h, w)
         global    (N, D) float16         CLS token (ViT) or global-average-pool (CNN)
 
 Chunks hold whole images (``k`` images each) and are stored uncompressed: float16
 activations gain little from zstd (see ``make bench``, ``store_zstd_ratio``) and
 compression costs write bandwidth. Progress of an unfinished extraction is kept beside
-the store in ``<model>.progress/<split>/<chunk>`` markers, one per durable chunk; they are
-removed once every chunk is written and the split is marked complete.
+the store in ``<model>.progress/<split>/<chunk>`` markers, one per durable chunk, each
+holding the size and crc32c of that chunk's files; once every chunk is written the
+checksums move into the split's attributes, the split is marked complete and the markers
+are removed. ``<model>.lock`` serialises creating and completing a split among live
+writers (``cache.locks``: the lock dies with its holder).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,8 +31,11 @@ from typing import Any, Mapping
 import numpy as np
 import zarr
 
+from cache.chunks import CHECKSUMS, read_checked, record_chunks
+from cache.durable import disk_errors, fsync_dir, fsync_tree
 from cache.errors import MidprobeError
 from cache.fingerprint import FORMAT_VERSION, check_fingerprint
+from cache.locks import FileLock
 from cache.paths import DataRoot, data_root
 
 FLOAT16_MAX = 65504.0
@@ -75,36 +81,15 @@ def to_float16(name: str, values: np.ndarray) -> np.ndarray:
     return values.astype(np.float16)
 
 
-class _Lock:
-    """An exclusive lock file, so concurrent shard writers create a split exactly once."""
-
-    def __init__(self, path: Path, timeout: float = 120.0) -> None:
-        self.path, self.timeout = path, timeout
-
-    def __enter__(self) -> "_Lock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                return self
-            except FileExistsError:
-                if time.monotonic() > deadline:
-                    raise MidprobeError(f"lock {self.path} is held for over {self.timeout:.0f} s; "
-                                        "remove it if no extraction is running") from None
-                time.sleep(0.05)
-
-    def __exit__(self, *exc: Any) -> None:
-        self.path.unlink(missing_ok=True)
+def _lock(store: Path) -> FileLock:
+    """The lock serialising a store's creation and completion among live writers."""
+    return FileLock(store.with_suffix(".lock"), what=f"feature store {store}")
 
 
-def _fsync_tree(path: Path) -> None:
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _drop_partials(folder: Path) -> None:
+    """Remove Zarr's temporary ``*.partial`` files that a killed write left in ``folder``."""
+    for leftover in folder.glob("*.partial"):
+        leftover.unlink(missing_ok=True)
 
 
 class FeatureWriter:
@@ -143,43 +128,84 @@ class FeatureWriter:
     def pending(self, shard: tuple[int, int] = (0, 1)) -> list[int]:
         return [i for i in self.shard_chunks(shard) if not self.is_done(i)]
 
+    @property
+    def arrays(self) -> list[str]:
+        return [*self.layers, GLOBAL]
+
     def write_chunk(self, index: int, layers: Mapping[str, np.ndarray], global_vectors: np.ndarray) -> None:
-        """Write chunk ``index`` (every layer plus the global vectors), then mark it durable."""
+        """Write chunk ``index`` (every layer plus the global vectors), then mark it durable.
+
+        The marker holds each array's ``[size, crc32c]`` of the chunk file as written. A full
+        disk is a one-line error; the chunks already marked stay valid.
+        """
         start, stop = self.chunk_range(index)
-        # every chunk is written, all-zero or not (zarr would otherwise compare each chunk with
-        # the fill value first, a full pass in slow float16 arithmetic, and skip the file)
-        with zarr.config.set({"array.write_empty_chunks": True}):
-            for name in self.layers:
-                arr = self.group[name]
-                values = to_float16(name, layers[name])
-                if values.shape != (stop - start, *arr.shape[1:]):
-                    raise MidprobeError(f"layer {name!r}: chunk {index} has shape {values.shape}, "
-                                        f"expected {(stop - start, *arr.shape[1:])}")
-                arr[start:stop] = values
-            self.group[GLOBAL][start:stop] = to_float16(GLOBAL, global_vectors)
-        for name in (*self.layers, GLOBAL):
-            _fsync_tree(self.store / self.split / name / "c" / str(index))
-        self.progress.mkdir(parents=True, exist_ok=True)
-        marker = self.progress / str(index)
-        tmp = marker.with_suffix(".tmp")
-        with open(tmp, "wb") as handle:
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, marker)
+        values = {name: to_float16(name, layers[name]) for name in self.layers}
+        for name, value in values.items():
+            expected = (stop - start, *self.group[name].shape[1:])
+            if value.shape != expected:
+                raise MidprobeError(f"layer {name!r}: chunk {index} has shape {value.shape}, expected {expected}")
+        values[GLOBAL] = to_float16(GLOBAL, global_vectors)
+
+        def kept() -> str:
+            return f"the {sum(1 for _ in self.progress.glob('*[0-9]'))} chunks already durable are kept"
+
+        with disk_errors(f"chunk {index} of {self.store}/{self.split}", after=kept):
+            # a pending chunk is rewritten whole: drop whatever a killed or failed write left
+            for name in self.arrays:
+                shutil.rmtree(self.store / self.split / name / "c" / str(index), ignore_errors=True)
+            # every chunk is written, all-zero or not (zarr would otherwise compare each chunk with
+            # the fill value first, a full pass in slow float16 arithmetic, and skip the file)
+            with zarr.config.set({"array.write_empty_chunks": True}):
+                for name, value in values.items():
+                    self.group[name][start:stop] = value
+            for name in self.arrays:
+                fsync_tree(self.store / self.split / name / "c" / str(index))
+            sums = {name: record_chunks(self.group[name], [index])[index] for name in self.arrays}
+            self.progress.mkdir(parents=True, exist_ok=True)
+            marker = self.progress / str(index)
+            tmp = marker.with_suffix(".tmp")
+            with open(tmp, "w") as handle:
+                json.dump(sums, handle, sort_keys=True)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, marker)
+            fsync_dir(self.progress)
+
+    def marker(self, index: int) -> dict[str, list[int]] | None:
+        """The checksums a chunk's marker holds; ``{}`` for a marker without them; ``None`` if absent."""
+        try:
+            text = (self.progress / str(index)).read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            return json.loads(text) if text else {}
+        except ValueError:
+            return {}
 
     def finalize(self) -> bool:
-        """Mark the split complete if every chunk is durable; True when it is complete."""
-        if self.group.attrs.get("complete"):
-            return True
-        with _Lock(self.store.with_suffix(".lock")):
-            if all((self.progress / str(i)).exists() for i in range(self.num_chunks)):
-                self.group.attrs["complete"] = True
-                shutil.rmtree(self.progress, ignore_errors=True)
-                parent = self.progress.parent
-                if parent.exists() and not any(parent.iterdir()):
-                    parent.rmdir()
-                return True
-        return False
+        """Mark the split complete if every chunk is durable; True when it is complete.
+
+        The markers' checksums move into the split's attributes (:data:`CHECKSUMS`), then
+        the markers are removed.
+        """
+        with _lock(self.store), disk_errors(f"{self.store}/{self.split}"):
+            self.group = zarr.open_group(str(self.store), mode="r+")[self.split]
+            if not self.group.attrs.get("complete"):
+                markers = [self.marker(i) for i in range(self.num_chunks)]
+                if any(m is None for m in markers):
+                    return False
+                sums: dict[str, list[list[int]]] = {name: [] for name in self.arrays}
+                for index, marker in enumerate(markers):
+                    for name in self.arrays:
+                        entry = marker.get(name) or record_chunks(self.group[name], [index])[index]
+                        sums[name].append(list(entry))
+                _drop_partials(self.store / self.split)
+                self.group.attrs.update({"complete": True, CHECKSUMS: sums})
+            shutil.rmtree(self.progress, ignore_errors=True)
+            parent = self.progress.parent
+            if parent.exists() and not any(parent.iterdir()):
+                parent.rmdir()
+        return True
 
 
 def open_feature_writer(store: Path, *, split: str, fingerprint: Mapping[str, Any], num_images: int,
@@ -188,33 +214,46 @@ def open_feature_writer(store: Path, *, split: str, fingerprint: Mapping[str, An
                         store_attrs: Mapping[str, Any] | None = None) -> FeatureWriter:
     """Create split ``split`` of the store at ``store``, or reopen it to resume.
 
-    Reopening checks the fingerprint and the array shapes; a mismatch is an error naming
-    the differing field, never a silent overwrite. ``store_attrs`` (facts about the model,
-    e.g. the options it offers) are set on the store's root.
+    Reopening checks the format, the fingerprint and the array shapes; a mismatch is an
+    error naming the differing field, never a silent overwrite. A split whose creation was
+    killed half-way (its attributes, written last, are missing) is created afresh.
+    ``store_attrs`` (facts about the model, e.g. the options it offers) are set on the store's root.
     """
     store = Path(store)
     chunk = chunk_images or choose_chunk_images(layer_shapes, num_images)
-    with _Lock(store.with_suffix(".lock")):
+    with _lock(store), disk_errors(store):
         root = zarr.open_group(str(store), mode="a", zarr_format=3)
+        _drop_partials(store)
         if "kind" not in root.attrs:
             root.attrs.update({"midprobe_format": FORMAT_VERSION, "kind": "features",
                                "model": fingerprint["model"], "dataset": fingerprint["dataset"]})
+        elif root.attrs.get("kind") != "features" or root.attrs.get("midprobe_format") != FORMAT_VERSION:
+            raise MidprobeError(f"{store} is a {root.attrs.get('kind')} store of format "
+                                f"{root.attrs.get('midprobe_format')}, not a feature store of format "
+                                f"{FORMAT_VERSION}; extract into a fresh store (move this one away)")
+        if split in root and "fingerprint" not in root[split].attrs:
+            shutil.rmtree(store / split)
+            root = zarr.open_group(str(store), mode="a", zarr_format=3)
         if store_attrs and any(root.attrs.get(k) != v for k, v in store_attrs.items()):
             root.attrs.update(dict(store_attrs))
         if split in root:
             group = root[split]
+            _drop_partials(store / split)
             check_fingerprint(stored=group.attrs["fingerprint"], expected=fingerprint, where=f"{store}/{split}")
             for name, shape in layer_shapes.items():
                 if name not in group or tuple(group[name].shape) != (num_images, *shape):
                     raise MidprobeError(f"feature store {store}/{split}: layer {name!r} does not match "
                                         f"the expected shape {(num_images, *shape)}; re-extract into a fresh store")
         else:
+            # markers of an earlier store of this name (deleted by hand) must not vouch for new chunks
+            shutil.rmtree(store.with_suffix(".progress") / split, ignore_errors=True)
             group = root.create_group(split)
             for name, shape in layer_shapes.items():
                 group.create_array(name, shape=(num_images, *shape), dtype="float16",
                                    chunks=(chunk, *shape), compressors=None, fill_value=0)
             group.create_array(GLOBAL, shape=(num_images, global_dim), dtype="float16",
                                chunks=(chunk, global_dim), compressors=None, fill_value=0)
+            # written last: a split with a fingerprint is a fully created split
             group.attrs.update({"fingerprint": dict(fingerprint), "layers": list(layer_shapes),
                                 "strides": dict(strides), "num_images": num_images,
                                 "chunk_images": chunk, "complete": False})
@@ -266,18 +305,43 @@ class FeatureSplit:
         return self.group[layer]
 
     def dask(self, layer: str):
-        """A lazy ``(N, C, h, w) float16`` dask array whose chunks are the store's chunks."""
+        """A lazy ``(N, C, h, w) float16`` dask array whose chunks are the store's chunks.
+
+        Each chunk is read through :meth:`read`, so a damaged one is a one-line error.
+        """
         import dask.array as da
 
         arr = self.array(layer)
-        return da.from_zarr(arr, chunks=arr.chunks)
+        name = f"midprobe-{self.store}-{self.split}-{layer}-{self.num_images}-{self.chunk_images}"
+        return da.from_array(_ChunkReader(self, layer, arr.shape, arr.dtype), chunks=arr.chunks, name=name,
+                             asarray=False, fancy=False, lock=False, meta=np.empty((0,) * arr.ndim, arr.dtype))
 
     def read(self, layer: str, start: int, stop: int) -> np.ndarray:
-        return self.array(layer)[start:stop]
+        """Images ``start:stop`` of ``layer``, ``(n, C, h, w) float16``; a damaged chunk is a one-line error."""
+        return read_checked(self.array(layer), slice(start, stop))
 
     def global_vectors(self) -> np.ndarray:
         """``(N, D) float32`` global vectors (CLS or pooled)."""
-        return self.group[GLOBAL][...].astype(np.float32)
+        return read_checked(self.group[GLOBAL]).astype(np.float32)
+
+
+@dataclass
+class _ChunkReader:
+    """What dask slices for :meth:`FeatureSplit.dask`: checked reads of whole images, then the rest."""
+
+    split: FeatureSplit
+    layer: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        lo, hi, _ = key[0].indices(self.shape[0])
+        return self.split.read(self.layer, lo, hi)[(slice(None), *key[1:])]
 
 
 def open_features(dataset: str, model: str, split: str, *, expect: Mapping[str, Any] | None = None,

@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.model or not args.dataset:
         raise MidprobeError("both --model and --dataset are required (or --list)")
+    if args.batch_size < 1 or (args.chunk_images is not None and args.chunk_images < 1):
+        raise MidprobeError(f"--batch-size and --chunk-images must be >= 1, got {args.batch_size} and "
+                            f"{args.chunk_images}")
     from extract.runner import extract
 
     extract(model=args.model, dataset=args.dataset, splits=args.split, tasks=args.task, protocol=args.protocol,

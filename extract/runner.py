@@ -115,8 +115,12 @@ def fingerprint_of(backbone: Backbone, split: SplitView, dataset_name: str, data
 
 def layer_shapes(backbone: Backbone, height: int, width: int, device: torch.device) -> tuple[dict[str, tuple[int, int, int]], int]:
     """Per-layer ``(C, h, w)`` and the global dimension at the given input size."""
-    with torch.inference_mode():
-        layers, vector = backbone(torch.zeros(1, 3, height, width, device=device))
+    try:
+        with torch.inference_mode():
+            layers, vector = backbone(torch.zeros(1, 3, height, width, device=device))
+    except (AssertionError, IndexError) as exc:     # timm refuses a block/stage index the model lacks
+        raise MidprobeError(f"model {backbone.spec.name!r} has no layers {', '.join(backbone.spec.layer_names)} "
+                            f"({exc}); pick layers it has (see the README's Layers)") from None
     return {k: tuple(v.shape[1:]) for k, v in layers.items()}, int(vector.shape[1])
 
 
@@ -280,7 +284,6 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
                                  global_dim=global_dim, chunk_images=chunk,
                                  store_attrs={"paper_options": list(backbone.spec.paper_options)})
     pending = writer.pending(shard)
-    images = split.array("images")
     todo = sum(hi - lo for lo, hi in map(writer.chunk_range, pending))
     started = time.perf_counter()
 
@@ -288,7 +291,7 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
         for index in pending:
             lo, hi = writer.chunk_range(index)
             if not views:
-                yield index, images[lo:hi]
+                yield index, split.read("images", slice(lo, hi))     # a damaged chunk: one line naming it
                 continue
             view, source = view_source(np.arange(lo, hi), split.num_images)
             pixels = split.read("images", source)

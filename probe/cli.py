@@ -64,12 +64,26 @@ def overrides_of(args: argparse.Namespace) -> dict:
     return out
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Learning rates finite and > 0; weight decay and warm-up finite and >= 0 (one-line errors).
+    A value not given (``None``) is left to the defaults."""
+    import math
+
+    if args.lr is not None and (not args.lr or any(not math.isfinite(lr) or lr <= 0 for lr in args.lr)):
+        raise MidprobeError(f"--lr {','.join(f'{v:g}' for v in args.lr) or '(empty)'}: expected finite learning "
+                            "rates > 0, e.g. 5e-4 or 5e-4,1e-3")
+    for flag, value in (("--weight-decay", args.weight_decay), ("--warmup-epochs", args.warmup_epochs)):
+        if value is not None and (not math.isfinite(value) or value < 0):
+            raise MidprobeError(f"{flag} {value:g}: expected a finite number >= 0")
+
+
 @exits_on_error
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from probe.run import print_table, run_task
     from probe.tasks import DenseTask, get_task
 
+    _check_numbers(args)
     task = get_task(args.task)
     overrides = overrides_of(args) if isinstance(task, DenseTask) else {}
     layer_sets = [s.split(",") for s in args.layers.split(";") if s] if args.layers else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import re
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from cache import DataRoot
+from cache.durable import atomic_write, disk_errors
 
 #: 2: records carry their protocol (name, resolved choices, overrides) and live under its folder.
 RECORD_VERSION = 2
@@ -43,19 +43,19 @@ def write_record(root: DataRoot, *, task: str, dataset: str, model: str, probe: 
                  metrics: Mapping[str, float], headline: str, fingerprint: Mapping[str, Any],
                  wall_seconds: float, seed: int, protocol: str = "midprobe",
                  extra: Mapping[str, Any] | None = None) -> Path:
-    """Write one record atomically (a reader never sees half a file); returns its path."""
+    """Write one record atomically and durably (a reader, or a rerun after a crash, sees the whole
+    record or none; never half a file); returns its path."""
     folder = root.ensure_writable(root.results(task, dataset, model, protocol))
     record = {
         "record_version": RECORD_VERSION, "task": task, "dataset": dataset, "model": model, "probe": probe,
-        "protocol": protocol, "seed": seed, "config": dict(config), "headline_metric": headline, "headline": metrics.get(headline),
+        "protocol": protocol, "seed": seed, "config": dict(config), "headline_metric": headline,
+        "headline": metrics.get(headline),
         "metrics": dict(metrics), "feature_fingerprint": dict(fingerprint), "wall_seconds": wall_seconds,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions(), **dict(extra or {}),
     }
     path = folder / record_name(probe, seed)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=float))
-    os.replace(tmp, path)
-    return path
+    with disk_errors(path):
+        return atomic_write(path, json.dumps(record, indent=2, sort_keys=True, default=float))
 
 
 def load_records(root: DataRoot) -> list[dict[str, Any]]:

@@ -14,7 +14,6 @@ select the paper's choices (midvision-probe @ 984b325, ``evals/datasets/navi.py`
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from cache import DataRoot, MidprobeError, create_dataset_store
 from cache.camera import relative_rotation_deg
 from extract.datasets.navi_paper import (box_paper, centre_crop, downsample, nearest_cv2, paper_normals,
                                          resize_short_nearest)
-from extract.datasets.raw import as_uint16, raw_fingerprint, read_image, require, resize
+from extract.datasets.raw import as_uint16, raw_fingerprint, read_image, read_json, require, resize
 
 SIZE = 512
 MAX_ANGLE = 120.0
@@ -182,8 +181,11 @@ def collections(raw_dir: Path) -> dict[str, dict[str, list[tuple[Path, dict[str,
         for split, folders in (("train", multi), ("test", [wild])):
             for folder in folders:
                 path = require(folder / "annotations.json", "NAVI's annotations.json")
+                records = read_json(path, "NAVI's annotations.json (a list of annotation records)")
                 try:
-                    records = json.loads(path.read_text())
+                    for r in records:       # every field load_view reads, of the right shape
+                        str(r["filename"]), float(r["camera"]["focal_length"])
+                        np.asarray(r["camera"]["q"], float).reshape(4), np.asarray(r["camera"]["t"], float).reshape(3)
                     views[split].extend((folder, r) for r in sorted(records, key=lambda r: r["filename"]))
                 except (ValueError, KeyError, TypeError) as exc:
                     raise MidprobeError(f"cannot read {path} ({exc}); expected a list of annotation records") from None

@@ -9,14 +9,13 @@ found the right image closer), ``votes``, ``ref_path``, ``left_path``, ``right_p
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from cache import DataRoot, MidprobeError, create_dataset_store
-from extract.datasets.raw import raw_fingerprint, read_image, require, resize
+from extract.datasets.raw import raw_fingerprint, read_csv, read_image, require, resize
 
 SIZE = 224
 COLUMNS = ("id", "right_vote", "votes", "ref_path", "left_path", "right_path", "split")
@@ -24,20 +23,21 @@ COLUMNS = ("id", "right_vote", "votes", "ref_path", "left_path", "right_path", "
 
 def read_triplets(csv_path: Path, *, split: str = "test", min_votes: int = 6) -> list[dict[str, str]]:
     """The rows of ``data.csv`` in ``split`` with at least ``min_votes`` votes, in file order."""
-    with open(require(csv_path, "NIGHTS' data.csv"), newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise MidprobeError(f"{csv_path} lacks columns {', '.join(missing)}; expected NIGHTS' data.csv header")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            try:
-                votes = float(row["votes"])
-                float(row["right_vote"])
-            except ValueError:
-                raise MidprobeError(f"{csv_path} line {line}: votes/right_vote are not numbers") from None
-            if votes >= min_votes and row["split"] == split:
-                rows.append(row)
+    header, records = read_csv(csv_path, "NIGHTS' data.csv")
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise MidprobeError(f"{csv_path} lacks columns {', '.join(missing)}; expected NIGHTS' data.csv header")
+    rows = []
+    for line, row in enumerate(records, start=2):
+        if any(row.get(c) is None for c in COLUMNS):
+            raise MidprobeError(f"{csv_path} line {line} has fewer fields than the header; expected a complete row")
+        try:
+            votes = float(row["votes"])
+            float(row["right_vote"]), float(row["id"])
+        except ValueError:
+            raise MidprobeError(f"{csv_path} line {line}: id/votes/right_vote are not numbers") from None
+        if votes >= min_votes and row["split"] == split:
+            rows.append(row)
     if not rows:
         raise MidprobeError(f"{csv_path} has no {split!r} triplets with >= {min_votes} votes")
     return rows

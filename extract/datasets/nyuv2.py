@@ -19,14 +19,13 @@ normals alike), ``geonet_mask=false geonet_uint8=truncate`` (``convert_nyuv2.ipy
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from cache import DataRoot, MidprobeError, create_dataset_store
-from extract.datasets.raw import load_numpy_pickle, raw_fingerprint, require
+from extract.datasets.raw import load_numpy_pickle, open_hdf5, raw_fingerprint, read_hdf5, read_json, read_mat, require
 
 SIZE = 480
 MAX_DEPTH = 10.0
@@ -49,14 +48,12 @@ def clean_depth(depth: np.ndarray) -> np.ndarray:
 
 
 def official_split(raw: Path) -> dict[str, np.ndarray]:
-    from scipy.io import loadmat
-
     path = require(raw / "splits.mat", "NYU's official split, splits.mat (MATLAB v5, trainNdxs/testNdxs)")
+    mat = read_mat(path, "NYU's official split, splits.mat (MATLAB v5, trainNdxs/testNdxs)")
     try:
-        mat = loadmat(str(path))
         return {"train": np.asarray(mat["trainNdxs"]).ravel().astype(np.int64) - 1,
                 "test": np.asarray(mat["testNdxs"]).ravel().astype(np.int64) - 1}
-    except (KeyError, ValueError, OSError) as exc:
+    except (KeyError, ValueError, TypeError) as exc:
         raise MidprobeError(f"cannot read {path} ({exc}); expected MATLAB v5 with trainNdxs and testNdxs") from None
 
 
@@ -66,8 +63,9 @@ def sn40_split(raw: Path) -> dict[str, np.ndarray]:
     for split in ("train", "test"):
         path = require(raw / "surfacenormal_metadata" / f"{split}_SN40.json", "FAIR's surface-normal split file")
         try:
-            out[split] = np.array(sorted(int(r["img"].split("_")[0]) - 1 for r in json.loads(path.read_text())))
-        except (ValueError, KeyError, TypeError) as exc:
+            records = read_json(path, "FAIR's surface-normal split file (a list of {img: '000001_rgb.jpg'})")
+            out[split] = np.array(sorted(int(r["img"].split("_")[0]) - 1 for r in records), dtype=np.int64)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise MidprobeError(f"cannot read {path} ({exc}); expected a list of {{img: '000001_rgb.jpg'}}") from None
     return out
 
@@ -81,8 +79,8 @@ def ladicky_normals(raw: Path) -> tuple[dict[int, int], np.ndarray, np.ndarray]:
         normals, valid = data["all_normals"], data["all_valid_depth_masks"]
     except (KeyError, TypeError, ValueError) as exc:
         raise MidprobeError(f"{path} lacks {exc}; expected all_normals, all_valid_depth_masks, all_filenames") from None
-    if normals.shape[1:] != (480, 640, 3):
-        raise MidprobeError(f"{path}: all_normals has shape {normals.shape}, expected (N, 480, 640, 3)")
+    if np.shape(normals)[1:] != (480, 640, 3):
+        raise MidprobeError(f"{path}: all_normals has shape {np.shape(normals)}, expected (N, 480, 640, 3)")
     return rows, normals, valid
 
 
@@ -109,14 +107,12 @@ def geonet_frame(path: Path, *, mask: bool = True, cast: str = "round") -> dict[
     cast with ``cast`` (:func:`to_uint8`); with ``mask`` the normals are zero outside
     GeoNet's ``mask`` (the paper's code never reads it).
     """
-    from scipy.io import loadmat
-
+    mat = read_mat(path, "a GeoNet frame (MATLAB v5 with img, depth, norm, mask)")
     try:
-        mat = loadmat(str(path))
         img = np.asarray(mat["img"], np.float64)[:480, :640] + 2 * np.asarray(GEONET_MEAN)
         depth, norm = np.asarray(mat["depth"])[:480, :640], np.asarray(mat["norm"], np.float32)[:480, :640]
         valid = np.asarray(mat["mask"])[:480, :640] > 0.5 if mask else np.ones(norm.shape[:2], bool)
-    except (KeyError, ValueError, OSError) as exc:
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
         raise MidprobeError(f"cannot read GeoNet frame {path} ({exc}); expected img, depth, norm, mask") from None
     return {"images": centre_crop(to_uint8(img, cast)), "depth": centre_crop(clean_depth(depth)),
             "normals": centre_crop(np.where(valid[..., None], norm, 0.0).astype(np.float32))}
@@ -127,7 +123,6 @@ def prepare_nyuv2(*, root: DataRoot, raw: str | None = None, name: str = "nyuv2"
                   geonet_uint8: str = "round", progress: bool = True) -> Path:
     """Write ``stores/datasets/<name>.zarr``: train / test with images, depth (m) and, when FAIR's
     ``all_normals.pklz`` is there, normals."""
-    import h5py
     from tqdm import tqdm
 
     raw_dir = Path(raw) if raw else root.raw("nyuv2")
@@ -156,10 +151,7 @@ def prepare_nyuv2(*, root: DataRoot, raw: str | None = None, name: str = "nyuv2"
     fields = FIELDS if normals is not None else {k: v for k, v in FIELDS.items() if k != "normals"}
     path = root.dataset_store(name)
     root.ensure_writable(path.parent)
-    try:
-        h5 = h5py.File(str(mat_path), "r")
-    except OSError as exc:
-        raise MidprobeError(f"cannot read {mat_path} ({exc}); expected the MATLAB v7.3 (HDF5) labeled set") from None
+    h5 = open_hdf5(mat_path, "the MATLAB v7.3 (HDF5) labeled set")
     with h5:
         for key in ("images", "depths", "rawDepths"):
             if key not in h5:
@@ -168,6 +160,8 @@ def prepare_nyuv2(*, root: DataRoot, raw: str | None = None, name: str = "nyuv2"
         if h5["images"].shape[1:] != (3, 640, 480):
             raise MidprobeError(f"{mat_path}: images has shape {h5['images'].shape}, expected (N, 3, 640, 480)")
         for split, index in splits.items():
+            if not len(index):
+                raise MidprobeError(f"the {split} split ({split_source}) lists no frames; expected at least one")
             if index.min() < 0 or index.max() >= n or (normals is not None and any(int(i) not in rows for i in index)):
                 raise MidprobeError(f"{split} split indexes frames outside the {n} labeled frames or the normals")
         source = ("train: " + ("GeoNet (Qi et al.)" if geonet else "Ladicky et al. (FAIR all_normals)")
@@ -190,8 +184,8 @@ def prepare_nyuv2(*, root: DataRoot, raw: str | None = None, name: str = "nyuv2"
             out = writer.split(split, num_images=len(index), height=SIZE, width=SIZE, fields=fields)
             depth_key = test_depth if split == "test" else "depths"
             for i in (int(i) for i in index):
-                frame = {"images": np.asarray(h5["images"][i]).transpose(2, 1, 0),
-                         "depth": clean_depth(np.asarray(h5[depth_key][i]).T)}
+                frame = {"images": read_hdf5(h5, "images", i, path=mat_path).transpose(2, 1, 0),
+                         "depth": clean_depth(read_hdf5(h5, depth_key, i, path=mat_path).T)}
                 if normals is not None:
                     r = rows[i]
                     n_valid = np.asarray(valid[r]) > 0.5

@@ -1,10 +1,18 @@
-"""Reading a dataset's original files: presence checks, fingerprints, images, safe unpickling."""
+"""Reading a dataset's original files: presence checks, fingerprints, images, safe unpickling.
+
+Every reader here turns any failure to read or decode a file (truncated, corrupt, or of
+the wrong type) into a one-line :class:`MidprobeError` naming the file and what it should
+be: the libraries underneath (scipy, h5py, PIL, numpy, gzip, json, csv) raise dozens of
+exception types, none of which a user should have to read a traceback for.
+"""
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import io
+import json
 import pickle
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,6 +30,81 @@ def require(path: Path, what: str) -> Path:
     if not path.exists():
         raise MidprobeError(f"missing {path}: expected {what}")
     return path
+
+
+def _cannot_read(path: Path, exc: BaseException, what: str) -> MidprobeError:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return MidprobeError(f"cannot read {path} ({type(exc).__name__}: {reason}); expected {what}")
+
+
+def read_text(path: Path, what: str) -> str:
+    """A text file's contents (UTF-8)."""
+    require(path, what)
+    try:
+        return Path(path).read_text()
+    except (OSError, ValueError) as exc:
+        raise _cannot_read(path, exc, what) from None
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file's contents."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise _cannot_read(path, exc, what) from None
+
+
+def read_csv(path: Path, what: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """A CSV file's header and rows (as dicts; fields missing from a short row are ``None``)."""
+    require(path, what)
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except (OSError, ValueError, csv.Error) as exc:
+        raise _cannot_read(path, exc, what) from None
+
+
+def read_mat(path: Path, what: str) -> dict[str, Any]:
+    """A MATLAB v5 ``.mat`` file's variables (scipy's ``loadmat``)."""
+    from scipy.io import loadmat
+
+    require(path, what)
+    try:
+        return loadmat(str(path))
+    except Exception as exc:        # scipy raises many types for a damaged file (ValueError, zlib.error, ...)
+        raise _cannot_read(path, exc, what) from None
+
+
+def open_hdf5(path: Path, what: str) -> Any:
+    """An HDF5 file (MATLAB v7.3 ``.mat`` included) opened for reading with h5py."""
+    import h5py
+
+    require(path, what)
+    try:
+        return h5py.File(str(path), "r")
+    except Exception as exc:
+        raise _cannot_read(path, exc, what) from None
+
+
+def read_hdf5(h5: Any, key: str, index: int, *, path: Path) -> np.ndarray:
+    """Item ``index`` (along the first axis) of dataset ``key`` of an open HDF5 file."""
+    try:
+        return np.asarray(h5[key][index])
+    except Exception as exc:        # a truncated or corrupt file fails only when the bytes are read
+        raise _cannot_read(path, exc, f"item {index} of {key!r} readable (the file looks damaged)") from None
+
+
+def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    """Every array of a ``.npz`` file, read now (a damaged member would otherwise fail later)."""
+    require(path, what)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except Exception as exc:        # zipfile.BadZipFile, zlib.error, ValueError, EOFError, ...
+        raise _cannot_read(path, exc, what) from None
 
 
 def file_fingerprint(path: Path, *, block: int = 1 << 20) -> str:
@@ -71,8 +154,8 @@ def read_image(path: Path, *, mode: str = "RGB", exif: bool = False) -> np.ndarr
             if mode is not None and img.mode != mode:
                 img = img.convert(mode)
             return np.asarray(img)
-    except (OSError, ValueError) as exc:
-        raise MidprobeError(f"cannot read image {path} ({exc}); expected a valid image file") from None
+    except Exception as exc:        # PIL raises OSError, SyntaxError, ValueError, struct.error, ... for damaged files
+        raise _cannot_read(path, exc, "a valid PNG or JPEG image") from None
 
 
 def as_uint16(array: np.ndarray) -> np.ndarray:
@@ -88,10 +171,15 @@ def as_uint16(array: np.ndarray) -> np.ndarray:
 
 
 def image_mode(path: Path) -> str:
+    """The PIL mode of an image file (``P``, ``RGB``, ``I;16``, ...)."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        return img.mode
+    require(path, "an image file")
+    try:
+        with Image.open(path) as img:
+            return img.mode
+    except Exception as exc:
+        raise _cannot_read(path, exc, "a valid PNG or JPEG image") from None
 
 
 def resize(array: np.ndarray, size: tuple[int, int], *, nearest: bool = False, resample: str = "bilinear") -> np.ndarray:
@@ -129,5 +217,7 @@ def load_numpy_pickle(path: Path) -> Any:
     try:
         with opener(path, "rb") as handle:
             return _NumpyOnly(io.BufferedReader(handle)).load()
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+    except pickle.UnpicklingError as exc:
         raise MidprobeError(f"cannot read {path} ({exc}); expected a gzip pickle of numpy arrays") from None
+    except Exception as exc:        # truncated or corrupt: EOFError, zlib.error, gzip.BadGzipFile, ...
+        raise _cannot_read(path, exc, "a gzip pickle of numpy arrays") from None

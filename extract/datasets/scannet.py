@@ -17,7 +17,7 @@ import numpy as np
 
 from cache import DataRoot, MidprobeError, create_dataset_store
 from cache.camera import relative_rotation_deg
-from extract.datasets.raw import as_uint16, raw_fingerprint, read_image, require, resize
+from extract.datasets.raw import as_uint16, raw_fingerprint, read_image, read_npz, require, resize
 
 HEIGHT, WIDTH = 480, 640
 FIELDS = {"images": ((HEIGHT, WIDTH, 3), "uint8"), "depth": ((HEIGHT, WIDTH), "float32"),
@@ -25,10 +25,7 @@ FIELDS = {"images": ((HEIGHT, WIDTH, 3), "uint8"), "depth": ((HEIGHT, WIDTH), "f
 
 
 def _npz(path: Path, what: str) -> Any:
-    try:
-        return np.load(require(path, what), allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise MidprobeError(f"cannot read {path} ({exc}); expected {what}") from None
+    return read_npz(path, what)
 
 
 def read_pose(path: Path) -> np.ndarray:
@@ -56,8 +53,9 @@ def prepare_scannet1500(*, root: DataRoot, raw: str | None = None, name: str = "
 
     raw_dir = Path(raw) if raw else root.raw("scannet1500")
     names = _npz(raw_dir / "test.npz", "LoFTR's ScanNet-1500 test.npz with 'name'")
-    if "name" not in names or names["name"].ndim != 2 or names["name"].shape[1] != 4:
-        raise MidprobeError(f"{raw_dir / 'test.npz'}: expected 'name' of shape (P, 4)")
+    name = names.get("name")
+    if name is None or name.ndim != 2 or name.shape[1] != 4 or name.dtype.kind not in "iu":
+        raise MidprobeError(f"{raw_dir / 'test.npz'}: expected integer 'name' of shape (P, 4)")
     pairs_meta = names["name"].astype(np.int64)
     intrinsics = _npz(raw_dir / "intrinsics.npz", "LoFTR's intrinsics.npz (scene -> 3x3 K at 640x480)")
     frames = []

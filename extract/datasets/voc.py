@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cache import DataRoot, MidprobeError, create_dataset_store
-from extract.datasets.raw import image_mode, raw_fingerprint, read_image, require, resize
+from extract.datasets.raw import image_mode, raw_fingerprint, read_image, read_text, require, resize
 
 SIZE = 480
 IGNORE = 255
@@ -37,7 +37,7 @@ def foreground(instances: np.ndarray, *, void_as_foreground: bool = False) -> np
 def _ids(devkit: Path, name: str) -> list[str]:
     path = require(devkit / "ImageSets" / "Segmentation" / f"{name}.txt",
                    f"the VOC2007 segmentation list {name}.txt (from the VOC2007 {'test' if name == 'test' else 'trainval'} tar)")
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    ids = [line.strip() for line in read_text(path, "a list of image ids, one per line").splitlines() if line.strip()]
     if not ids:
         raise MidprobeError(f"{path} lists no images; expected one image id per line")
     return ids

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from pathlib import Path
 
 from cache import DataRoot
+from cache.durable import disk_errors, fsync_dir, fsync_tree
 from probe.records import load_records
 from probe.report.figures import correlations, mid_vs_high, ranking
 from probe.report.tables import build_leaderboards, load_imagenet
@@ -20,11 +23,30 @@ def _describe(protocol: str) -> str:
 
 
 def build_report(root: DataRoot, *, imagenet_csv: str | None = None) -> tuple[Path, dict[str, str]]:
-    """Write ``reports/report.md`` (and its figures and tables); returns it and the text leaderboards."""
+    """Write ``reports/report.md`` (and its figures and tables); returns it and the text leaderboards.
+
+    Everything is written into a staging folder first and then renamed into place file by file,
+    report.md last, so a killed build never leaves a half-written file; a full disk is one line.
+    """
+    try:
+        with disk_errors(root.reports(), after="no file of the report is half-written"):
+            return _build_report(root, imagenet_csv=imagenet_csv)
+    finally:
+        shutil.rmtree(_staging(root), ignore_errors=True)
+
+
+def _staging(root: DataRoot) -> Path:
+    return root.reports() / f".staging-{os.getpid()}"
+
+
+def _build_report(root: DataRoot, *, imagenet_csv: str | None) -> tuple[Path, dict[str, str]]:
     records = load_records(root)
     boards = build_leaderboards(records)
     imagenet = load_imagenet(imagenet_csv)
-    folder = root.ensure_writable(root.reports())
+    final = root.ensure_writable(root.reports())
+    _drop_dead_stagings(final)
+    folder = _staging(root)
+    shutil.rmtree(folder, ignore_errors=True)
     figures = root.ensure_writable(folder / "figures")
     lines = ["# midprobe report", "", f"Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from "
              f"{len(records)} result records under `{root.root}`.", "",
@@ -53,6 +75,23 @@ def build_report(root: DataRoot, *, imagenet_csv: str | None = None) -> tuple[Pa
     stores = sorted({(r["dataset"], r["model"], r["feature_fingerprint"].get("weights", "?")) for r in records})
     lines += [f"- `{root.feature_store(d, m)}` (weights `{w}`)" for d, m, w in stores]
     lines += ["", "Result records:", ""] + [f"- `{Path(r['path']).relative_to(root.root)}`" for r in records]
-    page = folder / "report.md"
-    page.write_text("\n".join(lines) + "\n")
-    return page, texts
+    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    fsync_tree(folder)
+    for path in sorted(folder.rglob("*"), key=lambda p: (p.name == "report.md", str(p))):
+        if path.is_file():
+            target = final / path.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            fsync_dir(target.parent)
+    return final / "report.md", texts
+
+
+def _drop_dead_stagings(folder: Path) -> None:
+    """Remove staging folders left by report builds that were killed (their process is gone)."""
+    for staging in folder.glob(".staging-*"):
+        try:
+            os.kill(int(staging.name.rsplit("-", 1)[1]), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(staging, ignore_errors=True)
+        except PermissionError:     # a live process of another user
+            continue
