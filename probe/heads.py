@@ -100,8 +100,12 @@ class DPTHead(nn.Module):
     def __init__(self, *, in_channels: list[int], out_channels: int, hidden: int = 512,
                  equal_grids: bool = True, dpt: DPTChoices = DPTChoices(), **_: object) -> None:
         super().__init__()
-        if len(in_channels) != 4:
-            raise MidprobeError(f"the dpt head fuses exactly 4 layers, got {len(in_channels)}; pass four LAYERS")
+        if len(in_channels) not in (1, 4):
+            raise MidprobeError(f"the dpt head fuses exactly 4 layers (or one, fed to all four inputs), got "
+                                f"{len(in_channels)}; pass four LAYERS")
+        # a single-layer model (pixels, HOG) feeds its one map to all four inputs
+        self.replicate = len(in_channels) == 1
+        in_channels = list(in_channels) * 4 if self.replicate else list(in_channels)
         kernel = 1 if equal_grids else 3
         self.equal_grids = equal_grids
         self.choices = dpt
@@ -114,6 +118,7 @@ class DPTHead(nn.Module):
                                  nn.Conv2d(hidden, out_channels, 3, padding=1))
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        feats = list(feats) * 4 if self.replicate else feats
         x = [proj(f) for proj, f in zip(self.project, feats)]
         if self.equal_grids:
             x = [F.interpolate(f, scale_factor=2, mode="nearest") for f in x]

@@ -88,7 +88,8 @@ def _probe_root(path: Path):
     return root
 
 
-PROBE = ("--task", "depth", "--dataset", "tiny", "--model", "pixels,hog", "--epochs", 12, "--depth-bins", "grid",
+PROBE = ("--task", "depth", "--dataset", "tiny", "--model", "pixels,hog", "--head", "linear", "--epochs", 12,
+         "--depth-bins", "grid",
          "--quiet")
 
 

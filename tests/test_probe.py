@@ -168,6 +168,8 @@ def test_dpt_head_on_equal_vit_grids_outputs_at_eight_times_the_grid():
     assert out.shape == (1, 1, 32, 32)
     with pytest.raises(MidprobeError, match="exactly 4 layers"):
         build_head("dpt", in_channels=[8, 8], out_channels=1)
+    one = build_head("dpt", in_channels=[8], out_channels=3, hidden=4, equal_grids=True)     # pixels, HOG
+    assert one([torch.randn(2, 8, 4, 6)]).shape == (2, 3, 32, 48)
 
 
 def test_stacked_linear_heads_equal_a_conv_on_standardised_concatenated_layers():

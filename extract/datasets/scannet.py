@@ -53,8 +53,8 @@ def prepare_scannet1500(*, root: DataRoot, raw: str | None = None, name: str = "
 
     raw_dir = Path(raw) if raw else root.raw("scannet1500")
     names = _npz(raw_dir / "test.npz", "LoFTR's ScanNet-1500 test.npz with 'name'")
-    name = names.get("name")
-    if name is None or name.ndim != 2 or name.shape[1] != 4 or name.dtype.kind not in "iu":
+    listing = names.get("name")
+    if listing is None or listing.ndim != 2 or listing.shape[1] != 4 or listing.dtype.kind not in "iu":
         raise MidprobeError(f"{raw_dir / 'test.npz'}: expected integer 'name' of shape (P, 4)")
     pairs_meta = names["name"].astype(np.int64)
     intrinsics = _npz(raw_dir / "intrinsics.npz", "LoFTR's intrinsics.npz (scene -> 3x3 K at 640x480)")
