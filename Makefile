@@ -11,6 +11,7 @@ LAYERS   ?=
 LR       ?=
 EPOCHS   ?=
 PROTOCOL ?= midprobe
+PRECISION ?= fp16
 DEVICE   ?= cpu
 WEIGHTS  ?=
 SHARD    ?= 0/1
@@ -58,12 +59,13 @@ example-folder: setup
 
 extract: setup
 	@test -n "$(MODEL)" || { echo "error: MODEL is required, e.g. make extract MODEL=vit_b_mae DATASET=synthetic" >&2; exit 2; }
-	$(PY) -m extract --model $(MODEL) --dataset $(DATASET) --protocol $(PROTOCOL) --device $(DEVICE) --shard $(SHARD) \
+	$(PY) -m extract --model $(MODEL) --dataset $(DATASET) --protocol $(PROTOCOL) --precision $(PRECISION) \
+		--device $(DEVICE) --shard $(SHARD) \
 		$(if $(LAYERS),--layers $(LAYERS)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(SPLIT),--split $(SPLIT))
 
 probe: setup
 	@test -n "$(TASK)" || { echo "error: TASK is required, e.g. make probe TASK=normals" >&2; exit 2; }
-	$(PY) -m probe --task $(TASK) --dataset $(DATASET) --protocol $(PROTOCOL) --device $(DEVICE) \
+	$(PY) -m probe --task $(TASK) --dataset $(DATASET) --protocol $(PROTOCOL) --precision $(PRECISION) --device $(DEVICE) \
 		$(if $(HEAD),--head $(HEAD)) $(if $(LR),--lr $(LR)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
 		$(if $(MODEL),--model $(MODEL)) $(if $(LAYERS),--layers "$(LAYERS)")
 

@@ -20,6 +20,7 @@ import zarr
 
 from cache.chunks import read_checked
 from cache.feature_store import FeatureSplit
+from cache.quantize import Quantized
 
 
 @dataclass
@@ -27,7 +28,7 @@ class Batch:
     """One batch: image indices into the split, features per layer, targets per key."""
 
     index: np.ndarray                 # (B,) int64
-    features: dict[str, np.ndarray]   # layer -> (B, C, h, w) float16
+    features: dict[str, np.ndarray | Quantized]   # layer -> (B, C, h, w) float16, or int8 + scales
     targets: dict[str, np.ndarray]    # key -> (B, ...) as stored
 
 
@@ -65,7 +66,11 @@ def iterate_batches(features: FeatureSplit, *, layers: Sequence[str], batch_size
             lo, hi = max(int(ci) * k, lo_limit), min((int(ci) + 1) * k, hi_limit)
             block = {"__index__": np.arange(lo, hi, dtype=np.int64)}
             for layer in layers:
-                block[f"f:{layer}"] = features.read(layer, lo, hi)
+                stored = features.read_stored(layer, lo, hi)
+                if isinstance(stored, Quantized):      # int8 and scales travel as stored, dequantised on use
+                    block[f"f:{layer}"], block[f"s:{layer}"] = stored.values, stored.scale
+                else:
+                    block[f"f:{layer}"] = stored
             for key, arr in targets.items():
                 block[f"t:{key}"] = _read_range(arr, lo - target_offset, hi - target_offset, key, target_chunks)
             blocks.append(block)
@@ -140,7 +145,8 @@ def _gather(blocks: list[dict[str, np.ndarray]], offsets: np.ndarray, positions:
 
 def _as_batch(block: dict[str, np.ndarray]) -> Batch:
     return Batch(index=block["__index__"],
-                 features={k[2:]: v for k, v in block.items() if k.startswith("f:")},
+                 features={k[2:]: Quantized(v, block[f"s:{k[2:]}"]) if f"s:{k[2:]}" in block else v
+                           for k, v in block.items() if k.startswith("f:")},
                  targets={k[2:]: v for k, v in block.items() if k.startswith("t:")})
 
 

@@ -1,13 +1,20 @@
 """The feature store: frozen multi-layer features of one model over one dataset, in Zarr v3.
 
-Layout of ``stores/features/<dataset>/<model>.zarr``::
+Layout of ``stores/features/<dataset>/<model>.zarr`` (``<model>@int8.zarr`` at int8)::
 
-    attrs: {midprobe_format, kind: "features", model, dataset}
+    attrs: {midprobe_format, kind: "features", model, dataset, precision}
     <split>/
         attrs: {fingerprint: {...}, layers: [...], strides: {...}, num_images,
-                chunk_images, complete, checksums: {array: [[bytes, crc32c], ...]}}
+                chunk_images, complete, precision, checksums: {array: [[bytes, crc32c], ...]},
+                adding: [...] while layers are being added}
         <layer>   (N, C, h, w) float16   one array per tapped layer, chunks (k, C, h, w)
+                  (N, C, h, w) int8      at int8, with
+        <layer>.scale (N, C) float16     its per-image, per-channel scales (cache.quantize)
         global    (N, D) float16         CLS token (ViT) or global-average-pool (CNN)
+
+A complete split can gain layers: ``adding`` names the layers being written (their chunks'
+markers live in ``<model>.progress/<split>+add/``); the others are never rewritten, and once
+every chunk of the new ones is durable they join ``layers``.
 
 Chunks hold whole images (``k`` images each) and are stored uncompressed: float16
 activations gain little from zstd (see ``make bench``, ``store_zstd_ratio``) and
@@ -37,6 +44,7 @@ from cache.errors import MidprobeError
 from cache.fingerprint import FORMAT_VERSION, check_fingerprint
 from cache.locks import FileLock
 from cache.paths import DataRoot, data_root
+from cache.quantize import Quantized, bytes_per_value, check_precision, quantize
 
 FLOAT16_MAX = 65504.0
 GLOBAL = "global"
@@ -52,10 +60,25 @@ def choose_chunk_images(layer_shapes: Mapping[str, tuple[int, int, int]], num_im
     return int(max(1, min(max_images, num_images, CHUNK_BYTES // largest)))
 
 
-def estimate_bytes(layer_shapes: Mapping[str, tuple[int, int, int]], global_dim: int, num_images: int) -> int:
-    """Bytes the uncompressed float16 store will take on disk."""
-    per_image = sum(c * h * w for c, h, w in layer_shapes.values()) + global_dim
-    return int(per_image * 2 * num_images)
+def estimate_bytes(layer_shapes: Mapping[str, tuple[int, int, int]], global_dim: int, num_images: int,
+                   precision: str = "fp16") -> int:
+    """Bytes the uncompressed store will take on disk (int8: one byte a value plus a float16
+    scale per image and channel; the global vectors stay float16)."""
+    values = sum(c * h * w for c, h, w in layer_shapes.values())
+    scales = sum(c for c, _, _ in layer_shapes.values()) if precision == "int8" else 0
+    return int((values * bytes_per_value(precision) + 2 * scales + 2 * global_dim) * num_images)
+
+
+def scale_array(layer: str) -> str:
+    """The array holding ``layer``'s int8 scales."""
+    return f"{layer}.scale"
+
+
+def split_arrays(attrs: Mapping[str, Any]) -> list[str]:
+    """Every array of a split with these attributes: its layers, their scales at int8, the global vectors."""
+    layers = list(attrs["layers"])
+    scales = [scale_array(layer) for layer in layers] if attrs.get("precision", "fp16") == "int8" else []
+    return [*layers, *scales, GLOBAL]
 
 
 def check_float16_range(name: str, peak: float) -> None:
@@ -103,8 +126,11 @@ class FeatureWriter:
         self.store, self.split, self.group = store, split, group
         self.num_images = int(group.attrs["num_images"])
         self.chunk_images = int(group.attrs["chunk_images"])
-        self.layers = list(group.attrs["layers"])
-        self.progress = store.with_suffix(".progress") / split
+        self.precision = group.attrs.get("precision", "fp16")
+        self.adding = list(group.attrs.get("adding") or [])
+        # adding layers to a complete split writes only those; otherwise every layer and the global vectors
+        self.layers = self.adding or list(group.attrs["layers"])
+        self.progress = store.with_suffix(".progress") / (f"{split}+add" if self.adding else split)
 
     @property
     def num_chunks(self) -> int:
@@ -123,28 +149,45 @@ class FeatureWriter:
         return list(range(lo, hi))
 
     def is_done(self, index: int) -> bool:
-        return bool(self.group.attrs.get("complete")) or (self.progress / str(index)).exists()
+        return (bool(self.group.attrs.get("complete")) and not self.adding) or (self.progress / str(index)).exists()
 
     def pending(self, shard: tuple[int, int] = (0, 1)) -> list[int]:
         return [i for i in self.shard_chunks(shard) if not self.is_done(i)]
 
     @property
+    def writes_global(self) -> bool:
+        return not self.adding
+
+    @property
     def arrays(self) -> list[str]:
-        return [*self.layers, GLOBAL]
+        scales = [scale_array(layer) for layer in self.layers] if self.precision == "int8" else []
+        return [*self.layers, *scales, *([GLOBAL] if self.writes_global else [])]
 
-    def write_chunk(self, index: int, layers: Mapping[str, np.ndarray], global_vectors: np.ndarray) -> None:
-        """Write chunk ``index`` (every layer plus the global vectors), then mark it durable.
+    def write_chunk(self, index: int, layers: Mapping[str, np.ndarray | Quantized],
+                    global_vectors: np.ndarray | None) -> None:
+        """Write chunk ``index`` (the writer's layers plus, unless layers are being added, the
+        global vectors), then mark it durable.
 
-        The marker holds each array's ``[size, crc32c]`` of the chunk file as written. A full
-        disk is a one-line error; the chunks already marked stay valid.
+        Layers come as float arrays (cast to float16, or quantised at int8) or, at int8, as
+        :class:`~cache.quantize.Quantized` (the extractor quantises on its device). The marker
+        holds each array's ``[size, crc32c]`` of the chunk file as written. A full disk is a
+        one-line error; the chunks already marked stay valid.
         """
         start, stop = self.chunk_range(index)
-        values = {name: to_float16(name, layers[name]) for name in self.layers}
-        for name, value in values.items():
+        values: dict[str, np.ndarray] = {}
+        for name in self.layers:
+            value = layers[name]
+            shape = value.shape
             expected = (stop - start, *self.group[name].shape[1:])
-            if value.shape != expected:
-                raise MidprobeError(f"layer {name!r}: chunk {index} has shape {value.shape}, expected {expected}")
-        values[GLOBAL] = to_float16(GLOBAL, global_vectors)
+            if tuple(shape) != expected:
+                raise MidprobeError(f"layer {name!r}: chunk {index} has shape {tuple(shape)}, expected {expected}")
+            if self.precision == "int8":
+                packed = value if isinstance(value, Quantized) else quantize(value)
+                values[name], values[scale_array(name)] = packed.values, packed.scale
+            else:
+                values[name] = to_float16(name, value.dequantize() if isinstance(value, Quantized) else value)
+        if self.writes_global:
+            values[GLOBAL] = to_float16(GLOBAL, global_vectors)
 
         def kept() -> str:
             return f"the {sum(1 for _ in self.progress.glob('*[0-9]'))} chunks already durable are kept"
@@ -190,7 +233,8 @@ class FeatureWriter:
         """
         with _lock(self.store), disk_errors(f"{self.store}/{self.split}"):
             self.group = zarr.open_group(str(self.store), mode="r+")[self.split]
-            if not self.group.attrs.get("complete"):
+            adding = list(self.group.attrs.get("adding") or [])
+            if not self.group.attrs.get("complete") or adding:
                 markers = [self.marker(i) for i in range(self.num_chunks)]
                 if any(m is None for m in markers):
                     return False
@@ -200,7 +244,13 @@ class FeatureWriter:
                         entry = marker.get(name) or record_chunks(self.group[name], [index])[index]
                         sums[name].append(list(entry))
                 _drop_partials(self.store / self.split)
-                self.group.attrs.update({"complete": True, CHECKSUMS: sums})
+                update: dict[str, Any] = {"complete": True, CHECKSUMS: {**self.group.attrs.get(CHECKSUMS, {}), **sums}}
+                if adding:
+                    layers = list(self.group.attrs["layers"]) + adding
+                    update.update({"adding": [], "layers": layers,
+                                   "fingerprint": {**self.group.attrs["fingerprint"], "layers": layers},
+                                   "strides": {**self.group.attrs["strides"], **self.group.attrs["adding_strides"]}})
+                self.group.attrs.update(update)
             shutil.rmtree(self.progress, ignore_errors=True)
             parent = self.progress.parent
             if parent.exists() and not any(parent.iterdir()):
@@ -211,22 +261,28 @@ class FeatureWriter:
 def open_feature_writer(store: Path, *, split: str, fingerprint: Mapping[str, Any], num_images: int,
                         layer_shapes: Mapping[str, tuple[int, int, int]], strides: Mapping[str, int],
                         global_dim: int, chunk_images: int | None = None,
-                        store_attrs: Mapping[str, Any] | None = None) -> FeatureWriter:
-    """Create split ``split`` of the store at ``store``, or reopen it to resume.
+                        store_attrs: Mapping[str, Any] | None = None, precision: str = "fp16") -> FeatureWriter:
+    """Create split ``split`` of the store at ``store``, or reopen it to resume or to add layers.
 
-    Reopening checks the format, the fingerprint and the array shapes; a mismatch is an
-    error naming the differing field, never a silent overwrite. A split whose creation was
-    killed half-way (its attributes, written last, are missing) is created afresh.
-    ``store_attrs`` (facts about the model, e.g. the options it offers) are set on the store's root.
+    Reopening checks the format, the precision, the fingerprint (but for its layers) and the
+    array shapes; a mismatch is an error naming the differing field, never a silent
+    overwrite. Layers of ``layer_shapes`` a complete split lacks are added to it (the writer
+    then writes only those); a split still being extracted must be finished first. A split
+    whose creation was killed half-way (its attributes, written last, are missing) is created
+    afresh. ``store_attrs`` (facts about the model, e.g. the options it offers) are set on the
+    store's root.
     """
     store = Path(store)
-    chunk = chunk_images or choose_chunk_images(layer_shapes, num_images)
+    check_precision(precision)
+    chunk = chunk_images or (choose_chunk_images(layer_shapes, num_images) if layer_shapes else num_images)
     with _lock(store), disk_errors(store):
         root = zarr.open_group(str(store), mode="a", zarr_format=3)
         _drop_partials(store)
         if "kind" not in root.attrs:
-            root.attrs.update({"midprobe_format": FORMAT_VERSION, "kind": "features",
+            root.attrs.update({"midprobe_format": FORMAT_VERSION, "kind": "features", "precision": precision,
                                "model": fingerprint["model"], "dataset": fingerprint["dataset"]})
+        elif root.attrs.get("precision", "fp16") != precision:
+            raise MidprobeError(f"{store} holds {root.attrs.get('precision', 'fp16')} features, not {precision}")
         elif root.attrs.get("kind") != "features" or root.attrs.get("midprobe_format") != FORMAT_VERSION:
             raise MidprobeError(f"{store} is a {root.attrs.get('kind')} store of format "
                                 f"{root.attrs.get('midprobe_format')}, not a feature store of format "
@@ -239,25 +295,59 @@ def open_feature_writer(store: Path, *, split: str, fingerprint: Mapping[str, An
         if split in root:
             group = root[split]
             _drop_partials(store / split)
-            check_fingerprint(stored=group.attrs["fingerprint"], expected=fingerprint, where=f"{store}/{split}")
+            check_fingerprint(stored=group.attrs["fingerprint"],
+                              expected={k: v for k, v in fingerprint.items() if k != "layers"}, where=f"{store}/{split}")
+            if int(group.attrs["num_images"]) != num_images:
+                raise MidprobeError(f"feature store {store}/{split} holds {group.attrs['num_images']} images, not "
+                                    f"{num_images}; re-extract into a fresh store")
+            _add_layers(store, split, group, layer_shapes, strides)
             for name, shape in layer_shapes.items():
-                if name not in group or tuple(group[name].shape) != (num_images, *shape):
+                if tuple(group[name].shape) != (num_images, *shape):
                     raise MidprobeError(f"feature store {store}/{split}: layer {name!r} does not match "
                                         f"the expected shape {(num_images, *shape)}; re-extract into a fresh store")
         else:
             # markers of an earlier store of this name (deleted by hand) must not vouch for new chunks
             shutil.rmtree(store.with_suffix(".progress") / split, ignore_errors=True)
             group = root.create_group(split)
-            for name, shape in layer_shapes.items():
-                group.create_array(name, shape=(num_images, *shape), dtype="float16",
-                                   chunks=(chunk, *shape), compressors=None, fill_value=0)
+            _create_layers(group, layer_shapes, num_images, chunk, precision)
             group.create_array(GLOBAL, shape=(num_images, global_dim), dtype="float16",
                                chunks=(chunk, global_dim), compressors=None, fill_value=0)
             # written last: a split with a fingerprint is a fully created split
-            group.attrs.update({"fingerprint": dict(fingerprint), "layers": list(layer_shapes),
-                                "strides": dict(strides), "num_images": num_images,
+            group.attrs.update({"fingerprint": {**fingerprint, "precision": precision}, "layers": list(layer_shapes),
+                                "strides": dict(strides), "num_images": num_images, "precision": precision,
                                 "chunk_images": chunk, "complete": False})
     return FeatureWriter(store, split, group)
+
+
+def _create_layers(group: zarr.Group, layer_shapes: Mapping[str, tuple[int, int, int]], num_images: int,
+                   chunk: int, precision: str) -> None:
+    for name, shape in layer_shapes.items():
+        group.create_array(name, shape=(num_images, *shape), dtype="int8" if precision == "int8" else "float16",
+                           chunks=(chunk, *shape), compressors=None, fill_value=0, overwrite=True)
+        if precision == "int8":
+            group.create_array(scale_array(name), shape=(num_images, shape[0]), dtype="float16",
+                               chunks=(chunk, shape[0]), compressors=None, fill_value=0, overwrite=True)
+
+
+def _add_layers(store: Path, split: str, group: zarr.Group, layer_shapes: Mapping[str, tuple[int, int, int]],
+                strides: Mapping[str, int]) -> None:
+    """Start (or check a resumed) addition of the layers of ``layer_shapes`` that ``group`` lacks."""
+    have = list(group.attrs["layers"])
+    adding = list(group.attrs.get("adding") or [])
+    wanted = [name for name in layer_shapes if name not in have]
+    if not wanted and not adding:
+        return
+    if adding and sorted(adding) != sorted(wanted):
+        raise MidprobeError(f"feature store {store}/{split} is being given layers {', '.join(adding)}; rerun that "
+                            f"extraction to finish it before asking for {', '.join(wanted) or 'no new layer'}")
+    if not group.attrs.get("complete"):
+        raise MidprobeError(f"feature store {store}/{split} is still being extracted with layers {', '.join(have)}; "
+                            f"rerun that `make extract` to finish it before adding {', '.join(wanted)}")
+    if not adding:
+        shutil.rmtree(store.with_suffix(".progress") / f"{split}+add", ignore_errors=True)
+        _create_layers(group, {name: layer_shapes[name] for name in wanted}, int(group.attrs["num_images"]),
+                       int(group.attrs["chunk_images"]), group.attrs.get("precision", "fp16"))
+        group.attrs.update({"adding": wanted, "adding_strides": {name: strides[name] for name in wanted}})
 
 
 @dataclass
@@ -292,6 +382,10 @@ class FeatureSplit:
     def chunk_images(self) -> int:
         return int(self.group.attrs["chunk_images"])
 
+    @property
+    def precision(self) -> str:
+        return self.group.attrs.get("precision", "fp16")
+
     def stride(self, layer: str) -> int:
         return int(self.group.attrs["strides"][layer])
 
@@ -305,20 +399,31 @@ class FeatureSplit:
         return self.group[layer]
 
     def dask(self, layer: str):
-        """A lazy ``(N, C, h, w) float16`` dask array whose chunks are the store's chunks.
-
-        Each chunk is read through :meth:`read`, so a damaged one is a one-line error.
+        """A lazy ``(N, C, h, w)`` dask array (float16; float32 dequantised at int8) whose chunks
+        are the store's chunks. Each chunk is read through :meth:`read`, so a damaged one is a
+        one-line error.
         """
         import dask.array as da
 
         arr = self.array(layer)
+        dtype = np.dtype(np.float32 if self.precision == "int8" else arr.dtype)
         name = f"midprobe-{self.store}-{self.split}-{layer}-{self.num_images}-{self.chunk_images}"
-        return da.from_array(_ChunkReader(self, layer, arr.shape, arr.dtype), chunks=arr.chunks, name=name,
-                             asarray=False, fancy=False, lock=False, meta=np.empty((0,) * arr.ndim, arr.dtype))
+        return da.from_array(_ChunkReader(self, layer, arr.shape, dtype), chunks=arr.chunks, name=name,
+                             asarray=False, fancy=False, lock=False, meta=np.empty((0,) * arr.ndim, dtype))
 
     def read(self, layer: str, start: int, stop: int) -> np.ndarray:
-        """Images ``start:stop`` of ``layer``, ``(n, C, h, w) float16``; a damaged chunk is a one-line error."""
-        return read_checked(self.array(layer), slice(start, stop))
+        """Images ``start:stop`` of ``layer``: ``(n, C, h, w) float16``, or float32 dequantised at int8;
+        a damaged chunk is a one-line error."""
+        stored = self.read_stored(layer, start, stop)
+        return stored.dequantize() if isinstance(stored, Quantized) else stored
+
+    def read_stored(self, layer: str, start: int, stop: int) -> np.ndarray | Quantized:
+        """Images ``start:stop`` of ``layer`` as stored: float16, or :class:`Quantized` (int8 + scales)
+        for dequantisation where they are used (on the probe's device)."""
+        values = read_checked(self.array(layer), slice(start, stop))
+        if self.precision != "int8":
+            return values
+        return Quantized(values, read_checked(self.group[scale_array(layer)], slice(start, stop)))
 
     def global_vectors(self) -> np.ndarray:
         """``(N, D) float32`` global vectors (CLS or pooled)."""
@@ -345,12 +450,13 @@ class _ChunkReader:
 
 
 def open_features(dataset: str, model: str, split: str, *, expect: Mapping[str, Any] | None = None,
-                  root: DataRoot | None = None, store: Path | None = None) -> FeatureSplit:
+                  root: DataRoot | None = None, store: Path | None = None, precision: str = "fp16") -> FeatureSplit:
     """Open a complete split of a feature store; ``expect`` pins fingerprint fields."""
-    path = Path(store) if store is not None else (root or data_root()).feature_store(dataset, model)
+    path = Path(store) if store is not None else (root or data_root()).feature_store(dataset, model, precision)
     if not (path / "zarr.json").exists():
-        raise MidprobeError(f"no features of model {model!r} for dataset {dataset!r} at {path}; "
-                            f"run `make extract MODEL={model} DATASET={dataset}` first")
+        extra = "" if precision == "fp16" else f" PRECISION={precision}"
+        raise MidprobeError(f"no {precision} features of model {model!r} for dataset {dataset!r} at {path}; "
+                            f"run `make extract MODEL={model} DATASET={dataset}{extra}` first")
     group_root = zarr.open_group(str(path), mode="r")
     if group_root.attrs.get("midprobe_format") != FORMAT_VERSION:
         raise MidprobeError(f"feature store {path} has format {group_root.attrs.get('midprobe_format')}, "
@@ -367,13 +473,15 @@ def open_features(dataset: str, model: str, split: str, *, expect: Mapping[str, 
     return FeatureSplit(path, split, group)
 
 
-def list_feature_stores(dataset: str, *, root: DataRoot | None = None) -> list[str]:
-    """Names of the models with a feature store for ``dataset``."""
+def list_feature_stores(dataset: str, *, root: DataRoot | None = None, precision: str = "fp16") -> list[str]:
+    """Names of the models with a feature store of ``precision`` for ``dataset``."""
     folder = (root or data_root()).feature_dir(dataset)
     models = []
     for path in sorted(folder.glob("*.zarr")):
         try:
-            models.append(zarr.open_group(str(path), mode="r").attrs["model"])
+            attrs = zarr.open_group(str(path), mode="r").attrs
+            if attrs.get("precision", "fp16") == precision:
+                models.append(attrs["model"])
         except (KeyError, FileNotFoundError, ValueError):
             continue
     return models

@@ -32,8 +32,10 @@ class DataRoot:
     def dataset_store(self, dataset: str) -> Path:
         return self.root / "stores" / "datasets" / f"{dataset}.zarr"
 
-    def feature_store(self, dataset: str, model: str) -> Path:
-        return self.root / "stores" / "features" / dataset / f"{_safe(model)}.zarr"
+    def feature_store(self, dataset: str, model: str, precision: str = "fp16") -> Path:
+        """``<model>.zarr`` (float16 features) or ``<model>@int8.zarr`` (int8 with per-image-channel scales)."""
+        suffix = "" if precision == "fp16" else f"@{precision}"
+        return self.root / "stores" / "features" / dataset / f"{_safe(model)}{suffix}.zarr"
 
     def feature_dir(self, dataset: str) -> Path:
         return self.root / "stores" / "features" / dataset

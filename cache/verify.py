@@ -29,7 +29,7 @@ from cache.chunks import CHECKSUMS, check_chunk, chunk_count
 from cache.dataset_store import dataset_fingerprint
 from cache.durable import atomic_write, disk_errors
 from cache.errors import MidprobeError, exits_on_error
-from cache.feature_store import GLOBAL
+from cache.feature_store import split_arrays
 from cache.fingerprint import FINGERPRINT_FIELDS, FORMAT_VERSION
 from cache.locks import FileLock
 from cache.paths import DataRoot, data_root
@@ -194,7 +194,7 @@ def verify_feature_store(path: Path, report: Report, dataset_fps: dict[str, str 
         for what in _fingerprint_problems(path, split, attrs.get("fingerprint"), root_attrs, dataset_fps):
             report.problems.append(Problem(path, what, split))
         try:
-            names = [*attrs["layers"], GLOBAL]
+            names = split_arrays(attrs)
             n, k = int(attrs["num_images"]), int(attrs["chunk_images"])
         except (KeyError, TypeError, ValueError) as exc:
             report.problems.append(Problem(path, f"split metadata lacks {exc}; delete the store and re-extract", split))

@@ -31,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", help="comma-separated layer names or indices (default: the layers the tasks read)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp16", choices=("fp16", "int8"),
+                   help="float16 features (default) or int8 with a float16 scale per image and channel "
+                        "(about half the bytes; its own store, <model>@int8.zarr)")
     p.add_argument("--shard", type=_shard, default=(0, 1), help="i/N: write only this shard's chunks")
     p.add_argument("--weights", help="local weights file (.safetensors or .pth) instead of a download")
     p.add_argument("--chunk-images", type=int, help="images per Zarr chunk (default: ~32 MiB chunks)")
@@ -65,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from extract.runner import extract
 
     extract(model=args.model, dataset=args.dataset, splits=args.split, tasks=args.task, protocol=args.protocol,
+            precision=args.precision,
             layers=args.layers.split(",") if args.layers else None, batch_size=args.batch_size,
             device=args.device, shard=args.shard, weights=args.weights, chunk_images=args.chunk_images,
             root=data_root(args.data), progress=not args.quiet)

@@ -18,6 +18,7 @@ import torch
 
 from cache import FORMAT_VERSION, MidprobeError, SplitView, data_root, open_dataset, open_feature_writer
 from cache.augment import augment_pixels, view_params
+from cache.quantize import Quantized, check_precision, quantize_torch
 from cache.feature_store import GLOBAL, check_float16_range, choose_chunk_images, estimate_bytes
 from cache.paths import DataRoot
 from extract.backbones import Backbone, build_backbone, get_spec
@@ -66,18 +67,20 @@ def input_stats(backbone: Backbone, choices: ExtractionChoices) -> tuple[tuple[f
 
 
 def forward_chunk(backbone: Backbone, images: np.ndarray, *, batch_size: int, device: torch.device,
-                  layers: list[str] | None = None,
-                  norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Run one chunk of images in batches; float16 numpy maps ``(n, C, h, w)`` and globals ``(n, D)``.
+                  layers: list[str] | None = None, norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+                  precision: str = "fp16") -> tuple[dict[str, np.ndarray | Quantized], np.ndarray]:
+    """Run one chunk of images in batches; maps ``(n, C, h, w)`` — float16, or at int8
+    :class:`~cache.quantize.Quantized` — and float16 globals ``(n, D)``.
 
-    The range check and the cast to float16 happen on the device, so half the bytes cross
-    to the host and the host's (slow, single-threaded) numpy cast is skipped.
+    The range check and the cast to float16 (or the quantisation to int8) happen on the
+    device, so half (a quarter) of the float32 bytes cross to the host and the host's slow,
+    single-threaded numpy casts are skipped.
 
     Batches always start at the chunk's first image, so a resumed or sharded run sees the
     same batch composition as an uninterrupted one and writes the same bytes. ``layers``
     keeps only those maps (default: all); ``norm`` is the ``(mean, std)`` of the input.
     """
-    maps: dict[str, list[np.ndarray]] = {}
+    maps: dict[str, list[Any]] = {}
     pooled: list[np.ndarray] = []
     mean, std = norm or (backbone.spec.mean, backbone.spec.std)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
@@ -87,9 +90,15 @@ def forward_chunk(backbone: Backbone, images: np.ndarray, *, batch_size: int, de
             tapped, vector = backbone(x)
             for name, value in tapped.items():
                 if layers is None or name in layers:
-                    maps.setdefault(name, []).append(_as_float16(name, value))
+                    if precision == "int8":
+                        q, scale = quantize_torch(value)
+                        maps.setdefault(name, []).append(Quantized(q.cpu().numpy(), scale.cpu().numpy()))
+                    else:
+                        maps.setdefault(name, []).append(_as_float16(name, value))
             pooled.append(_as_float16(GLOBAL, vector))
-    return {k: np.concatenate(v) for k, v in maps.items()}, np.concatenate(pooled)
+    out = {k: (Quantized(np.concatenate([p.values for p in v]), np.concatenate([p.scale for p in v]))
+               if precision == "int8" else np.concatenate(v)) for k, v in maps.items()}
+    return out, np.concatenate(pooled)
 
 
 def fingerprint_of(backbone: Backbone, split: SplitView, dataset_name: str, dataset_fingerprint: str, *,
@@ -196,7 +205,7 @@ def protocol_model(model: str, protocol: Protocol) -> str:
 
 
 def extract(*, model: str, dataset: str, splits: list[str] | None = None, layers: list[str] | None = None,
-            protocol: str | Protocol = "midprobe", tasks: list[str] | None = None,
+            protocol: str | Protocol = "midprobe", tasks: list[str] | None = None, precision: str = "fp16",
             batch_size: int = 16, device: str = "cpu", shard: tuple[int, int] = (0, 1),
             weights: str | None = None, chunk_images: int | None = None, root: DataRoot | None = None,
             backbone: Backbone | None = None, progress: bool = True) -> list[ExtractionReport]:
@@ -206,26 +215,29 @@ def extract(*, model: str, dataset: str, splits: list[str] | None = None, layers
     (``tasks`` to narrow it), the dataset splits, the extraction choices and the layers;
     ``splits`` keeps only those dataset splits; ``layers`` (names or indices) overrides the
     layers. Resumable (chunks already durable are skipped) and shardable (``shard=(i, n)``
-    writes only its chunk-aligned block). Returns one report per feature split.
+    writes only its chunk-aligned block). ``precision`` ``"int8"`` writes the int8 store
+    (``<model>@int8.zarr``) instead of the float16 one. A complete split that lacks a planned
+    layer gains it (only the new layers are written). Returns one report per feature split.
     """
     root = root or data_root()
     if batch_size < 1:
         raise MidprobeError(f"batch size must be >= 1, got {batch_size}")
     protocol = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
+    check_precision(precision)
     store = open_dataset(dataset if "@" in dataset else protocol.dataset_name(dataset), root=root)
     torch_device = resolve_device(device)
     jobs = plan_extraction(attrs=store.attrs, splits=store.splits, protocol=protocol, tasks=tasks,
                            only_splits=splits, layers="all" if layers else None)
     backbone = backbone or build_backbone(protocol_model(model, protocol), weights=weights, layers=layers)
     backbone.module.to(torch_device)
-    path = root.feature_store(store.name, backbone.spec.name)
+    path = root.feature_store(store.name, backbone.spec.name, precision)
     root.ensure_writable(path.parent)
     reports = []
     for job in jobs:
         split = store.split(job.source)
         reports.append(_extract_split(backbone, split, job, store.name, store.fingerprint, path,
                                       batch_size=batch_size, device=torch_device, shard=shard,
-                                      chunk_images=chunk_images, progress=progress))
+                                      chunk_images=chunk_images, progress=progress, precision=precision))
     return reports
 
 
@@ -257,7 +269,7 @@ def _job_layers(backbone: Backbone, job: SplitJob) -> list[str]:
 
 def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_name: str, dataset_fp: str,
                    path: Path, *, batch_size: int, device: torch.device, shard: tuple[int, int],
-                   chunk_images: int | None, progress: bool) -> ExtractionReport:
+                   chunk_images: int | None, progress: bool, precision: str = "fp16") -> ExtractionReport:
     backbone = with_global_kind(backbone, job.choices.global_kind)
     views = job.choices.augment_views if job.training else 0
     num = split.num_images * max(views, 1)
@@ -267,7 +279,7 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
     shapes = {name: all_shapes[name] for name in wanted}
     norm = input_stats(backbone, job.choices)
     chunk = chunk_images or (choose_chunk_images(shapes, num) if shapes else min(GLOBAL_CHUNK, num))
-    need = estimate_bytes(shapes, global_dim, num)
+    need = estimate_bytes(shapes, global_dim, num, precision)
     free = _free_bytes(path)
     _say(progress, f"[extract] {backbone.spec.name} on {dataset_name}/{job.name}: {num} images "
                    f"{height}x{width}, layers {', '.join(f'{k}{list(v)}' for k, v in shapes.items()) or 'none'} "
@@ -281,8 +293,13 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
                                                             layers=wanted),
                                  num_images=num, layer_shapes=shapes,
                                  strides={name: strides[name] for name in wanted},
-                                 global_dim=global_dim, chunk_images=chunk,
+                                 global_dim=global_dim, chunk_images=chunk, precision=precision,
                                  store_attrs={"paper_options": list(backbone.spec.paper_options)})
+    missing = [name for name in writer.layers if name not in all_shapes]
+    if missing:
+        raise MidprobeError(f"{path}/{job.name} is being extracted with layers {', '.join(writer.layers)}; this "
+                            f"run computes {', '.join(all_shapes)}; rerun the same `make extract` to finish it")
+    wanted = list(writer.layers)
     pending = writer.pending(shard)
     todo = sum(hi - lo for lo, hi in map(writer.chunk_range, pending))
     started = time.perf_counter()
@@ -307,7 +324,7 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
     try:
         for index, batch in _background(reads()):
             maps, vectors = forward_chunk(backbone, batch, batch_size=batch_size, device=device, layers=wanted,
-                                          norm=norm)
+                                          norm=norm, precision=precision)
             sink.put(index, maps, vectors)
             bar.update(len(batch))
     finally:

@@ -36,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, help="hidden width of the MLP and DPT heads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp16", choices=("fp16", "int8"),
+                   help="which feature store to read: float16 (default) or int8 (PRECISION=int8 at extraction)")
     p.add_argument("--uncertainty-aware", action="store_true", help="normals: the uncertainty-aware angular loss")
     p.add_argument("--depth-bins", choices=("quarter", "grid"),
                    help="depth: resolve the 256 bins at 1/4 target resolution or at the feature grid")
@@ -92,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                     models=args.model.split(",") if args.model else None,
                     heads=[h for h in args.head.split(",") if h] if args.head else None, lrs=args.lr,
                     layer_sets=layer_sets, overrides=overrides, seed=args.seed, device=args.device,
+                    precision=args.precision,
                     root=data_root(args.data), quiet=args.quiet, options=zero_shot)
     print(print_table(rows))
     return 0

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cache import FeatureSplit
+from cache.quantize import Quantized, dequantize_torch
 
 
 def channel_stats(split: FeatureSplit, layers: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -39,18 +40,25 @@ class Standardizer:
                         for k, (_, s) in stats.items()}
         self.device = device
 
-    def __call__(self, features: Mapping[str, np.ndarray], layers: Sequence[str]) -> dict[str, torch.Tensor]:
-        out = {}
-        for layer in layers:
-            x = torch.from_numpy(np.asarray(features[layer])).to(self.device).float()
-            out[layer] = (x - self.mean[layer]) * self.inv_std[layer]
-        return out
+    def __call__(self, features: Mapping[str, np.ndarray | Quantized], layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        return {layer: (to_device(features[layer], self.device) - self.mean[layer]) * self.inv_std[layer]
+                for layer in layers}
+
+
+def to_device(x: np.ndarray | Quantized | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Cached maps as float32 on ``device``: float16 moved then cast; int8 moved with its scales
+    and dequantised there (half the bytes cross to the device)."""
+    if isinstance(x, Quantized):
+        return dequantize_torch(torch.from_numpy(x.values).to(device), torch.from_numpy(x.scale).to(device))
+    x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    return x.to(device).float()
 
 
 class BatchInputs:
     """One batch's features as head inputs, each form built at most once per batch.
 
-    ``features`` maps layer -> ``(B, C, h, w)`` (float16 numpy as cached, or a tensor).
+    ``features`` maps layer -> ``(B, C, h, w)`` (float16 numpy or int8 :class:`Quantized` as
+    cached, or a tensor).
     :meth:`raw` is the layer as float32; :meth:`standardized` applies the train-split
     statistics; :meth:`for_head` is what a head takes (the concatenation on the finest grid,
     or the list of maps), shared by every head on the same layers.
@@ -64,9 +72,7 @@ class BatchInputs:
         self._heads: dict[tuple, torch.Tensor | list[torch.Tensor]] = {}
 
     def _tensor(self, layer: str) -> torch.Tensor:
-        x = self.features[layer]
-        x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
-        return x.to(self.standardizer.device).float()
+        return to_device(self.features[layer], self.standardizer.device)
 
     def raw(self, layer: str) -> torch.Tensor:
         if layer not in self._raw:

@@ -26,17 +26,33 @@ def _say(quiet: bool) -> Callable[[str], None]:
     return (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr))
 
 
-def resolve_layers(available: Sequence[str], layer_sets: Sequence[Sequence[str]] | None) -> list[tuple[str, ...]]:
-    """Layer sets to probe (default: all cached layers); unknown names are an error."""
+def resolve_layers(available: Sequence[str], layer_sets: Sequence[Sequence[str]] | None,
+                   features=None) -> list[tuple[str, ...]]:
+    """Layer sets to probe (default: all cached layers); a layer the split lacks is an error that
+    names the ``make extract`` adding it (without rewriting the others)."""
     if not layer_sets:
+        if not available:
+            raise MidprobeError(_add_hint(features, [], "holds only global vectors"))
         return [tuple(available)]
     out = []
     for chosen in layer_sets:
         missing = [layer for layer in chosen if layer not in available]
         if missing:
-            raise MidprobeError(f"layers {', '.join(missing)} are not cached; the store has {', '.join(available)}")
+            raise MidprobeError(_add_hint(features, missing, f"has {', '.join(available) or 'only global vectors'}"))
         out.append(tuple(chosen))
     return out
+
+
+def _add_hint(features, missing: Sequence[str], has: str) -> str:
+    what = f"layers {', '.join(missing)} are not cached" if missing else "no layer is cached"
+    if features is None:
+        return f"{what}; the store {has}"
+    fp = features.fingerprint
+    wanted = ",".join(missing) if missing else "<layers>"
+    extra = "" if features.precision == "fp16" else f" PRECISION={features.precision}"
+    return (f"{what} in split {features.split!r} of {features.store} (it {has}); add them, without rewriting "
+            f"the others, with `make extract MODEL={fp['model']} DATASET={fp['dataset']} "
+            f"SPLIT={fp.get('source_split', features.split)} LAYERS={wanted}{extra}`")
 
 
 def dense_choices(protocol: Protocol, task: str, overrides: Mapping[str, Any] | None) -> DenseChoices:
@@ -49,27 +65,29 @@ def dense_choices(protocol: Protocol, task: str, overrides: Mapping[str, Any] | 
     return replace(base, **overrides)
 
 
-def protocol_models(store_name: str, protocol: Protocol, models: Sequence[str] | None, root: DataRoot) -> list[str]:
+def protocol_models(store_name: str, protocol: Protocol, models: Sequence[str] | None, root: DataRoot,
+                    precision: str = "fp16") -> list[str]:
     """The feature stores to probe: ``models`` (or every cached one) as the protocol names them.
 
     A protocol with a ``model_option`` (``paper``) reads ``<model>+paper`` for a model that
     offers it (its store records the options it offers) and skips the plain variant of such a
     model when choosing every cached one.
     """
-    cached = list_feature_stores(store_name, root=root)
+    cached = list_feature_stores(store_name, root=root, precision=precision)
     if not protocol.model_option:
         return list(models or cached)
-    offered = {m: _paper_options(store_name, m, root) for m in cached}
+    offered = {m: _paper_options(store_name, m, root, precision) for m in cached}
     if models:
         return [f"{m}+{protocol.model_option}" if "+" not in m and offered.get(m) else m for m in models]
     return [m for m in cached if not ("+" not in m and offered.get(m))]
 
 
-def _paper_options(dataset: str, model: str, root: DataRoot) -> tuple[str, ...]:
+def _paper_options(dataset: str, model: str, root: DataRoot, precision: str) -> tuple[str, ...]:
     import zarr
 
     try:
-        return tuple(zarr.open_group(str(root.feature_store(dataset, model)), mode="r").attrs.get("paper_options", ()))
+        path = root.feature_store(dataset, model, precision)
+        return tuple(zarr.open_group(str(path), mode="r").attrs.get("paper_options", ()))
     except (FileNotFoundError, ValueError):
         return ()
 
@@ -78,7 +96,7 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
              heads: Sequence[str] | None = None, lrs: Sequence[float] | None = None,
              layer_sets: Sequence[Sequence[str]] | None = None, protocol: str | Protocol = "midprobe",
              overrides: Mapping[str, Any] | None = None, seed: int = 0, device: str = "cpu",
-             root: DataRoot | None = None, quiet: bool = False,
+             precision: str = "fp16", root: DataRoot | None = None, quiet: bool = False,
              options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Probe ``task_name`` on ``dataset`` for each model (default: every cached model) under ``protocol``.
 
@@ -96,7 +114,7 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
     missing = [key for key in task.needs if key in absent]
     if missing:
         raise MidprobeError(f"dataset {store.name!r} cannot run task {task.name!r}: {absent[missing[0]]}")
-    models = protocol_models(store.name, protocol, models, root)
+    models = protocol_models(store.name, protocol, models, root, precision)
     if not models:
         raise MidprobeError(f"no feature stores for dataset {store.name!r}; run `make extract MODEL=... DATASET={store.name}`")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -111,12 +129,12 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
         started = time.perf_counter()
         if isinstance(task, ZeroShotTask):
             results = [_zero_shot(task, store, model, root, protocol, extraction, dict(overrides or {}),
-                                  options or {}, layer_sets)]
+                                  options or {}, layer_sets, precision)]
         else:
             choices = dense_choices(protocol, task.name, overrides)
             settings = TrainSettings(choices, seed, device)
             results = _dense(task, store, model, root, list(heads or choices.heads), list(lrs or [choices.lr]),
-                             layer_sets, settings, protocol, extraction, say)
+                             layer_sets, settings, protocol, extraction, say, precision)
         for probe, metrics, fingerprint, config, extra in results:
             seconds = time.perf_counter() - started
             config = {**config, "protocol": protocol.name, "overrides": dict(overrides or {}),
@@ -132,10 +150,10 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
 
 
 def _open_split(store, model: str, split: str, extraction: ExtractionChoices, root: DataRoot, *, training: bool,
-                protocol: Protocol, expect: Mapping[str, Any]):
+                protocol: Protocol, expect: Mapping[str, Any], precision: str = "fp16"):
     name = feature_split_name(split, extraction, training=training)
     try:
-        return open_features(store.name, model, name, expect=expect, root=root)
+        return open_features(store.name, model, name, expect=expect, root=root, precision=precision)
     except MidprobeError as exc:
         if name == split or "has no split" not in str(exc):
             raise
@@ -146,17 +164,19 @@ def _open_split(store, model: str, split: str, extraction: ExtractionChoices, ro
 
 def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[str], lrs: Sequence[float],
            layer_sets, settings: TrainSettings, protocol: Protocol, extraction: ExtractionChoices,
-           say) -> list[tuple]:
+           say, precision: str = "fp16") -> list[tuple]:
     choices = settings.choices
     train_data, test_data = store.split("train"), store.split("test")
     absent = store.attrs.get("absent_targets") or {}
     task.check_dataset(train_data, task.target_keys(choices), absent)
     task.check_dataset(test_data, task.needs, absent)
     expect = {"dataset_fingerprint": store.fingerprint}
-    train = _open_split(store, model, "train", extraction, root, training=True, protocol=protocol, expect=expect)
+    train = _open_split(store, model, "train", extraction, root, training=True, protocol=protocol, expect=expect,
+                        precision=precision)
     test = _open_split(store, model, "test", extraction, root, training=False, protocol=protocol,
-                       expect={**expect, "weights": train.fingerprint["weights"], "layers": train.fingerprint["layers"]})
-    chosen_sets = resolve_layers(train.layers, layer_sets)
+                       expect={**expect, "weights": train.fingerprint["weights"]}, precision=precision)
+    chosen_sets = resolve_layers(train.layers, layer_sets, train)
+    resolve_layers(test.layers, chosen_sets, test)
     used = sorted({layer for s in chosen_sets for layer in s}, key=train.layers.index)
     if choices.feature_norm == "train-stats":
         say(f"[probe] {model}: per-channel statistics of {', '.join(used)} over {train.num_images} train images")
@@ -193,15 +213,18 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
 
 
 def _zero_shot(task: ZeroShotTask, store, model: str, root: DataRoot, protocol: Protocol,
-               extraction: ExtractionChoices, overrides: dict[str, Any], options: dict[str, Any], layer_sets) -> tuple:
+               extraction: ExtractionChoices, overrides: dict[str, Any], options: dict[str, Any], layer_sets,
+               precision: str = "fp16") -> tuple:
     if task.split not in store.splits:
         raise MidprobeError(f"task {task.name!r} needs split {task.split!r} in dataset {store.name!r}, "
                             f"which has {', '.join(store.splits)}")
     data = store.split(task.split)
     task.check_dataset(data, absent=store.attrs.get("absent_targets") or {})
     features = _open_split(store, model, task.split, extraction, root, training=False, protocol=protocol,
-                           expect={"dataset_fingerprint": store.fingerprint})
-    layers = resolve_layers(features.layers, layer_sets)[0] if layer_sets else None
+                           expect={"dataset_fingerprint": store.fingerprint}, precision=precision)
+    layers = resolve_layers(features.layers, layer_sets, features)[0] if layer_sets else None
+    if task.name == "correspondence" and not layers:
+        resolve_layers(features.layers, None, features)
     metrics, config = task.evaluate(features=features, data=data, dataset_attrs=store.attrs, layers=layers,
                                     protocol=protocol, overrides=overrides, **options)
     return task.name if not layers else f"{task.name}-{'+'.join(layers)}", metrics, features.fingerprint, config, {}

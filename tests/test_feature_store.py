@@ -105,13 +105,13 @@ def test_iterator_reads_ahead_by_at_most_one_window(tmp_path):
     _write_store(tmp_path / "m.zarr", n=30, chunk=3)
     split = open_features("d", "m", "train", store=tmp_path / "m.zarr")
     read_images = []
-    original = split.read
+    original = split.read_stored
 
     def counting_read(layer, lo, hi):
         read_images.append(hi - lo)
         return original(layer, lo, hi)
 
-    split.read = counting_read
+    split.read_stored = counting_read
     yielded = 0
     for batch in iterate_batches(split, layers=["a"], batch_size=2, window_chunks=2, prefetch=False):
         yielded += len(batch.index)
