@@ -10,6 +10,7 @@ import sys
 import time
 from functools import partial
 
+from bench.compact import compact_features
 from bench.extraction import extract_overhead
 from bench.probing import cache_vs_recompute, probe_rss_growth, sweep_vs_single
 from bench.synthetic import synthetic_speed
@@ -24,6 +25,7 @@ BENCHMARKS = {
     "sweep": sweep_vs_single,
     "sweep_loss_stride4": partial(sweep_vs_single, loss_stride=4),
     "probe_rss": probe_rss_growth,
+    "compact": compact_features,
 }
 
 ON_DEVICE = {"extract_overhead", "cache_vs_recompute", "cache_vs_recompute_loss_stride4", "sweep", "sweep_loss_stride4"}
