@@ -128,7 +128,7 @@ def prepare_nyuv2(*, root: DataRoot, raw: str | None = None, name: str = "nyuv2"
     """Write ``stores/datasets/<name>.zarr``: train / test with images, depth (m) and, when FAIR's
     ``all_normals.pklz`` is there, normals."""
     import h5py
-    from tqdm import tqdm
+    from cache.progress import tqdm_like as tqdm
 
     raw_dir = Path(raw) if raw else root.raw("nyuv2")
     if split_source not in ("official", "sn40"):
