@@ -145,10 +145,16 @@ def _relative(path: str, root: DataRoot) -> str:
         return str(path)
 
 
+def _column_head(column: str) -> str:
+    """``task (dataset)`` as the task over the dataset, so wide boards fit a page."""
+    task, sep, dataset = column.partition(" (")
+    return f"{_text(task)}<br><small>({_text(dataset)}</small>" if sep else _text(column)
+
+
 def _leaderboard(board: Leaderboard, records: Sequence[Mapping[str, Any]], anchors: Mapping[str, str],
                  root: DataRoot) -> str:
     head = ['<th scope="col" data-type="text" data-first="ascending">model</th>']
-    head += [f'<th scope="col" data-type="number" data-first="descending">{_text(c)}<br>'
+    head += [f'<th scope="col" data-type="number" data-first="descending" title="{_text(c)}">{_column_head(c)}<br>'
              f'<small>{_text(board.metric[c])}</small></th>' for c in board.columns]
     rows = []
     for model in board.models:
