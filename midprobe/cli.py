@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+from cache.errors import MidprobeError, exits_on_error
+
 
 @dataclass(frozen=True)
 class Command:
@@ -38,7 +40,11 @@ class Command:
             return False
 
     def entry(self) -> Callable[[list[str]], int]:
-        return importlib.import_module(self.module).main
+        """Its ``main``; a module that fails to import is a one-line error naming it."""
+        try:
+            return importlib.import_module(self.module).main
+        except ImportError as exc:
+            raise MidprobeError(f"command {self.name!r} cannot load {self.module}: {exc}") from None
 
 
 COMMANDS = {c.name: c for c in (
@@ -124,6 +130,7 @@ def command_help(command: Command, argv: list[str]) -> int:
     return status
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) > 1 and argv[0] == "help":

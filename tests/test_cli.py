@@ -73,6 +73,18 @@ def test_commands_are_listed_only_when_their_module_exists(monkeypatch, capsys):
     assert "did you mean probe?" in capsys.readouterr().err
 
 
+def test_a_command_whose_module_cannot_import_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    (tmp_path / "broken_stage_xyz.py").write_text("import no_such_dependency_xyz\n\ndef main(argv):\n    return 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(COMMANDS, "broken", Command("broken", "broken_stage_xyz", "broken_stage_xyz", "make broken",
+                                                    "needs a missing dependency"))
+    assert "broken" in available_commands()                # found, so listed ...
+    assert midprobe_main(["broken", "--flag"]) == 2         # ... and running it names what is missing
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: command 'broken' cannot load broken_stage_xyz: "
+                   "No module named 'no_such_dependency_xyz'")
+
+
 @pytest.mark.parametrize("name", sorted(available_commands()))
 def test_each_command_help_is_its_module_help_named_midprobe(name, capsys):
     assert midprobe_main([name, "--help"]) == 0
