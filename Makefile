@@ -2,6 +2,8 @@
 PYTHON   ?= python3
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
+# the midprobe command: `midprobe probe …` runs the same main() as `python -m probe …`
+MIDPROBE := $(VENV)/bin/midprobe
 DATA     ?= data
 DATASET  ?= synthetic
 MODEL    ?=
@@ -22,6 +24,7 @@ NAME     ?=
 SIZE     ?=
 DEPTH_SCALE ?=
 CHECK    ?=
+LOG      ?=
 EXAMPLE  ?= $(DATA)/raw/example
 REPAIR   ?=
 export MIDPROBE_DATA := $(DATA)
@@ -31,7 +34,8 @@ STAMP := $(VENV)/.installed
 .PHONY: setup test soak data example-folder extract probe demo bench fidelity report verify clean-data help
 
 help:
-	@echo "make setup | test | soak | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… | probe TASK=… | demo | bench | fidelity | report | verify [REPAIR=1]"
+	@echo "make setup | test | soak | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… | probe TASK=… [LOG=tensorboard] | demo | bench | fidelity | report | verify [REPAIR=1]"
+	@echo "the same stages as one command, after make setup: $(MIDPROBE) --help"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +53,7 @@ soak: setup
 	$(PY) -m pytest tests -m slow
 
 data: setup
-	$(PY) -m extract.datasets --dataset $(DATASET) $(if $(RAW),--raw $(RAW)) $(if $(NAME),--name $(NAME)) \
+	$(MIDPROBE) data --dataset $(DATASET) $(if $(RAW),--raw $(RAW)) $(if $(NAME),--name $(NAME)) \
 		$(if $(SIZE),--size $(SIZE)) $(if $(DEPTH_SCALE),--option depth_scale=$(DEPTH_SCALE)) $(if $(CHECK),--check) \
 		$(foreach o,$(OPTIONS),--option $(o)) $(if $(filter-out midprobe,$(PROTOCOL)),--protocol $(PROTOCOL))
 
@@ -59,23 +63,24 @@ example-folder: setup
 
 extract: setup
 	@test -n "$(MODEL)" || { echo "error: MODEL is required, e.g. make extract MODEL=vit_b_mae DATASET=synthetic" >&2; exit 2; }
-	$(PY) -m extract --model $(MODEL) --dataset $(DATASET) --protocol $(PROTOCOL) --precision $(PRECISION) \
+	$(MIDPROBE) extract --model $(MODEL) --dataset $(DATASET) --protocol $(PROTOCOL) --precision $(PRECISION) \
 		--device $(DEVICE) --shard $(SHARD) \
 		$(if $(LAYERS),--layers $(LAYERS)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(SPLIT),--split $(SPLIT))
 
 probe: setup
 	@test -n "$(TASK)" || { echo "error: TASK is required, e.g. make probe TASK=normals" >&2; exit 2; }
-	$(PY) -m probe --task $(TASK) --dataset $(DATASET) --protocol $(PROTOCOL) --precision $(PRECISION) --device $(DEVICE) \
+	$(MIDPROBE) probe --task $(TASK) --dataset $(DATASET) --protocol $(PROTOCOL) --precision $(PRECISION) --device $(DEVICE) \
 		$(if $(HEAD),--head $(HEAD)) $(if $(LR),--lr $(LR)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
-		$(if $(MODEL),--model $(MODEL)) $(if $(LAYERS),--layers "$(LAYERS)")
+		$(if $(MODEL),--model $(MODEL)) $(if $(LAYERS),--layers "$(LAYERS)") $(if $(LOG),--log $(LOG))
 
+# With no records under DATA but the demo's (data/demo), reports the demo and says so.
 report: setup
-	$(PY) -m probe.report
+	$(MIDPROBE) report
 
 # Check every store under DATA (metadata, fingerprints, every chunk's size and checksum);
 # REPAIR=1 marks damaged chunks for the same make extract (damaged dataset stores for make data).
 verify: setup
-	$(PY) -m cache.verify $(if $(REPAIR),--repair)
+	$(MIDPROBE) verify $(if $(REPAIR),--repair)
 
 # The demo: a small synthetic set (256 train / 64 test at 224 px, 16 pairs, 16 triplets), three
 # weight-free backbones, linear and MLP heads on every dense task, both zero-shot tasks, the report.
@@ -93,12 +98,12 @@ demo: setup
 	$(PY) -m probe.report --data $(DEMO_DATA)
 
 bench: setup
-	$(PY) -m bench
+	$(MIDPROBE) bench
 
 # How much each of the paper's choices moves the numbers (synthetic set, weight-free and random
 # backbones); rewrites the table between the README's fidelity markers.
 fidelity: setup
-	$(PY) -m bench.fidelity --data $(DATA)/fidelity --readme README.md
+	$(MIDPROBE) fidelity --data $(DATA)/fidelity --readme README.md
 
 clean-data:
 	rm -rf $(DATA)

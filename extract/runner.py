@@ -316,7 +316,7 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
                                                                           index=int(i), view=int(v)))
                                    for j, (v, i) in enumerate(zip(view, source))])
 
-    from tqdm import tqdm
+    from cache.progress import tqdm_like as tqdm
 
     bar = tqdm(total=todo, unit="img", desc=f"{backbone.spec.name}/{job.name}", disable=not progress,
                file=sys.stderr, smoothing=0.1)

@@ -10,6 +10,7 @@ import argparse
 
 from cache import MidprobeError, data_root
 from cache.errors import exits_on_error
+from probe.tracking import LOGGERS
 
 
 def _floats(text: str) -> list[float]:
@@ -46,7 +47,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bidirectional", action="store_true", help="correspondence: match both ways "
                    "(the protocol says how: mutual nearest neighbours, or the paper's halves)")
     p.add_argument("--data", help="data root (default $MIDPROBE_DATA or ./data)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--log", choices=sorted(LOGGERS), help="also log each probe's loss curve and final metrics: "
+                   "tensorboard -> <data>/logs/tensorboard/<protocol>/<task>/<dataset>/<model>/<probe> "
+                   "(needs midprobe[tensorboard])")
+    p.add_argument("--quiet", action="store_true", help="no progress and no log lines, only the result table")
     return p
 
 
@@ -95,6 +99,6 @@ def main(argv: list[str] | None = None) -> int:
                     heads=[h for h in args.head.split(",") if h] if args.head else None, lrs=args.lr,
                     layer_sets=layer_sets, overrides=overrides, seed=args.seed, device=args.device,
                     precision=args.precision,
-                    root=data_root(args.data), quiet=args.quiet, options=zero_shot)
+                    root=data_root(args.data), quiet=args.quiet, options=zero_shot, log=args.log)
     print(print_table(rows))
     return 0

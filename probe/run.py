@@ -19,6 +19,7 @@ from protocols import DenseChoices, ExtractionChoices, Protocol, feature_split_n
 from probe.records import format_table, write_record
 from probe.ridge import evaluate_ridge, fit_ridge
 from probe.tasks import DenseTask, ZeroShotTask, get_task
+from probe.tracking import ProbeId, TensorBoardLog, open_log
 from probe.train import ProbeConfig, TrainSettings, evaluate_heads, train_sweep
 
 
@@ -97,13 +98,14 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
              layer_sets: Sequence[Sequence[str]] | None = None, protocol: str | Protocol = "midprobe",
              overrides: Mapping[str, Any] | None = None, seed: int = 0, device: str = "cpu",
              precision: str = "fp16", root: DataRoot | None = None, quiet: bool = False,
-             options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+             options: dict[str, Any] | None = None, log: str | None = None) -> list[dict[str, Any]]:
     """Probe ``task_name`` on ``dataset`` for each model (default: every cached model) under ``protocol``.
 
     ``overrides`` replaces named choices of the protocol (dense tasks: :class:`DenseChoices`
     fields; correspondence: :class:`CorrespondenceChoices` fields); ``heads`` and ``lrs``
     default to the protocol's. Records store the protocol's name, the resolved choices and the
-    overrides.
+    overrides. Unless ``quiet``, training and evaluation show progress; ``log="tensorboard"``
+    also writes each probe's curves and metrics as TensorBoard events (:mod:`probe.tracking`).
     """
     root = root or data_root()
     say = _say(quiet)
@@ -124,17 +126,32 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
     torch.manual_seed(seed)
     loader = store.attrs.get("loader", store.name)
     extraction = protocol.extraction_choices(task.name, loader)
+    tracker = open_log(log, root)
+    try:
+        return _run_models(task, store, models, root, protocol, extraction, heads, lrs, layer_sets, overrides,
+                           seed, device, say, quiet, options, tracker, precision)
+    finally:
+        if tracker is not None:
+            tracker.close()
+
+
+def _run_models(task, store, models: Sequence[str], root: DataRoot, protocol: Protocol,
+                extraction: ExtractionChoices, heads, lrs, layer_sets, overrides, seed: int, device: str, say,
+                quiet: bool, options, tracker: TensorBoardLog | None, precision: str = "fp16") -> list[dict[str, Any]]:
     rows = []
     for model in models:
         started = time.perf_counter()
         if isinstance(task, ZeroShotTask):
             results = [_zero_shot(task, store, model, root, protocol, extraction, dict(overrides or {}),
-                                  options or {}, layer_sets, precision)]
+                                  options or {}, layer_sets, quiet, precision)]
         else:
             choices = dense_choices(protocol, task.name, overrides)
             settings = TrainSettings(choices, seed, device)
+            on_step = None if tracker is None else (
+                lambda config, step, loss, lr, model=model: tracker.step(
+                    ProbeId(protocol.name, task.name, store.name, model, config.key), step, loss, lr))
             results = _dense(task, store, model, root, list(heads or choices.heads), list(lrs or [choices.lr]),
-                             layer_sets, settings, protocol, extraction, say, precision)
+                             layer_sets, settings, protocol, extraction, say, quiet, on_step, precision)
         for probe, metrics, fingerprint, config, extra in results:
             seconds = time.perf_counter() - started
             config = {**config, "protocol": protocol.name, "overrides": dict(overrides or {}),
@@ -144,6 +161,9 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
                                 wall_seconds=seconds, seed=seed, protocol=protocol.name, extra=extra)
             rows.append({"task": task.name, "dataset": store.name, "model": model, "probe": probe,
                          task.headline: metrics.get(task.headline), "record": str(path.relative_to(root.root))})
+            if tracker is not None:
+                tracker.final(ProbeId(protocol.name, task.name, store.name, model, probe), metrics,
+                              step=extra.get("training", {}).get("steps", 0), config=config)
             say(f"[probe] {protocol.name}: {task.name}/{store.name}/{model}/{probe}: "
                 f"{task.headline} = {metrics.get(task.headline)}")
     return rows
@@ -164,7 +184,7 @@ def _open_split(store, model: str, split: str, extraction: ExtractionChoices, ro
 
 def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[str], lrs: Sequence[float],
            layer_sets, settings: TrainSettings, protocol: Protocol, extraction: ExtractionChoices,
-           say, precision: str = "fp16") -> list[tuple]:
+           say, quiet: bool = True, on_step=None, precision: str = "fp16") -> list[tuple]:
     choices = settings.choices
     train_data, test_data = store.split("train"), store.split("test")
     absent = store.attrs.get("absent_targets") or {}
@@ -192,10 +212,13 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
             "settings": settings.as_dict()}
     if sgd:
         say(f"[probe] {model}: training {len(sgd)} head(s) in one pass: {', '.join(c.key for c in sgd)}")
+        where = f"[probe] {task.name}/{store.name}/{model}"
         trained, stats_ = train_sweep(task, train=train, train_data=train_data, dataset_attrs=attrs, configs=sgd,
-                                      settings=settings, standardizer=standardizer, log=say)
+                                      settings=settings, standardizer=standardizer, log=say, quiet=quiet,
+                                      name=f"{where} training", on_step=on_step)
         scores = evaluate_heads(task, test=test, test_data=test_data, dataset_attrs=attrs, heads=trained,
-                                settings=settings, standardizer=standardizer)
+                                settings=settings, standardizer=standardizer, quiet=quiet,
+                                name=f"{where} evaluation")
         for config in sgd:
             results.append((config.key, scores[config], train.fingerprint,
                             {**base, "head": config.head, "layers": list(config.layers), "lr": config.lr},
@@ -214,7 +237,7 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
 
 def _zero_shot(task: ZeroShotTask, store, model: str, root: DataRoot, protocol: Protocol,
                extraction: ExtractionChoices, overrides: dict[str, Any], options: dict[str, Any], layer_sets,
-               precision: str = "fp16") -> tuple:
+               quiet: bool = True, precision: str = "fp16") -> tuple:
     if task.split not in store.splits:
         raise MidprobeError(f"task {task.name!r} needs split {task.split!r} in dataset {store.name!r}, "
                             f"which has {', '.join(store.splits)}")
@@ -226,7 +249,8 @@ def _zero_shot(task: ZeroShotTask, store, model: str, root: DataRoot, protocol: 
     if task.name == "correspondence" and not layers:
         resolve_layers(features.layers, None, features)
     metrics, config = task.evaluate(features=features, data=data, dataset_attrs=store.attrs, layers=layers,
-                                    protocol=protocol, overrides=overrides, **options)
+                                    protocol=protocol, overrides=overrides, quiet=quiet,
+                                    name=f"[probe] {task.name}/{store.name}/{model}", **options)
     return task.name if not layers else f"{task.name}-{'+'.join(layers)}", metrics, features.fingerprint, config, {}
 
 

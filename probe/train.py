@@ -7,7 +7,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from cache import FeatureSplit, SplitView, iterate_batches
 from cache.augment import augment_targets, view_params
 from cache.batches import Batch
+from cache.progress import progress_bar
 from probe.features import BatchInputs, Standardizer
 from probe.heads import LinearHead, Probe, build_head
 from protocols import DenseChoices
@@ -192,11 +193,21 @@ def grouped_loss(task: DenseTask, prediction: torch.Tensor, target: torch.Tensor
     return torch.stack(parts).mean()
 
 
+#: called after each optimiser step of each probe: ``(config, step, loss, lr)``, step 1-based
+StepHook = Callable[[ProbeConfig, int, float, float], None]
+
+
 def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, dataset_attrs: Mapping[str, Any],
                 configs: Sequence[ProbeConfig],
                 settings: TrainSettings, standardizer: Standardizer,
-                log: Any = None) -> tuple[dict[ProbeConfig, torch.nn.Module], dict[ProbeConfig, dict[str, Any]]]:
-    """Train every config on the train split in one pass per epoch; returns heads and training stats."""
+                log: Any = None, quiet: bool = True, name: str = "train",
+                on_step: StepHook | None = None,
+                ) -> tuple[dict[ProbeConfig, torch.nn.Module], dict[ProbeConfig, dict[str, Any]]]:
+    """Train every config on the train split in one pass per epoch; returns heads and training stats.
+
+    Unless ``quiet``, shows progress (``name``) over every image of every epoch — images/s, the
+    epoch, the ETA of the whole sweep; ``log`` gets one line per epoch with each probe's mean loss.
+    """
     device = torch.device(settings.device)
     choices = settings.choices
     ds_attrs = dataset_attrs
@@ -222,27 +233,33 @@ def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, 
     started = time.perf_counter()
     targets = {key: train_data.array(key) for key in task.target_keys(choices)}
     loss_stride = choices.loss_stride
-    for epoch in range(choices.epochs):
-        for probe in probes:
-            probe.head.train()
-        for batch in training_batches(train, layers=layers, batch_size=choices.batch_size, seed=settings.seed,
-                                      epoch=epoch, targets=targets):
-            target, valid = task.targets(subsample_raw(batch.targets, loss_stride), ds_attrs, device, choices,
-                                         training=True)
-            outputs = forward_heads([(p.config, p.head) for p in probes], BatchInputs(batch.features, standardizer))
-            losses = [grouped_loss(task, task.decode(logits, size, ds_attrs, choices, loss_stride), target, valid,
-                                   choices) for logits in outputs]
+    with progress_bar(total=views_of(train)[1] * choices.epochs, name=name, unit="img", quiet=quiet) as bar:
+        for epoch in range(choices.epochs):
             for probe in probes:
-                probe.optimizer.zero_grad(set_to_none=True)
-            # each loss depends on its own head only, so one backward gives every head its own gradient
-            torch.stack(losses).sum().backward()
-            for probe, loss in zip(probes, losses):
-                probe.optimizer.step()
-                probe.scheduler.step()
-                probe.losses.append(float(loss.detach()))
-        if log is not None:
-            log(f"epoch {epoch + 1}/{choices.epochs}: " + ", ".join(
-                f"{p.config.key} loss {np.mean(p.losses[-steps_per_epoch:]):.4f}" for p in probes))
+                probe.head.train()
+            for batch in training_batches(train, layers=layers, batch_size=choices.batch_size, seed=settings.seed,
+                                          epoch=epoch, targets=targets):
+                target, valid = task.targets(subsample_raw(batch.targets, loss_stride), ds_attrs, device, choices,
+                                             training=True)
+                outputs = forward_heads([(p.config, p.head) for p in probes], BatchInputs(batch.features, standardizer))
+                losses = [grouped_loss(task, task.decode(logits, size, ds_attrs, choices, loss_stride), target, valid,
+                                       choices) for logits in outputs]
+                for probe in probes:
+                    probe.optimizer.zero_grad(set_to_none=True)
+                # each loss depends on its own head only, so one backward gives every head its own gradient
+                torch.stack(losses).sum().backward()
+                for probe, loss in zip(probes, losses):
+                    lr = probe.optimizer.param_groups[0]["lr"]
+                    probe.optimizer.step()
+                    probe.scheduler.step()
+                    probe.losses.append(float(loss.detach()))
+                    if on_step is not None:
+                        on_step(probe.config, len(probe.losses), probe.losses[-1], lr)
+                bar.update(len(batch.index), note=f"epoch {epoch + 1}/{choices.epochs}")
+            if log is not None:
+                with bar.paused():
+                    log(f"epoch {epoch + 1}/{choices.epochs}: " + ", ".join(
+                        f"{p.config.key} loss {np.mean(p.losses[-steps_per_epoch:]):.4f}" for p in probes))
     seconds = time.perf_counter() - started
     stats = {p.config: {"final_train_loss": float(np.mean(p.losses[-steps_per_epoch:])) if p.losses else float("nan"),
                         "train_seconds_shared": seconds, "steps": len(p.losses)} for p in probes}
@@ -252,9 +269,10 @@ def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, 
 @torch.no_grad()
 def evaluate_heads(task: DenseTask, *, test: FeatureSplit, test_data: SplitView, dataset_attrs: Mapping[str, Any],
                    heads: Mapping[ProbeConfig, torch.nn.Module], settings: TrainSettings,
-                   standardizer: Standardizer) -> dict[ProbeConfig, dict[str, float]]:
+                   standardizer: Standardizer, quiet: bool = True,
+                   name: str = "evaluate") -> dict[ProbeConfig, dict[str, float]]:
     """Score every trained head on the test split, in store order in batches of
-    ``eval_batch_size`` (one read of each test batch)."""
+    ``eval_batch_size`` (one read of each test batch); progress (``name``) unless ``quiet``."""
     device = torch.device(settings.device)
     choices = settings.choices
     ds_attrs = dataset_attrs
@@ -262,9 +280,12 @@ def evaluate_heads(task: DenseTask, *, test: FeatureSplit, test_data: SplitView,
     layers = sorted({layer for c in heads for layer in c.layers}, key=test.layers.index)
     metrics = {config: task.new_metrics(choices) for config in heads}
     targets = {key: test_data.array(key) for key in task.needs}
-    for batch in iterate_batches(test, layers=layers, batch_size=choices.eval_batch_size, shuffle=False,
-                                 targets=targets):
-        target, valid = task.targets(batch.targets, ds_attrs, device, choices)
-        for config, logits in zip(heads, forward_heads(list(heads.items()), BatchInputs(batch.features, standardizer))):
-            metrics[config].update(task.decode(logits, size, ds_attrs, choices), target, valid)
+    with progress_bar(total=test.num_images, name=name, unit="img", quiet=quiet) as bar:
+        for batch in iterate_batches(test, layers=layers, batch_size=choices.eval_batch_size, shuffle=False,
+                                     targets=targets):
+            target, valid = task.targets(batch.targets, ds_attrs, device, choices)
+            for config, logits in zip(heads, forward_heads(list(heads.items()),
+                                                           BatchInputs(batch.features, standardizer))):
+                metrics[config].update(task.decode(logits, size, ds_attrs, choices), target, valid)
+            bar.update(len(batch.index))
     return {config: m.result() for config, m in metrics.items()}

@@ -156,7 +156,7 @@ def prepare_folder(*, root: DataRoot, raw: str | None = None, name: str = "", si
 
     With ``check`` every file is read and checked and nothing is written; returns a summary.
     """
-    from tqdm import tqdm
+    from cache.progress import tqdm_like as tqdm
 
     _check_options(fit, depth_scale, max_depth, normals_frame, mask_255)
     if not raw and not name:

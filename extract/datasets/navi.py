@@ -240,7 +240,7 @@ def prepare_navi(*, root: DataRoot, raw: str | None = None, name: str = "navi", 
     ``normals="paper"``: the paper's normals, pointing away from the camera, principal point at
     the crop's corner. ``relative_min="image"``: the relative depth's minimum over the whole image.
     """
-    from tqdm import tqdm
+    from cache.progress import tqdm_like as tqdm
 
     _check(every, crop, normals, relative_min)
     raw_dir = Path(raw) if raw else root.raw("navi")

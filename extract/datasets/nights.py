@@ -46,7 +46,7 @@ def read_triplets(csv_path: Path, *, split: str = "test", min_votes: int = 6) ->
 def prepare_nights(*, root: DataRoot, raw: str | None = None, name: str = "nights", split: str = "test",
                    min_votes: int = 6, progress: bool = True) -> Path:
     """Write ``stores/datasets/<name>.zarr``: split ``triplets`` of (reference, left, right) images."""
-    from tqdm import tqdm
+    from cache.progress import tqdm_like as tqdm
 
     raw_dir = Path(raw) if raw else root.raw("nights")
     csv_path = raw_dir / "data.csv"

@@ -123,7 +123,7 @@ def prepare_nyuv2(*, root: DataRoot, raw: str | None = None, name: str = "nyuv2"
                   geonet_uint8: str = "round", progress: bool = True) -> Path:
     """Write ``stores/datasets/<name>.zarr``: train / test with images, depth (m) and, when FAIR's
     ``all_normals.pklz`` is there, normals."""
-    from tqdm import tqdm
+    from cache.progress import tqdm_like as tqdm
 
     raw_dir = Path(raw) if raw else root.raw("nyuv2")
     if split_source not in ("official", "sn40"):

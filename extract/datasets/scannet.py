@@ -49,7 +49,7 @@ def read_depth_mm(path: Path) -> np.ndarray:
 def prepare_scannet1500(*, root: DataRoot, raw: str | None = None, name: str = "scannet1500",
                         progress: bool = True) -> Path:
     """Write ``stores/datasets/<name>.zarr``: split ``pairs`` (image 2p and 2p+1 form pair p)."""
-    from tqdm import tqdm
+    from cache.progress import tqdm_like as tqdm
 
     raw_dir = Path(raw) if raw else root.raw("scannet1500")
     names = _npz(raw_dir / "test.npz", "LoFTR's ScanNet-1500 test.npz with 'name'")

@@ -50,7 +50,7 @@ def prepare_voc(*, root: DataRoot, raw: str | None = None, name: str = "voc", vo
     Images are resized to 480 x 480 with ``resample`` (``lanczos``: the paper's ``Image.LANCZOS``,
     midvision-probe evals/datasets/voc.py:62-65), masks with nearest neighbour.
     """
-    from tqdm import tqdm
+    from cache.progress import tqdm_like as tqdm
 
     if resample not in RESAMPLES:
         raise MidprobeError(f"voc option resample={resample!r}: expected one of {', '.join(RESAMPLES)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cache.progress import Progress  # noqa: E402
 from probe.report.stats import least_squares, pearson_matrix, ranks  # noqa: E402
 from probe.report.tables import Leaderboard  # noqa: E402
 
@@ -101,3 +103,33 @@ def ranking(board: Leaderboard, imagenet: dict[str, float], folder: Path) -> tup
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path, f"over {int(present.sum())} models", mid_rank
+
+
+@dataclass
+class BoardFigures:
+    """A leaderboard's figures, each a path or why it was not drawn, and each model's mean rank."""
+
+    board: Leaderboard
+    scatter: dict[str, tuple[Path | None, str]] = field(default_factory=dict)
+    correlations: tuple[Path | None, str] = (None, "")
+    ranking: tuple[Path | None, str] = (None, "")
+    mid_rank: dict[str, float] = field(default_factory=dict)
+
+
+def figure_count(board: Leaderboard) -> int:
+    """How many figures :func:`draw_board` makes for ``board``: a scatter per column, correlations, ranking."""
+    return len(board.columns) + 2
+
+
+def draw_board(board: Leaderboard, imagenet: dict[str, float], folder: Path,
+               progress: Progress | None = None) -> BoardFigures:
+    """Every figure of ``board`` into ``folder`` (``progress`` counts them)."""
+    out = BoardFigures(board, scatter=mid_vs_high(board, imagenet, folder))
+    if progress is not None:
+        progress.update(len(board.columns))
+    out.correlations = correlations(board, imagenet, folder)
+    path, note, out.mid_rank = ranking(board, imagenet, folder)
+    out.ranking = (path, note)
+    if progress is not None:
+        progress.update(2)
+    return out

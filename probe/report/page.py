@@ -1,4 +1,5 @@
-"""The report page: one markdown file linking the figures, plus CSV and markdown leaderboards."""
+"""The report pages: ``report.md`` linking the figures, ``report.html`` holding them (one file to
+share), plus CSV and markdown leaderboards."""
 
 from __future__ import annotations
 
@@ -9,12 +10,19 @@ from pathlib import Path
 
 from cache import DataRoot
 from cache.durable import disk_errors, fsync_dir, fsync_tree
+from cache.progress import progress_bar
 from probe.records import load_records
-from probe.report.figures import correlations, mid_vs_high, ranking
+from probe.report.figures import draw_board, figure_count
+from probe.report.html import write_html
 from probe.report.tables import build_leaderboards, load_imagenet
 
+DEFAULT_IMAGENET = "probe/report/imagenet_linear.csv"
+DEFAULT_IMAGENET_NOTE = " (published values, each row citing its source; extend it for your own models)"
+HEADLINES = ("Headline metrics in %: depth δ1, normals % within 11.25°, segmentation IoU, similarity F1, "
+             "correspondence 2-D recall at 5 px. Mean ± std where several seeds ran.")
 
-def _describe(protocol: str) -> str:
+
+def describe_protocol(protocol: str) -> str:
     from protocols import PROTOCOLS
 
     if protocol in PROTOCOLS:
@@ -22,15 +30,17 @@ def _describe(protocol: str) -> str:
     return "not a registered protocol (a variant, e.g. one of `make fidelity`'s); see the records' configs."
 
 
-def build_report(root: DataRoot, *, imagenet_csv: str | None = None) -> tuple[Path, dict[str, str]]:
-    """Write ``reports/report.md`` (and its figures and tables); returns it and the text leaderboards.
+def build_report(root: DataRoot, *, imagenet_csv: str | None = None,
+                 quiet: bool = True) -> tuple[Path, dict[str, str]]:
+    """Write ``reports/report.md`` and ``reports/report.html`` (and the figures and tables); returns
+    the markdown page and the text leaderboards. Progress over the figures unless ``quiet``.
 
     Everything is written into a staging folder first and then renamed into place file by file,
     report.md last, so a killed build never leaves a half-written file; a full disk is one line.
     """
     try:
         with disk_errors(root.reports(), after="no file of the report is half-written"):
-            return _build_report(root, imagenet_csv=imagenet_csv)
+            return _build_report(root, imagenet_csv=imagenet_csv, quiet=quiet)
     finally:
         shutil.rmtree(_staging(root), ignore_errors=True)
 
@@ -39,7 +49,7 @@ def _staging(root: DataRoot) -> Path:
     return root.reports() / f".staging-{os.getpid()}"
 
 
-def _build_report(root: DataRoot, *, imagenet_csv: str | None) -> tuple[Path, dict[str, str]]:
+def _build_report(root: DataRoot, *, imagenet_csv: str | None, quiet: bool) -> tuple[Path, dict[str, str]]:
     records = load_records(root)
     boards = build_leaderboards(records)
     imagenet = load_imagenet(imagenet_csv)
@@ -48,34 +58,43 @@ def _build_report(root: DataRoot, *, imagenet_csv: str | None) -> tuple[Path, di
     folder = _staging(root)
     shutil.rmtree(folder, ignore_errors=True)
     figures = root.ensure_writable(folder / "figures")
-    lines = ["# midprobe report", "", f"Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from "
-             f"{len(records)} result records under `{root.root}`.", "",
-             "Headline metrics in %: depth δ1, normals % within 11.25°, segmentation IoU, similarity F1, "
-             "correspondence 2-D recall at 5 px. Mean ± std where several seeds ran.", ""]
+    built = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
+    lines = ["# midprobe report", "", f"Built {built} from {len(records)} result records under `{root.root}`.", "",
+             HEADLINES, ""]
     texts = {}
-    for key, board in boards.items():
+    drawn = []
+    with progress_bar(total=sum(figure_count(b) for b in boards.values()), name="[report] figures", unit="fig",
+                      quiet=quiet) as bar:
+        for board in boards.values():
+            drawn.append(draw_board(board, imagenet, figures, progress=bar))
+    for section in drawn:
+        board = section.board
         csv_path = board.write_csv(folder / f"leaderboard_{board.slug}.csv")
         (folder / f"leaderboard_{board.slug}.md").write_text(board.markdown() + "\n")
         texts[board.label] = board.text()
-        lines += [f"## Leaderboard — {board.label}", "", f"Protocol `{board.protocol}`: {_describe(board.protocol)}", "",
-                  board.markdown(), "",
+        lines += [f"## Leaderboard — {board.label}", "",
+                  f"Protocol `{board.protocol}`: {describe_protocol(board.protocol)}", "", board.markdown(), "",
                   f"CSV: [{csv_path.name}]({csv_path.name})", "", "### Mid-level vs ImageNet linear accuracy", ""]
-        for column, (path, note) in mid_vs_high(board, imagenet, figures).items():
+        for column, (path, note) in section.scatter.items():
             lines += [f"![{column}](figures/{path.name})" if path else f"- {column}: not drawn — {note}.",
                       *(["", f"{column}: {note}."] if path else []), ""]
-        path, note = correlations(board, imagenet, figures)
+        path, note = section.correlations
         lines += ["### Task correlations", "", f"![correlations](figures/{path.name})" if path else
                   f"Not drawn — {note}.", ""]
-        path, note, mid_rank = ranking(board, imagenet, figures)
+        path, note = section.ranking
         lines += ["### Ranking", "", f"![ranking](figures/{path.name})" if path else f"Not drawn — {note}.", "",
                   "| model | mean rank over tasks |", "|---|---|",
-                  *[f"| {m} | {r:.2f} |" for m, r in sorted(mid_rank.items(), key=lambda kv: kv[1])], ""]
-    lines += ["## Sources", "", "ImageNet accuracies: `probe/report/imagenet_linear.csv` (published values, each "
-              "row citing its source; extend it for your own models).", "", "Feature stores:", ""]
-    stores = sorted({(r["dataset"], r["model"], r["feature_fingerprint"].get("weights", "?")) for r in records})
-    lines += [f"- `{root.feature_store(d, m)}` (weights `{w}`)" for d, m, w in stores]
+                  *[f"| {m} | {r:.2f} |" for m, r in sorted(section.mid_rank.items(), key=lambda kv: kv[1])], ""]
+    imagenet_source = imagenet_csv or DEFAULT_IMAGENET
+    note = DEFAULT_IMAGENET_NOTE if imagenet_csv is None else ""
+    stores = feature_stores(root, records)
+    lines += ["## Sources", "", f"ImageNet accuracies: `{imagenet_source}`{note}.", "", "Feature stores:", ""]
+    lines += [f"- `{path}` (weights `{w}`)" for path, w in stores]
     lines += ["", "Result records:", ""] + [f"- `{Path(r['path']).relative_to(root.root)}`" for r in records]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
+    write_html(folder / "report.html", sections=drawn, records=records, root=root, built=built, intro=HEADLINES,
+               protocols={s.board.protocol: describe_protocol(s.board.protocol) for s in drawn}, stores=stores,
+               imagenet_source=f"`{imagenet_source}`{note}")
     fsync_tree(folder)
     for path in sorted(folder.rglob("*"), key=lambda p: (p.name == "report.md", str(p))):
         if path.is_file():
@@ -84,6 +103,13 @@ def _build_report(root: DataRoot, *, imagenet_csv: str | None) -> tuple[Path, di
             os.replace(path, target)
             fsync_dir(target.parent)
     return final / "report.md", texts
+
+
+def feature_stores(root: DataRoot, records: list[dict]) -> list[tuple[Path, str]]:
+    """The feature stores the records were computed from, each with its weights' identity."""
+    stores = sorted({(r["dataset"], r["model"], r["feature_fingerprint"].get("weights", "?"),
+                      r["feature_fingerprint"].get("precision", "fp16")) for r in records})
+    return [(root.feature_store(d, m, p), w) for d, m, w, p in stores]
 
 
 def _drop_dead_stagings(folder: Path) -> None:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from cache import FeatureSplit, MidprobeError, SplitView
 from cache.camera import project, relative_rotation_deg, unproject
+from cache.progress import progress_bar
 from protocols import CorrespondenceChoices, Protocol, get_protocol
 from probe.tasks import register_task
 from probe.tasks.base import ZeroShotTask
@@ -217,8 +218,9 @@ def _pair_row(e2: np.ndarray, e3: np.ndarray | None, style: CorrespondenceStyle)
 class CorrespondenceTask(ZeroShotTask):
     def evaluate(self, *, features: FeatureSplit, data: SplitView, dataset_attrs: Mapping[str, Any],
                  layers: Sequence[str] | None = None, protocol: Protocol | None = None,
-                 overrides: Mapping[str, Any] | None = None, bidirectional: bool = False,
-                 **_: Any) -> tuple[dict[str, float], dict[str, Any]]:
+                 overrides: Mapping[str, Any] | None = None, bidirectional: bool = False, quiet: bool = True,
+                 name: str = "correspondence", **_: Any) -> tuple[dict[str, float], dict[str, Any]]:
+        """Match every pair (progress over pairs, ``name``, unless ``quiet``); returns metrics and config."""
         style = style_of(dataset_attrs)
         choices = (protocol or get_protocol(None)).correspondence_choices(style.name)
         choices = replace(choices, **{k: v for k, v in (overrides or {}).items()
@@ -232,22 +234,24 @@ class CorrespondenceTask(ZeroShotTask):
         size = data.image_size
         load = _ImageCache(features, layers)
         per_pair: list[dict[str, float]] = []
-        for start in range(0, len(pairs), choices.norm_batch):
-            batch = pairs[start:start + choices.norm_batch]
-            views = [[load(int(p[side])) for p in batch] for side in (0, 1)]
-            if choices.feature_norm == "batch":
-                views = [batch_standardise(side) for side in views]
-            elif choices.feature_norm != "none":
-                raise MidprobeError(f"correspondence feature_norm {choices.feature_norm!r}: expected none or batch")
-            for k, (ia, ib) in enumerate(batch):
-                row = self._pair(ia, ib, views[0][k], views[1][k], data, style, choices, layers, strides, size,
-                                 metric, bidirectional)
-                if row is None:
-                    continue
-                p = start + k
-                row["rotation"] = (float(rotations[p]) if rotations is not None else
-                                   relative_rotation_deg(*data.read("pose", np.array([ia, ib]))))
-                per_pair.append(row)
+        with progress_bar(total=len(pairs), name=name, unit="pair", quiet=quiet) as bar:
+            for start in range(0, len(pairs), choices.norm_batch):
+                batch = pairs[start:start + choices.norm_batch]
+                views = [[load(int(p[side])) for p in batch] for side in (0, 1)]
+                if choices.feature_norm == "batch":
+                    views = [batch_standardise(side) for side in views]
+                elif choices.feature_norm != "none":
+                    raise MidprobeError(f"correspondence feature_norm {choices.feature_norm!r}: expected none or batch")
+                for k, (ia, ib) in enumerate(batch):
+                    row = self._pair(ia, ib, views[0][k], views[1][k], data, style, choices, layers, strides, size,
+                                     metric, bidirectional)
+                    if row is None:
+                        continue
+                    p = start + k
+                    row["rotation"] = (float(rotations[p]) if rotations is not None else
+                                       relative_rotation_deg(*data.read("pose", np.array([ia, ib]))))
+                    per_pair.append(row)
+                bar.update(len(batch))
         metrics = _average(per_pair, style)
         config = {"task": self.name, "layers": layers, "style": dataclasses.asdict(style),
                   "choices": dataclasses.asdict(choices), "bidirectional": choices.bidirectional if bidirectional

@@ -8,18 +8,26 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from cache import FeatureSplit, SplitView
+from cache.progress import progress_bar
 from probe.tasks import register_task
 from probe.tasks.base import ZeroShotTask
 
 
-def pooled_vectors(features: FeatureSplit, layers: Sequence[str] | None) -> np.ndarray:
-    """``(N, D) float32``: the global vector (CLS / pooled), or spatial means of ``layers`` concatenated."""
+def pooled_vectors(features: FeatureSplit, layers: Sequence[str] | None, *, quiet: bool = True,
+                   name: str = "similarity") -> np.ndarray:
+    """``(N, D) float32``: the global vector (CLS / pooled), or spatial means of ``layers`` concatenated
+    (read chunk by chunk; progress over the images, ``name``, unless ``quiet``)."""
     if not layers:
         return features.global_vectors()
+    n, step = features.num_images, features.chunk_images
     parts = []
-    for layer in layers:
-        x = features.dask(layer).astype(np.float32).mean(axis=(2, 3)).compute()
-        parts.append(x)
+    with progress_bar(total=n * len(layers), name=f"{name} pooling {'+'.join(layers)}", quiet=quiet) as bar:
+        for layer in layers:
+            pooled = []
+            for lo in range(0, n, step):
+                pooled.append(features.read(layer, lo, min(lo + step, n)).astype(np.float32).mean(axis=(2, 3)))
+                bar.update(len(pooled[-1]))
+            parts.append(np.concatenate(pooled))
     return np.concatenate(parts, axis=1)
 
 
@@ -45,8 +53,10 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class SimilarityTask(ZeroShotTask):
     def evaluate(self, *, features: FeatureSplit, data: SplitView, dataset_attrs: Mapping[str, Any],
-                 layers: Sequence[str] | None = None, **_: Any) -> tuple[dict[str, float], dict[str, Any]]:
-        vectors = pooled_vectors(features, layers).astype(np.float64)
+                 layers: Sequence[str] | None = None, quiet: bool = True, name: str = "similarity",
+                 **_: Any) -> tuple[dict[str, float], dict[str, Any]]:
+        """Choose the closer candidate of every triplet; returns metrics and config."""
+        vectors = pooled_vectors(features, layers, quiet=quiet, name=name).astype(np.float64)
         triplets = data.read("triplets").astype(np.int64)
         answer = data.read("triplet_answer").astype(np.int64)
         sim0 = cosine(vectors[triplets[:, 0]], vectors[triplets[:, 1]])

@@ -42,7 +42,7 @@ def prepare_synthetic(*, root: DataRoot, train: int = DEFAULTS["train"], test: i
                       size: int = DEFAULTS["size"], seed: int = DEFAULTS["seed"], workers: int | None = None,
                       progress: bool = True, contact_sheet: bool = True) -> Path:
     """Render every split and write ``stores/datasets/synthetic.zarr``; returns its path."""
-    from tqdm import tqdm
+    from cache.progress import tqdm_like as tqdm
 
     options = {"train": train, "test": test, "pairs": pairs, "triplets": triplets, "size": size, "seed": seed}
     path = root.dataset_store("synthetic")

@@ -1,0 +1,1 @@
+"""The ``midprobe`` command: one entry point to every stage (``midprobe --help``)."""

@@ -1,0 +1,3 @@
+from midprobe.cli import main
+
+raise SystemExit(main())
