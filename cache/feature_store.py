@@ -297,6 +297,10 @@ def open_feature_writer(store: Path, *, split: str, fingerprint: Mapping[str, An
             _drop_partials(store / split)
             check_fingerprint(stored=group.attrs["fingerprint"],
                               expected={k: v for k, v in fingerprint.items() if k != "layers"}, where=f"{store}/{split}")
+            if list(group.attrs["fingerprint"].get("layers", [])) != list(group.attrs["layers"]):
+                raise MidprobeError(f"feature store {store}/{split} has layers={group.attrs['fingerprint'].get('layers')} "
+                                    f"in its fingerprint but holds {group.attrs['layers']}: it was changed by hand; "
+                                    "re-extract into a fresh store")
             if int(group.attrs["num_images"]) != num_images:
                 raise MidprobeError(f"feature store {store}/{split} holds {group.attrs['num_images']} images, not "
                                     f"{num_images}; re-extract into a fresh store")

@@ -264,7 +264,8 @@ ROWS.update({
     "lr-inf": Row("features", lambda d: None, "probe", (*PROBE, "--lr", "5e-4,inf"), "--lr 0.0005,inf: expected"),
     "lr-negative": Row("features", lambda d: None, "probe", (*PROBE, "--lr=-1e-3"), "--lr -0.001: expected finite"),
     "probe-unknown-layer": Row("features", lambda d: None, "probe", (*PROBE, "--layers", "patch,block9"),
-                               "layers block9 are not cached; the store has patch"),
+                               "layers block9 are not cached in split 'train' .* add them, without rewriting the "
+                               "others, with `make extract MODEL=pixels DATASET=tiny SPLIT=train LAYERS=block9`"),
     "extract-unknown-layer": Row("features", lambda d: None, "extract", (*EXTRACT, "--layers", "pool5"),
                                  "unknown layer 'pool5'; expected names like block0, block1"),
     "extract-layer-out-of-range": Row("features", lambda d: None, "extract", (*EXTRACT, "--layers", "block9"),
@@ -274,7 +275,9 @@ ROWS.update({
     "newer-format-extract": Row("features", newer_format, "extract", EXTRACT,
                                 "test_vit_tiny.zarr is a features store of format 2, not a feature store of format 1"),
     **{f"fingerprint-{field}": Row("features", edit_fingerprint(field), "extract", EXTRACT,
-                                   f"test_vit_tiny.zarr/train has {field}=.* but .* was asked for")
+                                   f"test_vit_tiny.zarr/train has {field}=.* but .* was asked for" if field != "layers"
+                                   else "test_vit_tiny.zarr/train has layers=.* in its fingerprint but holds .*: it was "
+                                        "changed by hand")
        for field in FINGERPRINT_FIELDS},
 })
 
@@ -309,20 +312,27 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(name, good_roots, tmp_
 
 
 def test_two_extractions_with_different_fingerprints_into_one_store_at_once(tmp_path):
+    import timm
+    import torch
+
     root = data_root(tmp_path / "data")
     write_tiny_dataset(root, splits={"train": 6, "test": 3}, height=32, width=48)
+    torch.manual_seed(1)                              # other weights than the spec's random:0
+    other = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, depth=2, embed_dim=32,
+                              num_heads=2)
+    torch.save(other.state_dict(), tmp_path / "other.pth")
     script = ("import sys; sys.path.insert(0, %r); import tests.conftest; from extract.cli import main; "
               "sys.exit(main(sys.argv[1:]))" % str(REPO))
     base = [sys.executable, "-c", script, *EXTRACT, "--data", str(root.root)]
     procs = [subprocess.Popen([*base, *extra], cwd=REPO, stderr=subprocess.PIPE, text=True)
-             for extra in ([], ["--layers", "block0"])]
+             for extra in ([], ["--weights", str(tmp_path / "other.pth")])]
     results = [(p.wait(), p.stderr.read()) for p in procs]
     assert sorted(code for code, _ in results) == [0, 2]
     loser = max(results)[1]
     assert "Traceback" not in loser and len(loser.strip().splitlines()) == 1
-    assert loser.startswith("error: feature store ") and " has layers=" in loser and "was asked for" in loser
-    stored = open_features("tiny", "test_vit_tiny", "train", root=root).layers
-    assert f" has layers={stored!r} but " in loser          # the winner's store, whole and alone
+    assert loser.startswith("error: feature store ") and " has weights=" in loser and "was asked for" in loser
+    stored = open_features("tiny", "test_vit_tiny", "train", root=root).fingerprint["weights"]
+    assert f" has weights={stored!r} but " in loser         # the winner's store, whole and alone
     assert verify_main(["--data", str(root.root)]) == 0
 
 

@@ -78,8 +78,13 @@ def test_int8_stores_resume_and_shard_to_the_same_bytes(root, tmp_path, monkeypa
                                atol=float(np.abs(fp16.read("block1", 0, 10).astype(np.float32)).max()) / 127)
 
 
-def test_a_missing_layer_names_the_extract_that_adds_it_without_rewriting_the_others(synthetic_root):
-    root = synthetic_root
+def test_a_missing_layer_names_the_extract_that_adds_it_without_rewriting_the_others(synthetic_root, tmp_path):
+    import shutil
+
+    from cache import data_root
+
+    root = data_root(tmp_path / "data")              # its own copy: the session's store stays as other tests expect
+    shutil.copytree(synthetic_root.dataset_store("synthetic"), root.dataset_store("synthetic"))
     extract(model="test_vit_tiny", dataset="synthetic", tasks=["similarity", "correspondence"], root=root,
             progress=False)
     assert open_features("synthetic", "test_vit_tiny", "triplets", root=root).layers == []     # global only
