@@ -9,7 +9,7 @@ table goes to ``<data>/reports/fidelity.md`` and, with ``--readme``, between the
 fidelity markers.
 
 The set is small so the whole study fits in about 15 minutes on two CPU cores: the DPT's
-hidden width is 64 (the protocols' 512 otherwise), and absolute numbers are not comparable
+hidden width is 32 (the protocols' 512 otherwise), and absolute numbers are not comparable
 with the paper's; the deltas say which choices matter and in which direction.
 """
 
@@ -32,7 +32,7 @@ from protocols import DEVIATIONS, MIDPROBE, PAPER, Deviation, Protocol, with_dev
 MODELS = ("pixels", "hog", "vit_b_random")
 TASKS = ("depth", "normals", "segmentation", "correspondence", "similarity")
 SIZES = {"train": 64, "test": 32, "pairs": 16, "triplets": 48, "size": 64, "seed": 0}
-OVERRIDES = {"hidden": 64}
+OVERRIDES = {"hidden": 32}
 README_MARKERS = ("<!-- fidelity:start -->", "<!-- fidelity:end -->")
 
 
@@ -131,7 +131,8 @@ def run_study(*, root: DataRoot, models: Sequence[str] = MODELS, only: Sequence[
 
 def table(results: dict[str, dict[str, dict[str, float]]], models: Sequence[str] = MODELS) -> str:
     """The markdown table: baseline headlines, then per variant and task each model's delta
-    (points) with its rank change among the models (up = better rank)."""
+    (points) with its rank change among the models (up = better rank). A deviation that requires
+    another is compared with that other switched on alone."""
     base = results["midprobe"]
     lines = ["| choice | bug | task | " + " | ".join(models) + " |", "|---|---|---|" + "---|" * len(models)]
     for task in TASKS:
@@ -145,10 +146,14 @@ def table(results: dict[str, dict[str, dict[str, float]]], models: Sequence[str]
             lines.append(f"| {label} | {bug} | {', '.join(variant.tasks)} | "
                          + " | ".join(["—"] * (len(models) - 1)) + f" | not measured: {variant.measurable} |")
             continue
-        if variant.key not in results:
+        if variant.key not in results or variant.key == "midprobe":
             continue
-        for task in variant.tasks:
-            reference = results.get(f"{variant.key} (baseline)", {}).get(task, base[task])
+        prerequisite = "+".join(dev.requires) if dev is not None and dev.requires else ""
+        if prerequisite:
+            label += f" (against `{prerequisite}` alone)"
+        for row, task in enumerate(variant.tasks):
+            # a deviation that needs another is measured against that other alone (a DPT detail against the DPT)
+            reference = results.get(f"{variant.key} (baseline)", results.get(prerequisite, {})).get(task, base[task])
             new = results[variant.key][task]
             old_rank, new_rank = _ranks(reference), _ranks(new)
             cells = []
@@ -157,7 +162,7 @@ def table(results: dict[str, dict[str, dict[str, float]]], models: Sequence[str]
                 moved = old_rank[m] - new_rank[m]
                 arrow = f" ↑{moved}" if moved > 0 else f" ↓{-moved}" if moved < 0 else ""
                 cells.append("–" if np.isnan(delta) else f"{delta:+.1f}{arrow}")
-            lines.append(f"| {label} | {bug} | {task} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label if row == 0 else f'`{variant.key}`'} | {bug} | {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
