@@ -25,13 +25,14 @@ SIZE     ?=
 DEPTH_SCALE ?=
 CHECK    ?=
 LOG      ?=
+CACHE_BUDGET ?=
 EXAMPLE  ?= $(DATA)/raw/example
 REPAIR   ?=
 export MIDPROBE_DATA := $(DATA)
 
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test soak data example-folder extract probe demo bench fidelity report verify clean-data help
+.PHONY: setup test soak data example-folder extract probe demo bench bench-gpu fidelity report verify clean-data help
 
 help:
 	@echo "make setup | test | soak | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… | probe TASK=… [LOG=tensorboard] | demo | bench | fidelity | report | verify [REPAIR=1]"
@@ -71,7 +72,8 @@ probe: setup
 	@test -n "$(TASK)" || { echo "error: TASK is required, e.g. make probe TASK=normals" >&2; exit 2; }
 	$(MIDPROBE) probe --task $(TASK) --dataset $(DATASET) --protocol $(PROTOCOL) --precision $(PRECISION) --device $(DEVICE) \
 		$(if $(HEAD),--head $(HEAD)) $(if $(LR),--lr $(LR)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
-		$(if $(MODEL),--model $(MODEL)) $(if $(LAYERS),--layers "$(LAYERS)") $(if $(LOG),--log $(LOG))
+		$(if $(MODEL),--model $(MODEL)) $(if $(LAYERS),--layers "$(LAYERS)") $(if $(LOG),--log $(LOG)) \
+		$(if $(CACHE_BUDGET),--cache-budget $(CACHE_BUDGET))
 
 # With no records under DATA but the demo's (data/demo), reports the demo and says so.
 report: setup
@@ -99,6 +101,10 @@ demo: setup
 
 bench: setup
 	$(MIDPROBE) bench
+
+# The GPU figures in one go (about 8 minutes on one H100): a short loan of a GPU is enough.
+bench-gpu: setup
+	PYTHON=$(PY) bash bench/gpu.sh
 
 # How much each of the paper's choices moves the numbers (synthetic set, weight-free and random
 # backbones); rewrites the table between the README's fidelity markers.

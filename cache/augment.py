@@ -119,15 +119,29 @@ def crop_box(params: Mapping[str, Any], height: int, width: int) -> tuple[int, i
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def _nearest_index(source: int, size: int) -> np.ndarray:
+    """OpenCV's ``INTER_NEAREST`` source index of each of ``size`` outputs: ``min(floor(i / (out / in)), in - 1)``, in doubles."""
+    return np.minimum(np.floor(np.arange(size) * (1.0 / (size / source))).astype(np.int64), source - 1)
+
+
 def nearest_resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``(H, W[, C])`` -> ``size = (h, w)`` by OpenCV's ``INTER_NEAREST`` (what albumentations'
-    ``interpolation=0`` runs): source index ``min(floor(i / (out / in)), in - 1)``, in doubles."""
+    ``interpolation=0`` runs)."""
     h, w = array.shape[:2]
     if (h, w) == tuple(size):
         return array
-    rows = np.minimum(np.floor(np.arange(size[0]) * (1.0 / (size[0] / h))).astype(np.int64), h - 1)
-    cols = np.minimum(np.floor(np.arange(size[1]) * (1.0 / (size[1] / w))).astype(np.int64), w - 1)
-    return array[rows[:, None], cols[None, :]]
+    return array[_nearest_index(h, size[0])[:, None], _nearest_index(w, size[1])[None, :]]
+
+
+def crop_index(params: Mapping[str, Any], height: int, width: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The view's crop of a ``height x width`` target as source ``(rows (height,), cols (width,))``
+    int64 indices — ``target[rows[:, None], cols[None, :]]`` is :func:`augment_targets`' crop, for
+    numpy arrays and (with the indices as tensors) for tensors on any device — or None (no crop)."""
+    box = crop_box(params, height, width)
+    if box is None:
+        return None
+    top, left, h, w = box
+    return top + _nearest_index(h, height), left + _nearest_index(w, width)
 
 
 def _crop(array: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:

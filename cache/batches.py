@@ -2,10 +2,11 @@
 
 Images are read chunk by chunk (a chunk is a contiguous range of whole images), so
 reads are sequential on disk. Shuffling happens at two levels: the order of chunks,
-and the order of images inside a window of ``window_chunks`` chunks. Batches are
-gathered from the window by index, so at most two windows (the one being consumed and
-the one read ahead) plus one batch are in memory, whatever the store's size, and every
-image appears exactly once per epoch.
+and the order of images inside a window of ``window_chunks`` chunks (:mod:`cache.batch_plan`
+fixes both). A window's chunks — every layer, every target — are read in parallel threads
+(:mod:`cache.chunk_reader`), and batches are gathered from the window by index, so at most
+two windows (the one being consumed and the one read ahead) plus one batch are in memory,
+whatever the store's size, and every image appears exactly once per epoch.
 """
 
 from __future__ import annotations
@@ -13,23 +14,30 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import zarr
 
-from cache.chunks import read_checked
+from cache.batch_plan import BatchPlan, Window, plan_batches
+from cache.chunk_reader import read_target_chunk, results, slice_rows, submit, target_chunks
 from cache.feature_store import FeatureSplit
 from cache.quantize import Quantized
+
+T = TypeVar("T")
 
 
 @dataclass
 class Batch:
-    """One batch: image indices into the split, features per layer, targets per key."""
+    """One batch: image indices into the split, features per layer, targets per key.
+
+    From :func:`iterate_batches` the values are numpy arrays as stored; from
+    :class:`cache.loader.FeatureLoader` they are tensors on its device.
+    """
 
     index: np.ndarray                 # (B,) int64
-    features: dict[str, np.ndarray | Quantized]   # layer -> (B, C, h, w) float16, or int8 + scales
-    targets: dict[str, np.ndarray]    # key -> (B, ...) as stored
+    features: dict[str, Any]          # layer -> (B, C, h, w) float16, or int8 + scales (Quantized)
+    targets: dict[str, Any]           # key -> (B, ...) as stored
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -48,88 +56,71 @@ def iterate_batches(features: FeatureSplit, *, layers: Sequence[str], batch_size
     keeps only feature images ``lo:hi`` (one augmented view of a view-major split). The order
     depends only on ``(seed, epoch)``.
     """
+    plan = plan_batches(num_images=features.num_images, chunk_images=features.chunk_images, batch_size=batch_size,
+                        seed=seed, epoch=epoch, shuffle=shuffle, chunks=chunks, window_chunks=window_chunks,
+                        drop_last=drop_last, images=images)
     targets = dict(targets or {})
-    k, n = features.chunk_images, features.num_images
-    lo_limit, hi_limit = images if images is not None else (0, n)
-    if not 0 <= lo_limit < hi_limit <= n:
-        raise ValueError(f"image range {images} is outside the split's {n} images")
-    default_chunks = range(lo_limit // k, -(-hi_limit // k))
-    chunk_order = np.asarray(list(chunks) if chunks is not None else default_chunks, dtype=np.int64)
-    rng = np.random.default_rng([seed, epoch])
-    if shuffle:
-        chunk_order = chunk_order[rng.permutation(len(chunk_order))]
-
-    def read_window(window: np.ndarray) -> list[dict[str, np.ndarray]]:
-        blocks = []
-        target_chunks: dict[tuple[str, int], np.ndarray] = {}   # whole target chunks, read once per window
-        for ci in window:
-            lo, hi = max(int(ci) * k, lo_limit), min((int(ci) + 1) * k, hi_limit)
-            block = {"__index__": np.arange(lo, hi, dtype=np.int64)}
-            for layer in layers:
-                stored = features.read_stored(layer, lo, hi)
-                if isinstance(stored, Quantized):      # int8 and scales travel as stored, dequantised on use
-                    block[f"f:{layer}"], block[f"s:{layer}"] = stored.values, stored.scale
-                else:
-                    block[f"f:{layer}"] = stored
-            for key, arr in targets.items():
-                block[f"t:{key}"] = _read_range(arr, lo - target_offset, hi - target_offset, key, target_chunks)
-            blocks.append(block)
-        return blocks
 
     def windows() -> Iterator[list[dict[str, np.ndarray]]]:
-        for w in range(0, len(chunk_order), window_chunks):
-            yield read_window(chunk_order[w:w + window_chunks])
+        for window in plan.windows:
+            yield read_window(features, window, layers, targets, target_offset)
 
-    source: Iterator[list[dict[str, np.ndarray]]] = _prefetched(windows()) if prefetch else windows()
-    carry: dict[str, np.ndarray] | None = None
-    for blocks in source:
-        offsets = np.cumsum([0] + [len(b["__index__"]) for b in blocks])
-        m = int(offsets[-1])
-        perm = rng.permutation(m) if shuffle else np.arange(m)
-        start = 0
-        if carry is not None:
-            # complete the carried partial batch from this window first
-            need = batch_size - len(carry["__index__"])
-            merged = _concat([carry, _gather(blocks, offsets, perm[:need])])
-            carry, start = None, min(need, m)
-            if len(merged["__index__"]) < batch_size:
-                carry = merged
-                continue
-            yield _as_batch(merged)
-        full = start + ((m - start) // batch_size) * batch_size
-        for s in range(start, full, batch_size):
-            yield _as_batch(_gather(blocks, offsets, perm[s:s + batch_size]))
-        if full < m:
-            carry = _gather(blocks, offsets, perm[full:])
-    if carry is not None and not drop_last:
-        yield _as_batch(carry)
+    source = _prefetched(windows()) if prefetch else windows()
+    for b, block in assemble(plan, source, lambda blocks, window, positions: _gather(blocks, window.offsets, positions),
+                             _concat):
+        yield _as_batch(plan.batches[b], block)
 
 
-def _read_range(arr: Any, lo: int, hi: int, key: str, cache: dict[tuple[str, int], np.ndarray]) -> np.ndarray:
-    """Images ``lo:hi`` of a per-image array. A zarr array is read in whole chunks, each
-    at most once per window: the target store's chunks need not match the feature store's,
-    and reading part of an uncompressed chunk still reads all of it. A damaged chunk is a
-    one-line error naming it."""
-    step = getattr(arr, "chunks", None)
-    if step is None:
-        return np.asarray(arr[lo:hi])
-    step = step[0]
-    parts = []
-    for c in range(lo // step, (hi - 1) // step + 1):
-        if (key, c) not in cache:
-            cache[(key, c)] = read_checked(arr, slice(c * step, min((c + 1) * step, arr.shape[0])))
-        parts.append(cache[(key, c)][max(lo - c * step, 0):hi - c * step])
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+def assemble(plan: BatchPlan, windows: Iterable[T], gather: Callable[[T, Window, np.ndarray], dict[str, Any]],
+             concat: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(batch number, values)`` of every batch of ``plan``, in order, from each window's data.
+
+    ``gather(data, window, positions)`` cuts a piece out of a window's data; a batch carried
+    across windows is completed by ``concat`` — so a window's data is let go as soon as its
+    batches are cut, whatever holds it (host blocks, device tensors).
+    """
+    sizes = [len(b) for b in plan.batches]
+    parts: dict[int, list[dict[str, Any]]] = {}
+    have: dict[int, int] = {}
+    for window, data in zip(plan.windows, windows):
+        for b, positions in window.pieces:
+            parts.setdefault(b, []).append(gather(data, window, positions))
+            have[b] = have.get(b, 0) + len(positions)
+            if have[b] == sizes[b]:
+                done = parts.pop(b)
+                yield b, done[0] if len(done) == 1 else concat(done)
+
+
+def read_window(features: FeatureSplit, window: Window, layers: Sequence[str], targets: Mapping[str, Any],
+                target_offset: int) -> list[dict[str, np.ndarray]]:
+    """Each block's features (``f:<layer>``, ``s:<layer>`` for int8 scales) and targets (``t:<key>``),
+    every chunk read in parallel; a target chunk shared by several blocks is read once."""
+    reads = [[submit(features.read_stored, layer, b.lo, b.hi) for layer in layers] for b in window.blocks]
+    needed = {key: sorted({c for b in window.blocks
+                           for c in target_chunks(arr, b.lo - target_offset, b.hi - target_offset)})
+              for key, arr in targets.items()}
+    chunk_reads = {key: [submit(read_target_chunk, targets[key], c) for c in cs] for key, cs in needed.items()}
+    stored = [results(r) for r in reads]
+    whole = {key: dict(zip(needed[key], results(fs))) for key, fs in chunk_reads.items()}
+    blocks = []
+    for b, values in zip(window.blocks, stored):
+        keep = None if b.whole else b.rows - b.lo
+        pick = (lambda a: a) if keep is None else (lambda a: np.take(a, keep, axis=0))
+        block: dict[str, np.ndarray] = {}
+        for layer, value in zip(layers, values):
+            if isinstance(value, Quantized):      # int8 and scales travel as stored, dequantised on use
+                block[f"f:{layer}"], block[f"s:{layer}"] = pick(value.values), pick(value.scale)
+            else:
+                block[f"f:{layer}"] = pick(value)
+        for key, arr in targets.items():
+            block[f"t:{key}"] = pick(slice_rows(arr, b.lo - target_offset, b.hi - target_offset, whole[key]))
+        blocks.append(block)
+    return blocks
 
 
 def _gather(blocks: list[dict[str, np.ndarray]], offsets: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
-    """The images at window ``positions`` from the window's chunk blocks, copied once.
-
-    Positions are taken in ascending order (the batch's membership is what the shuffle
-    chose; order within a batch does not matter to a summed loss), so each block fills a
-    contiguous slice of the output.
-    """
-    positions = np.sort(positions)
+    """The images at window ``positions`` (ascending) from the window's chunk blocks, copied once:
+    each block fills a contiguous slice of the output."""
     bounds = np.searchsorted(positions, offsets)
     out = {}
     for key, first in blocks[0].items():
@@ -143,15 +134,15 @@ def _gather(blocks: list[dict[str, np.ndarray]], offsets: np.ndarray, positions:
     return out
 
 
-def _as_batch(block: dict[str, np.ndarray]) -> Batch:
-    return Batch(index=block["__index__"],
+def _as_batch(index: np.ndarray, block: dict[str, np.ndarray]) -> Batch:
+    return Batch(index=index,
                  features={k[2:]: Quantized(v, block[f"s:{k[2:]}"]) if f"s:{k[2:]}" in block else v
                            for k, v in block.items() if k.startswith("f:")},
                  targets={k[2:]: v for k, v in block.items() if k.startswith("t:")})
 
 
-def _prefetched(source: Iterator[dict[str, np.ndarray]], depth: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """Read the next window in a background thread while the caller computes."""
+def _prefetched(source: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Produce the next item (a window) in a background thread while the caller computes."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -148,11 +149,18 @@ def _plain_read(arr: Any, selection: slice | np.ndarray | None) -> np.ndarray:
     return arr.get_orthogonal_selection((np.asarray(selection),))
 
 
-def read_checked(arr: Any, selection: slice | np.ndarray | None = None) -> np.ndarray:
+def read_checked(arr: Any, selection: slice | np.ndarray | None = None, *, out: np.ndarray | None = None) -> np.ndarray:
     """``arr[selection]`` along N (a slice, an index array, or ``None`` for all), with every chunk
     it touches checked first; a damaged chunk is a one-line :class:`MidprobeError`.
 
-    Arrays not in a local store (in memory, say) are read as they are."""
+    ``out`` (an array of the selection's shape and dtype, e.g. a pinned host buffer) receives
+    the values and is returned. Arrays not in a local store (in memory, say) are read as they are."""
+    if out is not None:
+        if out.dtype != arr.dtype:
+            raise ValueError(f"read_checked: out has dtype {out.dtype}, the array {arr.dtype}")
+        if not raw_read_into(arr, selection, out):
+            out[...] = read_checked(arr, selection)
+        return out
     if not hasattr(getattr(getattr(arr, "store_path", None), "store", None), "root"):
         return _plain_read(arr, selection)
     chunks = _touched(arr, selection)
@@ -166,6 +174,11 @@ def read_checked(arr: Any, selection: slice | np.ndarray | None = None) -> np.nd
             problem = check_chunk(arr, index, entry, content=content)
             if problem:
                 raise damaged(arr, index, problem)
+    rows = _rows(arr, selection) if recorded is not None else None
+    if rows is not None and raw_layout(arr):
+        result = np.empty((rows[1] - rows[0], *arr.shape[1:]), dtype=arr.dtype)
+        _pread_rows(arr, rows, result)
+        return result
     try:
         return _plain_read(arr, selection)
     except MidprobeError:
@@ -178,3 +191,75 @@ def read_checked(arr: Any, selection: slice | np.ndarray | None = None) -> np.nd
                 raise damaged(arr, index, problem) from None
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise damaged(arr, chunks[0] if len(chunks) == 1 else None, f"cannot be decoded ({reason})") from None
+
+
+def raw_layout(arr: Any) -> bool:
+    """Whether each chunk file of ``arr`` holds its images' values as raw bytes, in C order and this
+    machine's byte order (uncompressed, no filters, chunked along N only), so that images can be
+    read from it directly, without Zarr's decoding pipeline and its intermediate copies."""
+    meta = getattr(arr, "metadata", None)
+    if getattr(meta, "zarr_format", None) != 3 or arr.ndim == 0 or arr.compressors or arr.filters:
+        return False
+    endian = getattr(getattr(arr.serializer, "endian", None), "value", None)
+    if type(arr.serializer).__name__ != "BytesCodec" or (arr.dtype.itemsize > 1 and endian != sys.byteorder):
+        return False
+    return tuple(arr.chunks[1:]) == tuple(arr.shape[1:]) and arr.dtype.isnative and not arr.dtype.hasobject
+
+
+def _rows(arr: Any, selection: slice | np.ndarray | None) -> tuple[int, int] | None:
+    """``(start, stop)`` of a contiguous selection along N, else ``None``."""
+    if arr.ndim == 0:
+        return None
+    if selection is None:
+        return 0, arr.shape[0]
+    if isinstance(selection, slice):
+        start, stop, step = selection.indices(arr.shape[0])
+        return (start, max(start, stop)) if step == 1 else None
+    return None
+
+
+def raw_read_into(arr: Any, selection: slice | np.ndarray | None, out: np.ndarray) -> bool:
+    """Read a contiguous selection of a raw-layout array (:func:`raw_layout`) of a complete store
+    straight into ``out`` (one copy, from the page cache), after the same checks as
+    :func:`read_checked`; ``False`` (nothing read) where that does not apply."""
+    if not hasattr(getattr(getattr(arr, "store_path", None), "store", None), "root") or not raw_layout(arr):
+        return False
+    rows = _rows(arr, selection)
+    recorded = recorded_checksums(arr)
+    if rows is None or recorded is None:
+        return False
+    if out.shape != (rows[1] - rows[0], *arr.shape[1:]) or not out.flags.c_contiguous:
+        raise ValueError(f"read_checked: out has shape {out.shape}, expected a C-contiguous "
+                         f"{(rows[1] - rows[0], *arr.shape[1:])}")
+    content = verify_reads()
+    for index in _touched(arr, slice(*rows)):
+        entry = recorded[index] if index < len(recorded) else None
+        if entry is None:
+            raise damaged(arr, index, "no checksum recorded for it")
+        problem = check_chunk(arr, index, entry, content=content)
+        if problem:
+            raise damaged(arr, index, problem)
+    _pread_rows(arr, rows, out)
+    return True
+
+
+def _pread_rows(arr: Any, rows: tuple[int, int], out: np.ndarray) -> None:
+    """Images ``rows`` of a checked raw-layout array into ``out``: each chunk file's part of it in
+    one ``preadv`` (which releases the GIL, so several threads read in parallel)."""
+    start, stop = rows
+    k = arr.chunks[0]
+    row_bytes = out[:1].nbytes if len(out) else 0
+    flat = out.reshape(-1).view(np.uint8) if out.size else out
+    for index in range(start // k, (stop - 1) // k + 1) if stop > start else ():
+        lo, hi = max(start, index * k), min(stop, (index + 1) * k)
+        view = memoryview(flat[(lo - start) * row_bytes:(hi - start) * row_bytes])
+        offset, done = (lo - index * k) * row_bytes, 0
+        fd = os.open(chunk_file(arr, index), os.O_RDONLY)
+        try:
+            while done < len(view):
+                got = os.preadv(fd, [view[done:]], offset + done)
+                if got <= 0:
+                    raise damaged(arr, index, f"truncated: the file ended {len(view) - done} bytes early while read")
+                done += got
+        finally:
+            os.close(fd)

@@ -37,6 +37,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, help="hidden width of the MLP and DPT heads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--cache-budget", metavar="BYTES",
+                   help="memory the training split may take to be held on the device for the whole sweep, in bytes "
+                        "with a k/M/G suffix (powers of 1024); 0 streams it from the store every epoch (default: "
+                        "half the free GPU memory on CUDA, half the available RAM on a CPU); results do not depend on it")
     p.add_argument("--precision", default="fp16", choices=("fp16", "int8"),
                    help="which feature store to read: float16 (default) or int8 (PRECISION=int8 at extraction)")
     p.add_argument("--uncertainty-aware", action="store_true", help="normals: the uncertainty-aware angular loss")
@@ -90,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     from probe.tasks import DenseTask, get_task
 
     _check_numbers(args)
+    from cache.loader import parse_bytes
+
+    budget = None if args.cache_budget is None else parse_bytes(args.cache_budget)
     task = get_task(args.task)
     overrides = overrides_of(args) if isinstance(task, DenseTask) else {}
     layer_sets = [s.split(",") for s in args.layers.split(";") if s] if args.layers else None
@@ -98,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                     models=args.model.split(",") if args.model else None,
                     heads=[h for h in args.head.split(",") if h] if args.head else None, lrs=args.lr,
                     layer_sets=layer_sets, overrides=overrides, seed=args.seed, device=args.device,
-                    precision=args.precision,
+                    precision=args.precision, cache_budget=budget,
                     root=data_root(args.data), quiet=args.quiet, options=zero_shot, log=args.log)
     print(print_table(rows))
     return 0

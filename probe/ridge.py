@@ -15,7 +15,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from cache import FeatureSplit, SplitView, iterate_batches
+from cache import FeatureSplit, SplitView
+from cache.loader import FeatureLoader
 from probe.features import Standardizer, concat_on_grid
 from protocols import DenseChoices
 from probe.tasks.base import DenseTask
@@ -56,8 +57,10 @@ def fit_ridge(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, da
     n_fit = per_view - max(1, int(round(heldout_fraction * per_view)))
     sums: dict[str, Any] = {}
     targets = {key: train_data.array(key) for key in task.needs}
+    # one pass over each view: streamed to the device
+    loader = FeatureLoader(train, layers=list(layers), targets=targets, device=dev, budget=0)
     passes = (training_batches(train, layers=list(layers), targets=targets, batch_size=choices.batch_size, seed=0,
-                               epoch=0, view=v, shuffle=False) for v in range(views))
+                               epoch=0, view=v, shuffle=False, loader=loader) for v in range(views))
     for batch in (b for one in passes for b in one):
         maps = standardizer(batch.features, layers)
         x, grid = _design(maps, layers)
@@ -95,8 +98,8 @@ def evaluate_ridge(task: DenseTask, fit: RidgeFit, *, test: FeatureSplit, test_d
     dev = torch.device(device)
     metrics = task.new_metrics(choices)
     targets = {key: test_data.array(key) for key in task.needs}
-    for batch in iterate_batches(test, layers=list(layers), batch_size=choices.eval_batch_size, shuffle=False,
-                                 targets=targets):
+    loader = FeatureLoader(test, layers=list(layers), targets=targets, device=dev, budget=0)
+    for batch in loader.batches(batch_size=choices.eval_batch_size, shuffle=False):
         maps = standardizer(batch.features, layers)
         x, grid = _design(maps, layers)
         values = (x.double() @ fit.weights).float()

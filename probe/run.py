@@ -98,7 +98,8 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
              layer_sets: Sequence[Sequence[str]] | None = None, protocol: str | Protocol = "midprobe",
              overrides: Mapping[str, Any] | None = None, seed: int = 0, device: str = "cpu",
              precision: str = "fp16", root: DataRoot | None = None, quiet: bool = False,
-             options: dict[str, Any] | None = None, log: str | None = None) -> list[dict[str, Any]]:
+             options: dict[str, Any] | None = None, log: str | None = None,
+             cache_budget: int | None = None) -> list[dict[str, Any]]:
     """Probe ``task_name`` on ``dataset`` for each model (default: every cached model) under ``protocol``.
 
     ``overrides`` replaces named choices of the protocol (dense tasks: :class:`DenseChoices`
@@ -106,6 +107,9 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
     default to the protocol's. Records store the protocol's name, the resolved choices and the
     overrides. Unless ``quiet``, training and evaluation show progress; ``log="tensorboard"``
     also writes each probe's curves and metrics as TensorBoard events (:mod:`probe.tracking`).
+    ``cache_budget`` (bytes; None: half the free device memory / available RAM; 0: stream) decides
+    whether a training split is held on the device for its sweep (:class:`cache.loader.FeatureLoader`);
+    the numbers do not depend on it.
     """
     root = root or data_root()
     say = _say(quiet)
@@ -129,7 +133,7 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
     tracker = open_log(log, root)
     try:
         return _run_models(task, store, models, root, protocol, extraction, heads, lrs, layer_sets, overrides,
-                           seed, device, say, quiet, options, tracker, precision)
+                           seed, device, say, quiet, options, tracker, precision, cache_budget)
     finally:
         if tracker is not None:
             tracker.close()
@@ -137,7 +141,8 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
 
 def _run_models(task, store, models: Sequence[str], root: DataRoot, protocol: Protocol,
                 extraction: ExtractionChoices, heads, lrs, layer_sets, overrides, seed: int, device: str, say,
-                quiet: bool, options, tracker: TensorBoardLog | None, precision: str = "fp16") -> list[dict[str, Any]]:
+                quiet: bool, options, tracker: TensorBoardLog | None, precision: str = "fp16",
+                cache_budget: int | None = None) -> list[dict[str, Any]]:
     rows = []
     for model in models:
         started = time.perf_counter()
@@ -146,7 +151,7 @@ def _run_models(task, store, models: Sequence[str], root: DataRoot, protocol: Pr
                                   options or {}, layer_sets, quiet, precision)]
         else:
             choices = dense_choices(protocol, task.name, overrides)
-            settings = TrainSettings(choices, seed, device)
+            settings = TrainSettings(choices, seed, device, cache_budget)
             on_step = None if tracker is None else (
                 lambda config, step, loss, lr, model=model: tracker.step(
                     ProbeId(protocol.name, task.name, store.name, model, config.key), step, loss, lr))

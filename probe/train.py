@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from cache import FeatureSplit, SplitView, iterate_batches
-from cache.augment import augment_targets, view_params
+from cache.augment import crop_index, view_params
 from cache.batches import Batch
+from cache.loader import FeatureLoader
 from cache.progress import progress_bar
 from probe.features import BatchInputs, Standardizer
 from probe.heads import LinearHead, Probe, build_head
@@ -49,12 +50,16 @@ class TrainSettings:
     choices: DenseChoices = DenseChoices()
     seed: int = 0
     device: str = "cpu"
+    #: bytes of device memory (RAM on a CPU) the training split may take to be held there for the
+    #: whole sweep (None: :func:`cache.loader.default_budget`; 0: streamed every epoch). The
+    #: numbers do not depend on it, so it is not part of the record.
+    cache_budget: int | None = None
 
     @classmethod
     def make(cls, *, seed: int = 0, device: str = "cpu", choices: DenseChoices | None = None,
-             **overrides: Any) -> "TrainSettings":
+             cache_budget: int | None = None, **overrides: Any) -> "TrainSettings":
         """Settings from ``choices`` (default: midprobe's) with named fields overridden."""
-        return cls(replace(choices or DenseChoices(), **overrides), seed, device)
+        return cls(replace(choices or DenseChoices(), **overrides), seed, device, cache_budget)
 
     @property
     def epochs(self) -> int:
@@ -103,27 +108,46 @@ def views_of(split: FeatureSplit) -> tuple[int, int]:
 
 
 def training_batches(train: FeatureSplit, *, layers: Sequence[str], targets: Mapping[str, Any], batch_size: int,
-                     seed: int, epoch: int, view: int | None = None, shuffle: bool = True) -> Any:
+                     seed: int, epoch: int, view: int | None = None, shuffle: bool = True,
+                     loader: FeatureLoader | None = None) -> Any:
     """The batches of one pass over a training split, targets moved with each image's augmented view.
 
     On an augmented split the pass reads view ``epoch mod views`` (or ``view``) — the paper's
     training distribution, one fresh view per epoch — and crops each image's targets as its
-    view was cropped; otherwise it reads the whole split.
+    view was cropped; otherwise it reads the whole split. With ``loader`` (made for ``train``,
+    ``layers`` and ``targets``) the same batches come as tensors on its device.
     """
     views, per_view = views_of(train)
+    if loader is None:
+        def source(**kwargs: Any) -> Any:
+            return iterate_batches(train, layers=layers, targets=targets, **kwargs)
+    else:
+        source = loader.batches
     if views == 1:
-        yield from iterate_batches(train, layers=layers, batch_size=batch_size, seed=seed, epoch=epoch,
-                                   targets=targets, shuffle=shuffle)
+        yield from source(batch_size=batch_size, seed=seed, epoch=epoch, shuffle=shuffle)
         return
     augment = train.fingerprint["augment"]
     v = epoch % views if view is None else view
-    for batch in iterate_batches(train, layers=layers, batch_size=batch_size, seed=seed, epoch=epoch, targets=targets,
-                                 shuffle=shuffle, images=(v * per_view, (v + 1) * per_view),
-                                 target_offset=v * per_view):
-        moved = [augment_targets({k: a[j] for k, a in batch.targets.items()},
-                                 view_params(augment["policy"], seed=int(augment["seed"]), index=int(i - v * per_view),
-                                             view=v)) for j, i in enumerate(batch.index)]
-        yield Batch(batch.index, batch.features, {k: np.stack([m[k] for m in moved]) for k in batch.targets})
+    for batch in source(batch_size=batch_size, seed=seed, epoch=epoch, shuffle=shuffle,
+                        images=(v * per_view, (v + 1) * per_view), target_offset=v * per_view):
+        crops = [crop_index(view_params(augment["policy"], seed=int(augment["seed"]), index=int(i - v * per_view),
+                                        view=v), *next(iter(batch.targets.values())).shape[1:3])
+                 for i in batch.index] if batch.targets else []
+        yield Batch(batch.index, batch.features, {k: _cropped(a, crops) for k, a in batch.targets.items()})
+
+
+def _cropped(targets: Any, crops: Sequence[tuple[np.ndarray, np.ndarray] | None]) -> Any:
+    """Each image's targets ``(B, H, W[, C])`` (numpy, or a tensor on any device) cut by its view's
+    crop (:func:`cache.augment.crop_index`: nearest, values unchanged, as ``augment_targets``)."""
+    if all(crop is None for crop in crops):
+        return targets
+    if isinstance(targets, torch.Tensor):
+        def take(j: int, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
+            return targets[j][torch.from_numpy(rows).to(targets.device)[:, None],
+                              torch.from_numpy(cols).to(targets.device)[None, :]]
+        return torch.stack([targets[j] if crop is None else take(j, *crop) for j, crop in enumerate(crops)])
+    return np.stack([targets[j] if crop is None else targets[j][crop[0][:, None], crop[1][None, :]]
+                     for j, crop in enumerate(crops)])
 
 
 @dataclass
@@ -133,6 +157,13 @@ class _Probe:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     losses: list[float] = field(default_factory=list)
+    pending: list[torch.Tensor] = field(default_factory=list)     # this epoch's losses, still on the device
+
+    def flush(self) -> None:
+        """Move the pending losses to :attr:`losses` (one device sync per epoch, not one per step)."""
+        if self.pending:
+            self.losses.extend(torch.stack(self.pending).tolist())
+            self.pending.clear()
 
 
 def _stacked_linear(convs: Sequence[torch.nn.Conv2d], layers: Sequence[str], inputs: BatchInputs) -> torch.Tensor:
@@ -201,12 +232,14 @@ def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, 
                 configs: Sequence[ProbeConfig],
                 settings: TrainSettings, standardizer: Standardizer,
                 log: Any = None, quiet: bool = True, name: str = "train",
-                on_step: StepHook | None = None,
+                on_step: StepHook | None = None, loader: FeatureLoader | None = None,
                 ) -> tuple[dict[ProbeConfig, torch.nn.Module], dict[ProbeConfig, dict[str, Any]]]:
     """Train every config on the train split in one pass per epoch; returns heads and training stats.
 
     Unless ``quiet``, shows progress (``name``) over every image of every epoch — images/s, the
     epoch, the ETA of the whole sweep; ``log`` gets one line per epoch with each probe's mean loss.
+    Batches come from ``loader`` (made for ``train``, the sweep's layers and the task's targets),
+    by default a :class:`~cache.loader.FeatureLoader` under ``settings.cache_budget``.
     """
     device = torch.device(settings.device)
     choices = settings.choices
@@ -232,13 +265,17 @@ def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, 
         probes.append(_Probe(config, probe, optimizer, scheduler))
     started = time.perf_counter()
     targets = {key: train_data.array(key) for key in task.target_keys(choices)}
+    # the split is held on the device for the whole sweep when it fits the budget, else streamed
+    if loader is None:
+        loader = FeatureLoader(train, layers=layers, targets=targets, device=device, budget=settings.cache_budget,
+                               say=log, what=f"{name} ({train.split})")
     loss_stride = choices.loss_stride
     with progress_bar(total=views_of(train)[1] * choices.epochs, name=name, unit="img", quiet=quiet) as bar:
         for epoch in range(choices.epochs):
             for probe in probes:
                 probe.head.train()
             for batch in training_batches(train, layers=layers, batch_size=choices.batch_size, seed=settings.seed,
-                                          epoch=epoch, targets=targets):
+                                          epoch=epoch, targets=targets, loader=loader):
                 target, valid = task.targets(subsample_raw(batch.targets, loss_stride), ds_attrs, device, choices,
                                              training=True)
                 outputs = forward_heads([(p.config, p.head) for p in probes], BatchInputs(batch.features, standardizer))
@@ -252,10 +289,14 @@ def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, 
                     lr = probe.optimizer.param_groups[0]["lr"]
                     probe.optimizer.step()
                     probe.scheduler.step()
-                    probe.losses.append(float(loss.detach()))
-                    if on_step is not None:
+                    if on_step is None:
+                        probe.pending.append(loss.detach())
+                    else:
+                        probe.losses.append(float(loss.detach()))
                         on_step(probe.config, len(probe.losses), probe.losses[-1], lr)
                 bar.update(len(batch.index), note=f"epoch {epoch + 1}/{choices.epochs}")
+            for probe in probes:
+                probe.flush()
             if log is not None:
                 with bar.paused():
                     log(f"epoch {epoch + 1}/{choices.epochs}: " + ", ".join(
@@ -272,7 +313,8 @@ def evaluate_heads(task: DenseTask, *, test: FeatureSplit, test_data: SplitView,
                    standardizer: Standardizer, quiet: bool = True,
                    name: str = "evaluate") -> dict[ProbeConfig, dict[str, float]]:
     """Score every trained head on the test split, in store order in batches of
-    ``eval_batch_size`` (one read of each test batch); progress (``name``) unless ``quiet``."""
+    ``eval_batch_size`` (one read of each test batch, streamed to the device); progress (``name``)
+    unless ``quiet``."""
     device = torch.device(settings.device)
     choices = settings.choices
     ds_attrs = dataset_attrs
@@ -280,9 +322,9 @@ def evaluate_heads(task: DenseTask, *, test: FeatureSplit, test_data: SplitView,
     layers = sorted({layer for c in heads for layer in c.layers}, key=test.layers.index)
     metrics = {config: task.new_metrics(choices) for config in heads}
     targets = {key: test_data.array(key) for key in task.needs}
+    loader = FeatureLoader(test, layers=layers, targets=targets, device=device, budget=0)    # a single pass
     with progress_bar(total=test.num_images, name=name, unit="img", quiet=quiet) as bar:
-        for batch in iterate_batches(test, layers=layers, batch_size=choices.eval_batch_size, shuffle=False,
-                                     targets=targets):
+        for batch in loader.batches(batch_size=choices.eval_batch_size, shuffle=False):
             target, valid = task.targets(batch.targets, ds_attrs, device, choices)
             for config, logits in zip(heads, forward_heads(list(heads.items()),
                                                            BatchInputs(batch.features, standardizer))):

@@ -64,14 +64,23 @@ def subsample(x: torch.Tensor, stride: int) -> torch.Tensor:
 
 
 def subsample_raw(raw: Mapping[str, np.ndarray], stride: int) -> dict[str, np.ndarray]:
-    """Stored per-image targets ``(B, H, W, ...)`` at the pixels :func:`subsample` keeps.
+    """Stored per-image targets ``(B, H, W, ...)`` (numpy, or tensors) at the pixels :func:`subsample` keeps.
 
     Taking them before a task builds its targets keeps the per-pixel target work at the
     subsampled size (every task's targets are per-pixel functions of the stored arrays).
     """
     if stride == 1:
         return dict(raw)
-    return {key: np.asarray(value)[:, stride // 2::stride, stride // 2::stride] for key, value in raw.items()}
+    return {key: (value if isinstance(value, torch.Tensor) else np.asarray(value))[:, stride // 2::stride,
+                                                                                  stride // 2::stride]
+            for key, value in raw.items()}
+
+
+def target_tensor(value: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A batch's stored target (numpy, or a tensor already on a device) as a tensor on ``device``
+    (of ``dtype`` if given)."""
+    tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
+    return tensor.to(device) if dtype is None else tensor.to(device=device, dtype=dtype)
 
 
 def pool_to_grid(values: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
 from probe.losses import depth_loss
 from probe.metrics import DepthMetrics
 from protocols import DenseChoices
 from probe.tasks import register_task
-from probe.tasks.base import DenseTask, pool_to_grid, upsample
+from probe.tasks.base import DenseTask, pool_to_grid, target_tensor, upsample
 
 #: Dataset ``depth_kind`` -> bin range in metres (metric scenes) or relative units (objects).
 DEPTH_RANGES = {"metric": (0.001, 10.0), "relative": (0.01, 1.0)}
@@ -45,7 +44,7 @@ class DepthTask(DenseTask):
         return N_BINS
 
     def targets(self, raw, attrs, device, choices, training=False):
-        depth = torch.from_numpy(np.asarray(raw["depth"], dtype=np.float32)).to(device)
+        depth = target_tensor(raw["depth"], device, torch.float32)
         _, hi = depth_range(attrs)
         valid = torch.isfinite(depth) & (depth > 0) & (depth <= hi)
         return torch.where(valid, depth, torch.zeros_like(depth)), valid

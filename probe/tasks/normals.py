@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from probe.losses import angular_loss
 from probe.metrics import NormalMetrics
 from probe.tasks import register_task
-from probe.tasks.base import DenseTask, pool_to_grid, upsample
+from probe.tasks.base import DenseTask, pool_to_grid, target_tensor, upsample
 
 
 @dataclass(frozen=True)
@@ -23,13 +22,13 @@ class NormalsTask(DenseTask):
         return 4 if choices.normals_loss == "uncertainty-aware" else 3
 
     def targets(self, raw, attrs, device, choices, training=False):
-        normals = torch.from_numpy(np.asarray(raw["normals"], dtype=np.float32)).to(device).permute(0, 3, 1, 2)
+        normals = target_tensor(raw["normals"], device, torch.float32).permute(0, 3, 1, 2)
         norm = normals.norm(dim=1, keepdim=True)
         valid = (torch.isfinite(norm) & (norm > 0.5))[:, 0]
         # unit once per batch, shared by every head's loss
         unit = torch.where(valid.unsqueeze(1), normals / norm.clamp(min=1e-8), torch.zeros_like(normals))
         if training and choices.normals_mask == "depth":
-            depth = torch.from_numpy(np.asarray(raw["depth"], dtype=np.float32)).to(device)
+            depth = target_tensor(raw["depth"], device, torch.float32)
             # pixels with depth but no normal keep a zero target: a constant pi/2 in the loss, as in the paper
             valid = torch.isfinite(depth) & (depth > 0)
         return unit, valid

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from probe.losses import masked_bce
 from probe.metrics import SegmentationMetrics
 from probe.tasks import register_task
-from probe.tasks.base import DenseTask, pool_to_grid, upsample
+from probe.tasks.base import DenseTask, pool_to_grid, target_tensor, upsample
 
 IGNORE = 255
 
@@ -21,7 +20,7 @@ class SegmentationTask(DenseTask):
         return 1
 
     def targets(self, raw, attrs, device, choices, training=False):
-        labels = torch.from_numpy(np.asarray(raw["foreground"])).to(device)
+        labels = target_tensor(raw["foreground"], device)
         valid = labels != IGNORE
         return (labels == 1).float(), valid
 
