@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import queue
 import shutil
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from cache import FORMAT_VERSION, MidprobeError, SplitView, data_root, open_dataset, open_feature_writer
 from cache.augment import augment_pixels, view_params
-from cache.quantize import Quantized, check_precision, quantize_torch
-from cache.feature_store import GLOBAL, check_float16_range, choose_chunk_images, estimate_bytes
+from cache.chunk_reader import reader_threads
+from cache.quantize import Quantized, check_precision
+from cache.feature_store import choose_chunk_images, estimate_bytes
 from cache.paths import DataRoot
 from extract.backbones import Backbone, build_backbone, get_spec
 from extract.backbones.timm_models import TimmBackbone
+from extract.pipeline import WriterPool, host_images, normalise, read_ahead, run_chunk, writer_threads
 from extract.plan import SplitJob, plan_extraction
 from protocols import ExtractionChoices, Protocol, get_protocol
 
@@ -46,17 +45,7 @@ def resolve_device(name: str) -> torch.device:
 def to_input(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> torch.Tensor:
     """``(B, H, W, 3)`` images — uint8, or float pixels with 1 = white (augmented views) — to the
     ``(B, 3, H, W) float32`` normalised input."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
-    if images.dtype == np.uint8:
-        x = x.div_(255.0)
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    return (x - m) / s
-
-
-def _as_float16(name: str, value: torch.Tensor) -> np.ndarray:
-    check_float16_range(name, float(value.detach().abs().amax().float()) if value.numel() else 0.0)
-    return value.half().cpu().numpy()
+    return normalise(torch.from_numpy(np.ascontiguousarray(images)).to(device), mean, std)
 
 
 def input_stats(backbone: Backbone, choices: ExtractionChoices) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -74,31 +63,17 @@ def forward_chunk(backbone: Backbone, images: np.ndarray, *, batch_size: int, de
 
     The range check and the cast to float16 (or the quantisation to int8) happen on the
     device, so half (a quarter) of the float32 bytes cross to the host and the host's slow,
-    single-threaded numpy casts are skipped.
+    single-threaded numpy casts are skipped (:func:`extract.pipeline.run_chunk`, which the
+    extraction runs without waiting for the device).
 
     Batches always start at the chunk's first image, so a resumed or sharded run sees the
     same batch composition as an uninterrupted one and writes the same bytes. ``layers``
     keeps only those maps (default: all); ``norm`` is the ``(mean, std)`` of the input.
     """
-    maps: dict[str, list[Any]] = {}
-    pooled: list[np.ndarray] = []
     mean, std = norm or (backbone.spec.mean, backbone.spec.std)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    with torch.inference_mode(), autocast:
-        for s in range(0, len(images), batch_size):
-            x = to_input(images[s:s + batch_size], mean, std, device)
-            tapped, vector = backbone(x)
-            for name, value in tapped.items():
-                if layers is None or name in layers:
-                    if precision == "int8":
-                        q, scale = quantize_torch(value)
-                        maps.setdefault(name, []).append(Quantized(q.cpu().numpy(), scale.cpu().numpy()))
-                    else:
-                        maps.setdefault(name, []).append(_as_float16(name, value))
-            pooled.append(_as_float16(GLOBAL, vector))
-    out = {k: (Quantized(np.concatenate([p.values for p in v]), np.concatenate([p.scale for p in v]))
-               if precision == "int8" else np.concatenate(v)) for k, v in maps.items()}
-    return out, np.concatenate(pooled)
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    return run_chunk(backbone, host_images(images, device), batch_size=batch_size, device=device, layers=layers,
+                     mean=mean, std=std, precision=precision, copy_stream=stream).ready()
 
 
 def fingerprint_of(backbone: Backbone, split: SplitView, dataset_name: str, dataset_fingerprint: str, *,
@@ -137,55 +112,6 @@ def _free_bytes(path: Path) -> int:
     while not path.exists():
         path = path.parent
     return shutil.disk_usage(path).free
-
-
-def _background(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
-    """Produce ``items`` in a thread (image reads overlap compute)."""
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    end = object()
-
-    def work() -> None:
-        try:
-            for item in items:
-                slots.put(item)
-            slots.put(end)
-        except BaseException as exc:
-            slots.put(exc)
-
-    threading.Thread(target=work, daemon=True).start()
-    while (item := slots.get()) is not end:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-
-
-class _Writer:
-    """Writes chunks in a background thread so Zarr writes overlap the next forward pass."""
-
-    def __init__(self, write: Callable[..., None], depth: int = 2) -> None:
-        self.slots: queue.Queue = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(write,), daemon=True)
-        self.thread.start()
-
-    def _run(self, write: Callable[..., None]) -> None:
-        while (item := self.slots.get()) is not None:
-            if self.error is None:
-                try:
-                    write(*item)
-                except BaseException as exc:
-                    self.error = exc
-
-    def put(self, *item: Any) -> None:
-        if self.error is not None:
-            raise self.error
-        self.slots.put(item)
-
-    def close(self) -> None:
-        self.slots.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
 
 
 @dataclass
@@ -304,29 +230,31 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
     todo = sum(hi - lo for lo, hi in map(writer.chunk_range, pending))
     started = time.perf_counter()
 
-    def reads() -> Iterator[tuple[int, np.ndarray]]:
-        for index in pending:
-            lo, hi = writer.chunk_range(index)
-            if not views:
-                yield index, split.read("images", slice(lo, hi))     # a damaged chunk: one line naming it
-                continue
-            view, source = view_source(np.arange(lo, hi), split.num_images)
-            pixels = split.read("images", source)
-            yield index, np.stack([augment_pixels(pixels[j], view_params(job.choices.augment_policy, seed=AUGMENT_SEED,
-                                                                          index=int(i), view=int(v)))
-                                   for j, (v, i) in enumerate(zip(view, source))])
+    def read(index: int) -> torch.Tensor:
+        """Chunk ``index``'s images (augmented views: float pixels) as a host tensor, pinned on CUDA."""
+        lo, hi = writer.chunk_range(index)
+        if not views:
+            return host_images(split.read("images", slice(lo, hi)), device)     # a damaged chunk: one line naming it
+        view, source = view_source(np.arange(lo, hi), split.num_images)
+        pixels = split.read("images", source)
+        return host_images(np.stack([augment_pixels(pixels[j], view_params(job.choices.augment_policy,
+                                                                           seed=AUGMENT_SEED, index=int(i),
+                                                                           view=int(v)))
+                                     for j, (v, i) in enumerate(zip(view, source))]), device)
 
     from cache.progress import tqdm_like as tqdm
 
     bar = tqdm(total=todo, unit="img", desc=f"{backbone.spec.name}/{job.name}", disable=not progress,
                file=sys.stderr, smoothing=0.1)
-    sink = _Writer(writer.write_chunk)
+    # image reads run ahead in the reader pool; the forward pass only enqueues work on the device;
+    # chunks are written (and fsynced, then marked) by several threads
+    sink = WriterPool(lambda index, out: writer.write_chunk(index, *out.ready()), threads=writer_threads(device))
+    copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
     try:
-        for index, batch in _background(reads()):
-            maps, vectors = forward_chunk(backbone, batch, batch_size=batch_size, device=device, layers=wanted,
-                                          norm=norm, precision=precision)
-            sink.put(index, maps, vectors)
-            bar.update(len(batch))
+        for index, images in read_ahead(pending, read, depth=reader_threads()):
+            sink.put(index, run_chunk(backbone, images, batch_size=batch_size, device=device, layers=wanted,
+                                      mean=norm[0], std=norm[1], precision=precision, copy_stream=copy_stream))
+            bar.update(len(images))
     finally:
         bar.close()
         sink.close()
