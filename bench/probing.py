@@ -132,10 +132,12 @@ def sweep_vs_single(*, images: int = 256, heads: int = 8, loss_stride: int = 1, 
     return {f"sweep{heads}_vs_1{suffix}": many / one}
 
 
-def _peak_rss_of_probe(root: DataRoot) -> int:
-    """Peak resident memory (bytes) of a one-epoch linear segmentation probe in a fresh process."""
+def _peak_rss_of_probe(root: DataRoot, budget: str | None) -> int:
+    """Peak resident memory (bytes) of a one-epoch linear segmentation probe in a fresh process
+    (``budget``: its ``--cache-budget``; None: the default)."""
     command = [sys.executable, "-m", "probe", "--task", "segmentation", "--dataset", "bench", "--model", "vit",
-               "--head", "linear", "--epochs", "1", "--data", str(root.root), "--quiet"]
+               "--head", "linear", "--epochs", "1", "--data", str(root.root), "--quiet",
+               *(["--cache-budget", budget] if budget is not None else [])]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
@@ -144,9 +146,11 @@ def _peak_rss_of_probe(root: DataRoot) -> int:
 
 
 def probe_rss_growth(*, small_gb: float = 1.0, large_gb: float = 4.0) -> dict[str, float]:
-    """Peak probe memory over a 4 GB store divided by over a 1 GB store, minus 1 (flat memory is 0)."""
+    """Peak probe memory over a 4 GB store divided by over a 1 GB store, minus 1, with the split
+    streamed (``--cache-budget 0``: flat memory is 0); and, on the 1 GB store, the extra memory of
+    the split held in RAM (the default budget: half the available RAM) over the split's bytes."""
     per_image = sum(c * h * w for c, h, w in VIT_LAYERS.values()) * 2
-    peaks = {}
+    peaks, split_bytes = {}, {}
     for label, gigabytes in (("small", small_gb), ("large", large_gb)):
         n = int(gigabytes * 2**30 / per_image)
         with temporary_root(f"rss-{label}") as root:
@@ -154,6 +158,10 @@ def probe_rss_growth(*, small_gb: float = 1.0, large_gb: float = 4.0) -> dict[st
             random_dataset(root, name="bench", splits={"train": n, "test": 64}, size=32)
             for split, count in (("train", n), ("test", 64)):
                 write_random_features(root, dataset="bench", model="vit", split=split, num_images=count)
-            peaks[label] = _peak_rss_of_probe(root)
+            peaks[label] = _peak_rss_of_probe(root, "0")
+            if label == "small":
+                split_bytes[label] = n * (per_image + 32 * 32)        # the maps and the foreground targets
+                peaks["resident"] = _peak_rss_of_probe(root, None)
     return {"probe_rss_growth": peaks["large"] / peaks["small"] - 1.0,
-            "probe_peak_rss_mb_4gb_store": peaks["large"] / 2**20}
+            "probe_peak_rss_mb_4gb_store": peaks["large"] / 2**20,
+            "probe_resident_extra_rss_vs_split_bytes": (peaks["resident"] - peaks["small"]) / split_bytes["small"]}

@@ -120,7 +120,8 @@ def crop_box(params: Mapping[str, Any], height: int, width: int) -> tuple[int, i
 
 
 def _nearest_index(source: int, size: int) -> np.ndarray:
-    """OpenCV's ``INTER_NEAREST`` source index of each of ``size`` outputs: ``min(floor(i / (out / in)), in - 1)``, in doubles."""
+    """OpenCV's ``INTER_NEAREST`` source index of each of ``size`` outputs from ``source`` inputs:
+    ``min(floor(i / (out / in)), in - 1)``, in doubles."""
     return np.minimum(np.floor(np.arange(size) * (1.0 / (size / source))).astype(np.int64), source - 1)
 
 

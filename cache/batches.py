@@ -40,10 +40,6 @@ class Batch:
     targets: dict[str, Any]           # key -> (B, ...) as stored
 
 
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
 def iterate_batches(features: FeatureSplit, *, layers: Sequence[str], batch_size: int, seed: int = 0,
                     epoch: int = 0, shuffle: bool = True, targets: Mapping[str, zarr.Array] | None = None,
                     chunks: Sequence[int] | None = None, window_chunks: int = 4,
@@ -66,29 +62,32 @@ def iterate_batches(features: FeatureSplit, *, layers: Sequence[str], batch_size
             yield read_window(features, window, layers, targets, target_offset)
 
     source = _prefetched(windows()) if prefetch else windows()
-    for b, block in assemble(plan, source, lambda blocks, window, positions: _gather(blocks, window.offsets, positions),
-                             _concat):
+    for b, block in assemble(plan, source, start=_empty_batch, fill=_gather_into, done=lambda block: block):
         yield _as_batch(plan.batches[b], block)
 
 
-def assemble(plan: BatchPlan, windows: Iterable[T], gather: Callable[[T, Window, np.ndarray], dict[str, Any]],
-             concat: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any]]]:
+def assemble(plan: BatchPlan, windows: Iterable[T], *, start: Callable[[T, int], Any],
+             fill: Callable[[Any, int, T, Window, np.ndarray], None],
+             done: Callable[[Any], dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(batch number, values)`` of every batch of ``plan``, in order, from each window's data.
 
-    ``gather(data, window, positions)`` cuts a piece out of a window's data; a batch carried
-    across windows is completed by ``concat`` — so a window's data is let go as soon as its
-    batches are cut, whatever holds it (host blocks, device tensors).
+    A batch's buffer is made by ``start(data, size)`` when its first piece is cut;
+    ``fill(buffer, at, data, window, positions)`` puts the window ``positions``' images at
+    ``at``; ``done(buffer)`` gives the batch. A batch carried into the next window is completed
+    there, so a window's data is let go as soon as its pieces are cut, whatever holds it (host
+    blocks, device tensors).
     """
     sizes = [len(b) for b in plan.batches]
-    parts: dict[int, list[dict[str, Any]]] = {}
-    have: dict[int, int] = {}
+    open_batches: dict[int, tuple[Any, int]] = {}
     for window, data in zip(plan.windows, windows):
         for b, positions in window.pieces:
-            parts.setdefault(b, []).append(gather(data, window, positions))
-            have[b] = have.get(b, 0) + len(positions)
-            if have[b] == sizes[b]:
-                done = parts.pop(b)
-                yield b, done[0] if len(done) == 1 else concat(done)
+            buffer, at = open_batches.pop(b) if b in open_batches else (start(data, sizes[b]), 0)
+            fill(buffer, at, data, window, positions)
+            at += len(positions)
+            if at == sizes[b]:
+                yield b, done(buffer)
+            else:
+                open_batches[b] = (buffer, at)
 
 
 def read_window(features: FeatureSplit, window: Window, layers: Sequence[str], targets: Mapping[str, Any],
@@ -118,20 +117,22 @@ def read_window(features: FeatureSplit, window: Window, layers: Sequence[str], t
     return blocks
 
 
-def _gather(blocks: list[dict[str, np.ndarray]], offsets: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
-    """The images at window ``positions`` (ascending) from the window's chunk blocks, copied once:
-    each block fills a contiguous slice of the output."""
-    bounds = np.searchsorted(positions, offsets)
-    out = {}
-    for key, first in blocks[0].items():
-        dest = np.empty((len(positions), *first.shape[1:]), dtype=first.dtype)
+def _empty_batch(blocks: list[dict[str, np.ndarray]], size: int) -> dict[str, np.ndarray]:
+    return {key: np.empty((size, *first.shape[1:]), dtype=first.dtype) for key, first in blocks[0].items()}
+
+
+def _gather_into(out: dict[str, np.ndarray], at: int, blocks: list[dict[str, np.ndarray]], window: Window,
+                 positions: np.ndarray) -> None:
+    """The images at window ``positions`` (ascending) from the window's chunk blocks into ``out`` from
+    row ``at``, copied once: each block fills a contiguous slice of the output."""
+    offsets = window.offsets
+    bounds = np.searchsorted(positions, offsets) + at
+    for key, dest in out.items():
         for b, block in enumerate(blocks):
             lo, hi = bounds[b], bounds[b + 1]
             if hi > lo:
                 # mode="clip" writes straight into out ("raise" buffers); the indices are in range
-                np.take(block[key], positions[lo:hi] - offsets[b], axis=0, out=dest[lo:hi], mode="clip")
-        out[key] = dest
-    return out
+                np.take(block[key], positions[lo - at:hi - at] - offsets[b], axis=0, out=dest[lo:hi], mode="clip")
 
 
 def _as_batch(index: np.ndarray, block: dict[str, np.ndarray]) -> Batch:

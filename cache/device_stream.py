@@ -4,8 +4,8 @@ A producer thread reads each window of a :class:`~cache.batch_plan.BatchPlan` â€
 every array (features as stored, int8 scales, targets) â€” through the reader pool straight into
 a host slot (pinned memory on CUDA), then copies the slot to the device on a side CUDA stream
 and records an event; the consumer's stream waits on that event, so the copy of window ``w + 1``
-runs while window ``w``'s batches are computed. Batches are cut out of the device window by
-``index_select``. On a CPU the same code runs with plain buffers and no copy.
+runs while window ``w``'s batches are computed. Batches are cut out of the device window by a
+row gather (:func:`take_rows`). On a CPU the same code runs with plain buffers and no copy.
 
 Memory: three host slots (two on CUDA, where the device copy frees a slot as soon as it ends)
 and at most three windows on the device (the one consumed, one queued, one being copied).
@@ -51,6 +51,15 @@ def _read_block(arr: Any, lo: int, hi: int, keep: np.ndarray | None, out: np.nda
     out[...] = value if keep is None else np.take(value, keep, axis=0)
 
 
+def take_rows(value: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``value[rows]`` along the first axis: on a device one row gather of a 2-D view; on a CPU by
+    numpy (torch's CPU gather of float16 maps is slow, and its worker threads contend with the
+    reader threads' on a busy machine)."""
+    if value.device.type == "cpu":
+        return torch.from_numpy(np.take(value.numpy(), rows.numpy(), axis=0))
+    return value.reshape(len(value), -1).index_select(0, rows).reshape(len(rows), *value.shape[1:])
+
+
 class _Arrived:
     """A window on the device: its arrays and the window positions of its pieces, cut in order."""
 
@@ -60,7 +69,7 @@ class _Arrived:
     def cut(self, count: int) -> dict[str, torch.Tensor]:
         rows = self.positions[self.cursor:self.cursor + count]
         self.cursor += count
-        return {name: value.index_select(0, rows) for name, value in self.values.items()}
+        return {name: take_rows(value, rows) for name, value in self.values.items()}
 
 
 class WindowStream:
@@ -162,8 +171,10 @@ class WindowStream:
         thread = threading.Thread(target=produce, daemon=True, name="midprobe-window")
         thread.start()
         try:
-            yield from assemble(plan, arrived(), lambda data, window, positions: data.cut(len(positions)),
-                                lambda parts: {k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+            yield from assemble(plan, arrived(), start=lambda data, size: [],
+                                fill=lambda parts, at, data, window, positions: parts.append(data.cut(len(positions))),
+                                done=lambda parts: parts[0] if len(parts) == 1 else
+                                {k: torch.cat([p[k] for p in parts]) for k in parts[0]})
         finally:
             stop.set()
             thread.join()          # its slot is not refilled by the next epoch while it still writes
@@ -183,6 +194,9 @@ class PinnedPieces:
 
     def __init__(self, device: torch.device, *, piece_bytes: int, slots: int = 4) -> None:
         self.stream = torch.cuda.Stream(device)
+        # the destination was allocated on the compute stream: its memory may still be in use by work
+        # queued there before, so the copies wait for that work
+        self.stream.wait_stream(torch.cuda.current_stream(device))
         self.free: queue.Queue = queue.Queue()
         for _ in range(slots):
             self.free.put([torch.empty(piece_bytes, dtype=torch.uint8, pin_memory=True), None])

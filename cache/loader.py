@@ -27,7 +27,7 @@ from cache.batch_plan import plan_batches
 from cache.batches import Batch
 from cache.chunk_reader import results, submit
 from cache.chunks import read_checked
-from cache.device_stream import WindowStream, torch_dtype
+from cache.device_stream import WindowStream, take_rows, torch_dtype
 from cache.errors import MidprobeError
 from cache.feature_store import FeatureSplit, scale_array
 from cache.quantize import dequantize_torch
@@ -162,7 +162,7 @@ class FeatureLoader:
         for index in batches:
             rows = every[at:at + len(index)]
             at += len(index)
-            values = {name: t.index_select(0, rows - target_offset if name.startswith("t:") else rows)
+            values = {name: take_rows(t, rows - target_offset if name.startswith("t:") else rows)
                       for name, t in self.tensors.items()}
             yield self._batch(index, values)
 

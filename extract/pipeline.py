@@ -1,4 +1,4 @@
-"""Extraction as a pipeline: images read ahead by a pool, the forward pass never waiting on the host, chunks written by several threads.
+"""Extraction as a pipeline: images read ahead, a forward pass that never waits on the host, several writers.
 
 - **Reads**: the chunks' images are decoded (and augmented) by the reader pool
   (:mod:`cache.chunk_reader`), several chunks ahead, into pinned host memory on CUDA.

@@ -38,9 +38,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache-budget", metavar="BYTES",
-                   help="memory the training split may take to be held on the device for the whole sweep, in bytes "
-                        "with a k/M/G suffix (powers of 1024); 0 streams it from the store every epoch (default: "
-                        "half the free GPU memory on CUDA, half the available RAM on a CPU); results do not depend on it")
+                   help="memory the training split may take to be held on the device for the whole sweep, in "
+                        "bytes with a k/M/G suffix (powers of 1024); 0 streams it from the store every epoch "
+                        "(default: half the free GPU memory on CUDA, half the available RAM on a CPU); results "
+                        "do not depend on it")
     p.add_argument("--precision", default="fp16", choices=("fp16", "int8"),
                    help="which feature store to read: float16 (default) or int8 (PRECISION=int8 at extraction)")
     p.add_argument("--uncertainty-aware", action="store_true", help="normals: the uncertainty-aware angular loss")

@@ -31,7 +31,8 @@ def _fingerprint(layers, **over):
 def _store(path, *, n=23, chunk=3, precision="fp16", seed=0, **fingerprint):
     """Two layers of random maps (values known from ``seed``), ``chunk`` images a chunk."""
     rng = np.random.default_rng(seed)
-    maps = {"a": rng.normal(size=(n, 2, 2, 2)).astype(np.float32), "b": rng.normal(size=(n, 3, 1, 1)).astype(np.float32)}
+    maps = {"a": rng.normal(size=(n, 2, 2, 2)).astype(np.float32),
+            "b": rng.normal(size=(n, 3, 1, 1)).astype(np.float32)}
     writer = open_feature_writer(path, split="train", fingerprint=_fingerprint(maps, **fingerprint), num_images=n,
                                  layer_shapes={k: v.shape[1:] for k, v in maps.items()}, strides={"a": 1, "b": 2},
                                  global_dim=1, chunk_images=chunk, precision=precision)
@@ -170,7 +171,8 @@ def test_records_do_not_depend_on_the_cache_budget(root, capsys, precision):
     store = open_dataset("tiny", root=root)
     rng = np.random.default_rng(0)
     for split, n in (("train", 10), ("test", 5)):
-        maps = {"a": rng.normal(size=(n, 6, 2, 2)).astype(np.float32), "b": rng.normal(size=(n, 4, 1, 1)).astype(np.float32)}
+        maps = {"a": rng.normal(size=(n, 6, 2, 2)).astype(np.float32),
+                "b": rng.normal(size=(n, 4, 1, 1)).astype(np.float32)}
         fp = _fingerprint(maps, model="rand", dataset="tiny", dataset_fingerprint=store.fingerprint, split=split,
                           input_size=[32, 32])
         writer = open_feature_writer(root.feature_store("tiny", "rand", precision), split=split, fingerprint=fp,

@@ -76,7 +76,8 @@ def subsample_raw(raw: Mapping[str, np.ndarray], stride: int) -> dict[str, np.nd
             for key, value in raw.items()}
 
 
-def target_tensor(value: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+def target_tensor(value: np.ndarray | torch.Tensor, device: torch.device,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
     """A batch's stored target (numpy, or a tensor already on a device) as a tensor on ``device``
     (of ``dtype`` if given)."""
     tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))

@@ -1,0 +1,56 @@
+"""feature_read_gbps_vs_memcpy: how fast cached features reach a probe, against a plain copy-and-cast of the same bytes.
+
+The store is ViT-B/16's four layers at 224 px (random float16 maps, 1.2 MB an image), read warm
+(in the page cache). ``delivered``: an epoch of :func:`cache.iterate_batches` (batches of 32,
+shuffled) with every layer made a float32 tensor on the device, as a probe's first step does
+(here the CPU: :func:`probe.features.to_device`). ``memcpy``: the same bytes, already in memory
+as one array per layer, converted batch by batch from float16 to float32 tensors — the copy any
+reader must make at least once. Both timed in alternation (median of ``repeats``), in one run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bench.common import interleaved_medians, random_dataset, temporary_root
+from bench.probing import VIT_LAYERS, write_random_features
+from cache import iterate_batches, open_features
+from cache.loader import FeatureLoader
+from probe.features import to_device
+
+
+def feature_read_gbps_vs_memcpy(*, images: int = 256, batch_size: int = 32, repeats: int = 7) -> dict[str, float]:
+    cpu = torch.device("cpu")
+    layers = list(VIT_LAYERS)
+    with temporary_root("read") as root:
+        random_dataset(root, name="bench", splits={"train": images}, size=32, targets=False)
+        write_random_features(root, dataset="bench", model="vit", split="train", num_images=images)
+        split = open_features("bench", "vit", "train", root=root)
+        nbytes = sum(split.array(layer).nbytes for layer in layers)
+        source = {layer: split.read(layer, 0, images) for layer in layers}
+        loader = FeatureLoader(split, layers=layers, budget=0)
+
+        def delivered() -> None:
+            for batch in iterate_batches(split, layers=layers, batch_size=batch_size, seed=0, epoch=0):
+                for layer in layers:
+                    to_device(batch.features[layer], cpu)
+
+        def streamed() -> None:           # the probes' path when a split is not held in memory
+            for batch in loader.batches(batch_size=batch_size, seed=0, epoch=0):
+                for layer in layers:
+                    to_device(batch.features[layer], cpu)
+
+        def memcpy() -> None:
+            for layer in layers:
+                for s in range(0, images, batch_size):
+                    torch.from_numpy(np.ascontiguousarray(source[layer][s:s + batch_size])).float()
+
+        for fn in (delivered, streamed, memcpy):
+            fn()                                  # warm: page cache, allocator, reader threads
+        seconds = interleaved_medians({"delivered": delivered, "streamed": streamed, "memcpy": memcpy},
+                                      repeats=repeats)
+    return {"feature_read_gbps_vs_memcpy": seconds["memcpy"] / seconds["delivered"],
+            "feature_read_gbps": nbytes / seconds["delivered"] / 1e9,
+            "feature_memcpy_cast_gbps": nbytes / seconds["memcpy"] / 1e9,
+            "feature_stream_gbps_vs_memcpy": seconds["memcpy"] / seconds["streamed"]}
