@@ -11,6 +11,7 @@ from cache import DataRoot
 from cache.durable import disk_errors, fsync_dir, fsync_tree
 from probe.records import load_records
 from probe.report.figures import correlations, mid_vs_high, ranking
+from probe.report.studies import is_study_record, study_sections
 from probe.report.tables import build_leaderboards, load_imagenet
 
 
@@ -41,7 +42,9 @@ def _staging(root: DataRoot) -> Path:
 
 def _build_report(root: DataRoot, *, imagenet_csv: str | None) -> tuple[Path, dict[str, str]]:
     records = load_records(root)
-    boards = build_leaderboards(records)
+    # study records (training subsets, corrupted test splits) have their own sections, not leaderboard cells
+    plain = [r for r in records if not is_study_record(r)]
+    boards = build_leaderboards(plain) if plain or not records else {}
     imagenet = load_imagenet(imagenet_csv)
     final = root.ensure_writable(root.reports())
     _drop_dead_stagings(final)
@@ -70,6 +73,7 @@ def _build_report(root: DataRoot, *, imagenet_csv: str | None) -> tuple[Path, di
         lines += ["### Ranking", "", f"![ranking](figures/{path.name})" if path else f"Not drawn — {note}.", "",
                   "| model | mean rank over tasks |", "|---|---|",
                   *[f"| {m} | {r:.2f} |" for m, r in sorted(mid_rank.items(), key=lambda kv: kv[1])], ""]
+    lines += study_sections(records, figures)
     lines += ["## Sources", "", "ImageNet accuracies: `probe/report/imagenet_linear.csv` (published values, each "
               "row citing its source; extend it for your own models).", "", "Feature stores:", ""]
     stores = sorted({(r["dataset"], r["model"], r["feature_fingerprint"].get("weights", "?")) for r in records})
