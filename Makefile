@@ -24,14 +24,18 @@ DEPTH_SCALE ?=
 CHECK    ?=
 EXAMPLE  ?= $(DATA)/raw/example
 REPAIR   ?=
+CORRUPT  ?=
+TEST_CORRUPT ?=
+TRAIN_IMAGES ?=
+SEEDS    ?=
 export MIDPROBE_DATA := $(DATA)
 
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test soak data example-folder extract probe demo bench fidelity report verify clean-data help
+.PHONY: setup test soak data example-folder extract probe demo bench fidelity studies report verify clean-data help
 
 help:
-	@echo "make setup | test | soak | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… | probe TASK=… | demo | bench | fidelity | report | verify [REPAIR=1]"
+	@echo "make setup | test | soak | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… | probe TASK=… | demo | bench | fidelity | studies | report | verify [REPAIR=1]"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,13 +65,16 @@ extract: setup
 	@test -n "$(MODEL)" || { echo "error: MODEL is required, e.g. make extract MODEL=vit_b_mae DATASET=synthetic" >&2; exit 2; }
 	$(PY) -m extract --model $(MODEL) --dataset $(DATASET) --protocol $(PROTOCOL) --precision $(PRECISION) \
 		--device $(DEVICE) --shard $(SHARD) \
-		$(if $(LAYERS),--layers $(LAYERS)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(SPLIT),--split $(SPLIT))
+		$(if $(LAYERS),--layers $(LAYERS)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(SPLIT),--split $(SPLIT)) \
+		$(if $(CORRUPT),--corrupt $(CORRUPT))
 
 probe: setup
 	@test -n "$(TASK)" || { echo "error: TASK is required, e.g. make probe TASK=normals" >&2; exit 2; }
 	$(PY) -m probe --task $(TASK) --dataset $(DATASET) --protocol $(PROTOCOL) --precision $(PRECISION) --device $(DEVICE) \
 		$(if $(HEAD),--head $(HEAD)) $(if $(LR),--lr $(LR)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
-		$(if $(MODEL),--model $(MODEL)) $(if $(LAYERS),--layers "$(LAYERS)")
+		$(if $(MODEL),--model $(MODEL)) $(if $(LAYERS),--layers "$(LAYERS)") \
+		$(if $(TRAIN_IMAGES),--train-images $(TRAIN_IMAGES)) $(if $(SEEDS),--seeds $(SEEDS)) \
+		$(if $(TEST_CORRUPT),--test-corrupt $(TEST_CORRUPT))
 
 report: setup
 	$(PY) -m probe.report
@@ -99,6 +106,12 @@ bench: setup
 # backbones); rewrites the table between the README's fidelity markers.
 fidelity: setup
 	$(PY) -m bench.fidelity --data $(DATA)/fidelity --readme README.md
+
+# Label efficiency and robustness on a small synthetic set (weight-free and random backbones):
+# a labels-vs-headline curve, two corruptions at three severities, and their report.
+STUDIES_DATA ?= $(DATA)/studies
+studies: setup
+	$(PY) -m bench.studies --data $(STUDIES_DATA)
 
 clean-data:
 	rm -rf $(DATA)
