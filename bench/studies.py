@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = run_studies(root=data_root(args.data), models=tuple(args.models.split(",")),
                           tasks=tuple(args.tasks.split(",")), workers=args.workers, quiet=args.quiet)
     print(f"studies: {seconds / 60:.1f} min (synthetic {SIZES['train']} train / {SIZES['test']} test at "
-          f"{SIZES['size']} px; {', '.join(args.tasks.split(','))}; heads {', '.join(HEADS)} at lr {LR:g}, {EPOCHS} epochs; "
+          f"{SIZES['size']} px; {', '.join(args.tasks.split(','))}; heads {', '.join(HEADS)} at lr {LR:g}, "
+          f"{EPOCHS} epochs; "
           f"train images {', '.join(str(n or 'all') for n in TRAIN_IMAGES)}; seeds "
           f"{', '.join(map(str, SEEDS))}; corruptions {', '.join(CORRUPTIONS)}); report in "
           f"{data_root(args.data).reports() / 'report.md'}")

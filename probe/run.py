@@ -15,8 +15,8 @@ import torch
 from cache import DataRoot, MidprobeError, data_root, list_feature_stores, open_dataset, open_features
 from probe.features import Standardizer, channel_stats
 from probe.heads import CLOSED_FORM, check_head
-from protocols import (CORRUPTIBLE_TASKS, DenseChoices, ExtractionChoices, Protocol, corruption_list, feature_split_name,
-                       get_protocol)
+from protocols import (CORRUPTIBLE_TASKS, DenseChoices, ExtractionChoices, Protocol, corruption_list,
+                       feature_split_name, get_protocol)
 from probe.records import format_table, write_record
 from probe.ridge import evaluate_ridge, fit_ridge
 from probe.tasks import DenseTask, ZeroShotTask, get_task
@@ -206,7 +206,8 @@ def _open_split(store, model: str, split: str, extraction: ExtractionChoices, ro
         if name == split or "has no split" not in str(exc):
             raise
         corrupt = extraction.corruption and not training
-        reads = f"the corrupted split {name!r}" if corrupt else f"split {name!r}, which protocol {protocol.name!r} reads"
+        reads = (f"the corrupted split {name!r}" if corrupt else
+                 f"split {name!r}, which protocol {protocol.name!r} reads")
         extra = "" if precision == "fp16" else f" PRECISION={precision}"
         raise MidprobeError(f"feature store of {model!r} for {store.name!r} has no {reads}; run `make extract "
                             f"MODEL={model} DATASET={store.name} PROTOCOL={protocol.name}"

@@ -208,8 +208,8 @@ def grouped_loss(task: DenseTask, prediction: torch.Tensor, target: torch.Tensor
 
 def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, dataset_attrs: Mapping[str, Any],
                 configs: Sequence[ProbeConfig],
-                settings: TrainSettings, standardizer: Standardizer, log: Any = None,
-                subset: np.ndarray | None = None) -> tuple[dict[ProbeConfig, torch.nn.Module], dict[ProbeConfig, dict[str, Any]]]:
+                settings: TrainSettings, standardizer: Standardizer, log: Any = None, subset: np.ndarray | None = None
+                ) -> tuple[dict[ProbeConfig, torch.nn.Module], dict[ProbeConfig, dict[str, Any]]]:
     """Train every config on the train split (only images ``subset`` if given: an epoch is one pass
     over them) in one pass per epoch; returns heads and training stats."""
     device = torch.device(settings.device)

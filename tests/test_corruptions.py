@@ -143,7 +143,8 @@ def test_probes_score_the_clean_heads_on_corrupted_features(corrupted):
 def test_missing_or_unsupported_corrupted_splits_are_one_line_errors(corrupted, capsys):
     data = ["--data", str(corrupted.root), "--dataset", "tiny"]
     assert probe_main(["--task", "depth", "--test-corrupt", "contrast:2", *data]) == 2
-    assert "make extract MODEL=test_vit_tiny DATASET=tiny PROTOCOL=midprobe CORRUPT=contrast:2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "make extract MODEL=test_vit_tiny DATASET=tiny PROTOCOL=midprobe CORRUPT=contrast:2" in err
     assert probe_main(["--task", "similarity", "--test-corrupt", "fog:1", *data]) == 2
     assert "2AFC answer judges the clean images" in capsys.readouterr().err
     assert probe_main(["--task", "depth", "--test-corrupt", "fog:9", *data]) == 2

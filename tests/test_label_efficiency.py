@@ -133,3 +133,31 @@ def test_report_draws_the_curve_and_keeps_subsets_out_of_the_leaderboard(root):
     full = [json.loads(p.read_text())["headline"] for p in root.results().rglob("linear-lin-lr0.05-seed*.json")]
     row = board.splitlines()[1].split(",")
     assert float(row[3]) == pytest.approx(np.mean(full)) and row[5] == "2"    # the full-data seeds only
+
+
+def test_subsets_of_an_augmented_split_read_the_epochs_view_of_each_subset_image(root):
+    from cache import open_feature_writer, open_dataset
+    from probe.train import training_batches
+
+    _dataset(root, n_train=8)
+    store = open_dataset("sub", root=root)
+    n, views = 8, 2
+    maps = np.zeros((views * n, 1, 2, 2), np.float32) + np.arange(views * n)[:, None, None, None]
+    fingerprint = {**open_features("sub", "lin", "train", root=root).fingerprint, "split": "train@aug2-paper-nyu",
+                   "layers": ["lin"], "augment": {"views": views, "policy": "paper-nyu", "seed": 0}}
+    writer = open_feature_writer(root.feature_store("sub", "aug"), split="train@aug2-paper-nyu",
+                                 fingerprint=fingerprint, num_images=views * n, layer_shapes={"lin": (1, 2, 2)},
+                                 strides={"lin": 8}, global_dim=1, chunk_images=4)
+    for ci in writer.pending():
+        lo, hi = writer.chunk_range(ci)
+        writer.write_chunk(ci, {"lin": maps[lo:hi]}, np.zeros((hi - lo, 1), np.float32))
+    assert writer.finalize()
+    train = open_features("sub", "aug", "train@aug2-paper-nyu", root=root)
+    targets = {"foreground": store.split("train").array("foreground")}
+    for epoch in (0, 1):
+        batches = list(training_batches(train, layers=["lin"], targets=targets, batch_size=2, seed=0, epoch=epoch,
+                                        subset=np.array([1, 6])))
+        index = np.concatenate([b.index for b in batches])
+        assert sorted(index) == [epoch * n + 1, epoch * n + 6]                  # view epoch mod 2 of images 1, 6
+        assert sorted(np.concatenate([b.features["lin"][:, 0, 0, 0] for b in batches])) == sorted(index)
+        assert all(b.targets["foreground"].shape[0] == len(b.index) for b in batches)

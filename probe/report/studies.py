@@ -227,8 +227,8 @@ def robustness(records: list[Mapping[str, Any]], figures: Path) -> list[str]:
         how = ("zero-shot on clean and corrupted features" if head == "zero-shot" else
                "for heads trained on clean features (the same heads, scored on both)")
         lines += [f"## Robustness — {column}, {protocol} protocol, {_heads(head)}", "",
-                  f"Relative drop of the headline ({metric}) on corrupted test images, (clean − corrupted) / |clean|, "
-                  f"{how}; mean over seeds. Positive = worse.", "", f"![robustness](figures/{path.name})", "",
+                  f"Relative drop of the headline ({metric}) on corrupted test images, "
+                  f"(clean − corrupted) / |clean|, {how}; mean over seeds. Positive = worse.", "", f"![robustness](figures/{path.name})", "",
                   "| model | corruption | clean (%) | " + " | ".join(f"severity {s}" for s in severities) + " |",
                   "|---|---|---|" + "---|" * len(severities), *rows, ""]
     return lines
