@@ -27,14 +27,18 @@ CHECK    ?=
 LOG      ?=
 EXAMPLE  ?= $(DATA)/raw/example
 REPAIR   ?=
+CORRUPT  ?=
+TEST_CORRUPT ?=
+TRAIN_IMAGES ?=
+SEEDS    ?=
 export MIDPROBE_DATA := $(DATA)
 
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test soak data example-folder extract probe demo bench fidelity report verify clean-data help
+.PHONY: setup test soak data example-folder extract probe demo bench fidelity studies report verify clean-data help
 
 help:
-	@echo "make setup | test | soak | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… | probe TASK=… [LOG=tensorboard] | demo | bench | fidelity | report | verify [REPAIR=1]"
+	@echo "make setup | test | soak | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… | probe TASK=… [LOG=tensorboard] | demo | bench | fidelity | studies | report | verify [REPAIR=1]"
 	@echo "the same stages as one command, after make setup: $(MIDPROBE) --help"
 
 $(STAMP): pyproject.toml
@@ -65,13 +69,16 @@ extract: setup
 	@test -n "$(MODEL)" || { echo "error: MODEL is required, e.g. make extract MODEL=vit_b_mae DATASET=synthetic" >&2; exit 2; }
 	$(MIDPROBE) extract --model $(MODEL) --dataset $(DATASET) --protocol $(PROTOCOL) --precision $(PRECISION) \
 		--device $(DEVICE) --shard $(SHARD) \
-		$(if $(LAYERS),--layers $(LAYERS)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(SPLIT),--split $(SPLIT))
+		$(if $(LAYERS),--layers $(LAYERS)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(SPLIT),--split $(SPLIT)) \
+		$(if $(CORRUPT),--corrupt $(CORRUPT))
 
 probe: setup
 	@test -n "$(TASK)" || { echo "error: TASK is required, e.g. make probe TASK=normals" >&2; exit 2; }
 	$(MIDPROBE) probe --task $(TASK) --dataset $(DATASET) --protocol $(PROTOCOL) --precision $(PRECISION) --device $(DEVICE) \
 		$(if $(HEAD),--head $(HEAD)) $(if $(LR),--lr $(LR)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
-		$(if $(MODEL),--model $(MODEL)) $(if $(LAYERS),--layers "$(LAYERS)") $(if $(LOG),--log $(LOG))
+		$(if $(MODEL),--model $(MODEL)) $(if $(LAYERS),--layers "$(LAYERS)") $(if $(LOG),--log $(LOG)) \
+		$(if $(TRAIN_IMAGES),--train-images $(TRAIN_IMAGES)) $(if $(SEEDS),--seeds $(SEEDS)) \
+		$(if $(TEST_CORRUPT),--test-corrupt $(TEST_CORRUPT))
 
 # With no records under DATA but the demo's (data/demo), reports the demo and says so.
 report: setup
@@ -104,6 +111,12 @@ bench: setup
 # backbones); rewrites the table between the README's fidelity markers.
 fidelity: setup
 	$(MIDPROBE) fidelity --data $(DATA)/fidelity --readme README.md
+
+# Label efficiency and robustness on a small synthetic set (weight-free and random backbones):
+# a labels-vs-headline curve, two corruptions at three severities, and their report.
+STUDIES_DATA ?= $(DATA)/studies
+studies: setup
+	$(PY) -m bench.studies --data $(STUDIES_DATA)
 
 clean-data:
 	rm -rf $(DATA)

@@ -40,13 +40,16 @@ def iterate_batches(features: FeatureSplit, *, layers: Sequence[str], batch_size
                     epoch: int = 0, shuffle: bool = True, targets: Mapping[str, zarr.Array] | None = None,
                     chunks: Sequence[int] | None = None, window_chunks: int = 4,
                     drop_last: bool = False, prefetch: bool = True,
-                    images: tuple[int, int] | None = None, target_offset: int = 0) -> Iterator[Batch]:
+                    images: tuple[int, int] | None = None, target_offset: int = 0,
+                    subset: np.ndarray | None = None) -> Iterator[Batch]:
     """Yield :class:`Batch` es covering the chosen chunks' images once each.
 
     ``targets`` are per-image arrays of the dataset store; feature image ``f`` reads target
     ``f - target_offset`` (0: the same N and order as the features). ``images = (lo, hi)``
-    keeps only feature images ``lo:hi`` (one augmented view of a view-major split). The order
-    depends only on ``(seed, epoch)``.
+    keeps only feature images ``lo:hi`` (one augmented view of a view-major split).
+    ``subset`` keeps only these feature images (inside ``images``), still read chunk by chunk
+    in windows: only the chunks holding one of them are read, and a subset of every image
+    gives exactly the batches of no subset. The order depends only on ``(seed, epoch)``.
     """
     targets = dict(targets or {})
     k, n = features.chunk_images, features.num_images
@@ -54,6 +57,13 @@ def iterate_batches(features: FeatureSplit, *, layers: Sequence[str], batch_size
     if not 0 <= lo_limit < hi_limit <= n:
         raise ValueError(f"image range {images} is outside the split's {n} images")
     default_chunks = range(lo_limit // k, -(-hi_limit // k))
+    members = None
+    if subset is not None:
+        members = np.unique(np.asarray(subset, dtype=np.int64))
+        if not len(members) or members[0] < lo_limit or members[-1] >= hi_limit or chunks is not None:
+            raise ValueError(f"subset of {len(members)} images must be non-empty, inside images {lo_limit}:{hi_limit} "
+                             "and not combined with chunks")
+        default_chunks = np.unique(members // k)
     chunk_order = np.asarray(list(chunks) if chunks is not None else default_chunks, dtype=np.int64)
     rng = np.random.default_rng([seed, epoch])
     if shuffle:
@@ -64,15 +74,21 @@ def iterate_batches(features: FeatureSplit, *, layers: Sequence[str], batch_size
         target_chunks: dict[tuple[str, int], np.ndarray] = {}   # whole target chunks, read once per window
         for ci in window:
             lo, hi = max(int(ci) * k, lo_limit), min((int(ci) + 1) * k, hi_limit)
-            block = {"__index__": np.arange(lo, hi, dtype=np.int64)}
+            rows = np.arange(lo, hi, dtype=np.int64)
+            if members is not None:
+                rows = members[(members >= lo) & (members < hi)]
+                lo, hi = int(rows[0]), int(rows[-1]) + 1
+            keep = None if len(rows) == hi - lo else rows - lo
+            pick = (lambda a: a) if keep is None else (lambda a: np.take(a, keep, axis=0))
+            block = {"__index__": rows}
             for layer in layers:
                 stored = features.read_stored(layer, lo, hi)
                 if isinstance(stored, Quantized):      # int8 and scales travel as stored, dequantised on use
-                    block[f"f:{layer}"], block[f"s:{layer}"] = stored.values, stored.scale
+                    block[f"f:{layer}"], block[f"s:{layer}"] = pick(stored.values), pick(stored.scale)
                 else:
-                    block[f"f:{layer}"] = stored
+                    block[f"f:{layer}"] = pick(stored)
             for key, arr in targets.items():
-                block[f"t:{key}"] = _read_range(arr, lo - target_offset, hi - target_offset, key, target_chunks)
+                block[f"t:{key}"] = pick(_read_range(arr, lo - target_offset, hi - target_offset, key, target_chunks))
             blocks.append(block)
         return blocks
 

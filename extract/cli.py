@@ -29,6 +29,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="midprobe", help="midprobe (default) or paper: which extraction choices "
                    "(input normalisation, global vector, augmented views) and model variants the tasks read")
     p.add_argument("--layers", help="comma-separated layer names or indices (default: the layers the tasks read)")
+    p.add_argument("--corrupt", help="<name>:<severity>[:<seed>], comma-separated (e.g. fog:3,occlusion:2): extract "
+                   "instead the corrupted copies of the test split (and of correspondence pairs), each as its own "
+                   "feature split test@corrupt-<name>-<severity>; severity 0-5, 0 = clean")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp16", choices=("fp16", "int8"),
@@ -71,5 +74,5 @@ def main(argv: list[str] | None = None) -> int:
             precision=args.precision,
             layers=args.layers.split(",") if args.layers else None, batch_size=args.batch_size,
             device=args.device, shard=args.shard, weights=args.weights, chunk_images=args.chunk_images,
-            root=data_root(args.data), progress=not args.quiet)
+            root=data_root(args.data), progress=not args.quiet, corruptions=args.corrupt)
     return 0

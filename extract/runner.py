@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from cache.feature_store import GLOBAL, check_float16_range, choose_chunk_images
 from cache.paths import DataRoot
 from extract.backbones import Backbone, build_backbone, get_spec
 from extract.backbones.timm_models import TimmBackbone
+from extract.corruptions import MIN_SIDE, corrupt_images, parse_corruption, parse_list
 from extract.plan import SplitJob, plan_extraction
 from protocols import ExtractionChoices, Protocol, get_protocol
 
@@ -119,6 +120,8 @@ def fingerprint_of(backbone: Backbone, split: SplitView, dataset_name: str, data
         "input_norm": choices.input_norm, "global_kind": spec.global_kind,
         "augment": ({"views": choices.augment_views, "policy": choices.augment_policy, "seed": AUGMENT_SEED}
                     if job and job.training and choices.augment_views else None),
+        # only on corrupted splits, so clean splits keep the fingerprint they always had
+        **({"corruption": parse_corruption(choices.corruption).fingerprint()} if choices.corruption else {}),
     }
 
 
@@ -208,7 +211,8 @@ def extract(*, model: str, dataset: str, splits: list[str] | None = None, layers
             protocol: str | Protocol = "midprobe", tasks: list[str] | None = None, precision: str = "fp16",
             batch_size: int = 16, device: str = "cpu", shard: tuple[int, int] = (0, 1),
             weights: str | None = None, chunk_images: int | None = None, root: DataRoot | None = None,
-            backbone: Backbone | None = None, progress: bool = True) -> list[ExtractionReport]:
+            backbone: Backbone | None = None, progress: bool = True,
+            corruptions: Sequence[str] | str | None = None) -> list[ExtractionReport]:
     """Extract ``model``'s features for the feature splits ``protocol``'s tasks read from ``dataset``.
 
     The plan (:func:`extract.plan.plan_extraction`) picks, per task of the dataset store
@@ -217,7 +221,9 @@ def extract(*, model: str, dataset: str, splits: list[str] | None = None, layers
     layers. Resumable (chunks already durable are skipped) and shardable (``shard=(i, n)``
     writes only its chunk-aligned block). ``precision`` ``"int8"`` writes the int8 store
     (``<model>@int8.zarr``) instead of the float16 one. A complete split that lacks a planned
-    layer gains it (only the new layers are written). Returns one report per feature split.
+    layer gains it (only the new layers are written). ``corruptions`` (``["fog:3", ...]`` or
+    ``"fog:3,contrast:2"``) extracts instead, for each, the corrupted copies of the evaluation
+    splits (:mod:`extract.corruptions`). Returns one report per feature split.
     """
     root = root or data_root()
     if batch_size < 1:
@@ -226,8 +232,10 @@ def extract(*, model: str, dataset: str, splits: list[str] | None = None, layers
     check_precision(precision)
     store = open_dataset(dataset if "@" in dataset else protocol.dataset_name(dataset), root=root)
     torch_device = resolve_device(device)
-    jobs = plan_extraction(attrs=store.attrs, splits=store.splits, protocol=protocol, tasks=tasks,
-                           only_splits=splits, layers="all" if layers else None)
+    corrupted = parse_list(corruptions if isinstance(corruptions, str) else ",".join(corruptions or ()))
+    jobs = [job for corruption in corrupted or [""]
+            for job in plan_extraction(attrs=store.attrs, splits=store.splits, protocol=protocol, tasks=tasks,
+                                       only_splits=splits, layers="all" if layers else None, corruption=corruption)]
     backbone = backbone or build_backbone(protocol_model(model, protocol), weights=weights, layers=layers)
     backbone.module.to(torch_device)
     path = root.feature_store(store.name, backbone.spec.name, precision)
@@ -274,6 +282,9 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
     views = job.choices.augment_views if job.training else 0
     num = split.num_images * max(views, 1)
     height, width = split.image_size
+    if job.choices.corruption and min(height, width) < MIN_SIDE:
+        raise MidprobeError(f"corruption {job.choices.corruption!r} needs images of at least {MIN_SIDE}x{MIN_SIDE} "
+                            f"px; {dataset_name}/{split.name} has {height}x{width}")
     wanted = _job_layers(backbone, job)
     all_shapes, global_dim = layer_shapes(backbone, height, width, device)
     shapes = {name: all_shapes[name] for name in wanted}
@@ -308,7 +319,10 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
         for index in pending:
             lo, hi = writer.chunk_range(index)
             if not views:
-                yield index, split.read("images", slice(lo, hi))     # a damaged chunk: one line naming it
+                images = split.read("images", slice(lo, hi))       # a damaged chunk: one line naming it
+                if job.choices.corruption:
+                    images = corrupt_images(images, job.choices.corruption, np.arange(lo, hi))
+                yield index, images
                 continue
             view, source = view_source(np.arange(lo, hi), split.num_images)
             pixels = split.read("images", source)
