@@ -14,6 +14,7 @@ LR       ?=
 EPOCHS   ?=
 PROTOCOL ?= midprobe
 PRECISION ?= fp16
+AUGMENT  ?=
 DEVICE   ?= cpu
 WEIGHTS  ?=
 SHARD    ?= 0/1
@@ -68,13 +69,14 @@ example-folder: setup
 extract: setup
 	@test -n "$(MODEL)" || { echo "error: MODEL is required, e.g. make extract MODEL=vit_b_mae DATASET=synthetic" >&2; exit 2; }
 	$(MIDPROBE) extract --model $(MODEL) --dataset $(DATASET) --protocol $(PROTOCOL) --precision $(PRECISION) \
-		--device $(DEVICE) --shard $(SHARD) \
+		--device $(DEVICE) --shard $(SHARD) $(if $(AUGMENT),--augment $(AUGMENT)) \
 		$(if $(LAYERS),--layers $(LAYERS)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(SPLIT),--split $(SPLIT)) \
 		$(if $(CORRUPT),--corrupt $(CORRUPT))
 
 probe: setup
 	@test -n "$(TASK)" || { echo "error: TASK is required, e.g. make probe TASK=normals" >&2; exit 2; }
 	$(MIDPROBE) probe --task $(TASK) --dataset $(DATASET) --protocol $(PROTOCOL) --precision $(PRECISION) --device $(DEVICE) \
+		$(if $(AUGMENT),--augment $(AUGMENT)) \
 		$(if $(HEAD),--head $(HEAD)) $(if $(LR),--lr $(LR)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
 		$(if $(MODEL),--model $(MODEL)) $(if $(LAYERS),--layers "$(LAYERS)") $(if $(LOG),--log $(LOG)) \
 		$(if $(TRAIN_IMAGES),--train-images $(TRAIN_IMAGES)) $(if $(SEEDS),--seeds $(SEEDS)) \

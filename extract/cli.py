@@ -34,6 +34,9 @@ def parser() -> argparse.ArgumentParser:
                    "feature split test@corrupt-<name>-<severity>; severity 0-5, 0 = clean")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--augment", metavar="K[:POLICY]",
+                   help="dense probes train on K seeded augmented views of each training image (policy "
+                        "paper-nyu, the default, or paper-navi; extract and probe with the same AUGMENT=)")
     p.add_argument("--precision", default="fp16", choices=("fp16", "int8"),
                    help="float16 features (default) or int8 with a float16 scale per image and channel "
                         "(about half the bytes; its own store, <model>@int8.zarr)")
@@ -70,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
                             f"{args.chunk_images}")
     from extract.runner import extract
 
-    extract(model=args.model, dataset=args.dataset, splits=args.split, tasks=args.task, protocol=args.protocol,
+    from protocols import get_protocol, with_augment
+
+    protocol = with_augment(get_protocol(args.protocol), args.augment)
+    extract(model=args.model, dataset=args.dataset, splits=args.split, tasks=args.task, protocol=protocol,
             precision=args.precision,
             layers=args.layers.split(",") if args.layers else None, batch_size=args.batch_size,
             device=args.device, shard=args.shard, weights=args.weights, chunk_images=args.chunk_images,

@@ -290,7 +290,7 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
     shapes = {name: all_shapes[name] for name in wanted}
     norm = input_stats(backbone, job.choices)
     chunk = chunk_images or (choose_chunk_images(shapes, num) if shapes else min(GLOBAL_CHUNK, num))
-    need = estimate_bytes(shapes, global_dim, num, precision)
+    need = estimate_bytes(shapes, global_dim, num, precision, chunk_images=chunk)
     free = _free_bytes(path)
     _say(progress, f"[extract] {backbone.spec.name} on {dataset_name}/{job.name}: {num} images "
                    f"{height}x{width}, layers {', '.join(f'{k}{list(v)}' for k, v in shapes.items()) or 'none'} "

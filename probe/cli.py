@@ -63,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--test-corrupt", help="robustness: also score every head on these corrupted test splits "
                    "(<name>:<severity>[:<seed>], comma-separated; extracted with make extract CORRUPT=...)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--augment", metavar="K[:POLICY]",
+                   help="dense probes train on K seeded augmented views of each training image (policy "
+                        "paper-nyu, the default, or paper-navi; extract and probe with the same AUGMENT=)")
     p.add_argument("--precision", default="fp16", choices=("fp16", "int8"),
                    help="which feature store to read: float16 (default) or int8 (PRECISION=int8 at extraction)")
     p.add_argument("--uncertainty-aware", action="store_true", help="normals: the uncertainty-aware angular loss")
@@ -120,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = overrides_of(args) if isinstance(task, DenseTask) else {}
     layer_sets = [s.split(",") for s in args.layers.split(";") if s] if args.layers else None
     zero_shot = {"bidirectional": True} if args.bidirectional else {}
-    rows = run_task(task_name=args.task, dataset=args.dataset, protocol=args.protocol,
+    from protocols import get_protocol, with_augment
+
+    protocol = with_augment(get_protocol(args.protocol), args.augment)
+    rows = run_task(task_name=args.task, dataset=args.dataset, protocol=protocol,
                     models=args.model.split(",") if args.model else None,
                     heads=[h for h in args.head.split(",") if h] if args.head else None, lrs=args.lr,
                     layer_sets=layer_sets, overrides=overrides, seed=args.seed, device=args.device,

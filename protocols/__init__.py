@@ -11,8 +11,8 @@ from protocols.choices import (CORRUPTIBLE_TASKS, DEFAULT_LAYERS, DENSE_TASKS, T
                                Deviation, DPTChoices, ExtractionChoices, Protocol, apply, canonical_corruption,
                                corruption_list, corruption_parts, feature_split_name)
 from protocols.registry import (DEVIATIONS, MIDPROBE, PAPER, PROTOCOLS, deviation, get_protocol, register_protocol,
-                                with_deviation)
+                                with_augment, with_deviation)
 
 __all__ = ["CORRUPTIBLE_TASKS", "DEFAULT_LAYERS", "DENSE_TASKS", "TASK_SPLITS", "feature_split_name", "CorrespondenceChoices", "DenseChoices", "Deviation", "DPTChoices",
            "ExtractionChoices", "Protocol", "apply", "canonical_corruption", "corruption_list", "corruption_parts", "DEVIATIONS", "MIDPROBE", "PAPER", "PROTOCOLS",
-           "deviation", "get_protocol", "register_protocol", "with_deviation"]
+           "deviation", "get_protocol", "register_protocol", "with_augment", "with_deviation"]

@@ -117,3 +117,28 @@ def test_make_data_with_the_paper_protocol_prepares_its_own_store(root, capsys):
     assert "contradicts protocol 'paper'" in capsys.readouterr().err
     assert data_main(["--dataset", "voc", "--data", str(root.root), "--protocol", "midprobe", "--quiet"]) == 0
     assert open_dataset("voc", root=root).attrs["options"]["void_as_foreground"] is False
+
+
+def test_augment_override_names_its_own_protocol_and_the_size_estimate_holds(synthetic_root, tmp_path, capsys):
+    import re
+    import shutil
+
+    from cache import data_root
+    from extract.cli import main as extract_main
+    from protocols import with_augment
+
+    aug = with_augment(MIDPROBE, "10")
+    assert aug.name == "midprobe+aug10-paper-nyu"
+    assert aug.extraction_choices("depth", "nyuv2").augment_views == 10
+    assert aug.extraction_choices("segmentation", "voc").augment_policy == "paper-nyu"
+    assert with_augment(MIDPROBE, "4:paper-navi").extraction_choices("normals").augment_policy == "paper-navi"
+    with pytest.raises(MidprobeError, match="unknown augmentation policy 'flip'"):
+        with_augment(MIDPROBE, "4:flip")
+    root = data_root(tmp_path / "data")
+    shutil.copytree(synthetic_root.dataset_store("synthetic"), root.dataset_store("synthetic"))
+    assert extract_main(["--model", "pixels", "--dataset", "synthetic", "--task", "depth", "--augment", "10",
+                         "--data", str(root.root)]) == 0
+    printed = re.search(r"synthetic/train@aug10-paper-nyu: 240 images .* store ~([0-9.]+) MiB", capsys.readouterr().err)
+    store = root.feature_store("synthetic", "pixels") / "train@aug10-paper-nyu"
+    written = sum(p.stat().st_size for p in store.rglob("*") if p.is_file() and "/c/" in str(p))
+    assert printed and abs(float(printed.group(1)) * 2**20 - written) <= 0.05 * written
