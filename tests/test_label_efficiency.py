@@ -128,6 +128,10 @@ def test_report_draws_the_curve_and_keeps_subsets_out_of_the_leaderboard(root):
     assert "![label efficiency](figures/label_efficiency_midprobe_linear_segmentation__sub.png)" in section
     assert (page.parent / "figures" / "label_efficiency_midprobe_linear_segmentation__sub.png").stat().st_size > 0
     assert "| lin | `linear-lin-lr0.05` |" in section and "(24) |" in section
+    html = (page.parent / "report.html").read_text()               # the shared page holds the section too
+    studies = html.split('<section id="studies">')[1].split("</section>")[0]
+    assert "Label efficiency — segmentation (sub)" in studies and 'src="data:image/png;base64,' in studies
+    assert '<table class="sortable">' in studies and "<code>linear-lin-lr0.05</code>" in studies
     board = (page.parent / "leaderboard_midprobe_linear.csv").read_text()
     assert "-n3" not in board and "-n6" not in board and "linear-lin-lr0.05" in board
     full = [json.loads(p.read_text())["headline"] for p in root.results().rglob("linear-lin-lr0.05-seed*.json")]

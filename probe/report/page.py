@@ -13,7 +13,7 @@ from cache.durable import disk_errors, fsync_dir, fsync_tree
 from cache.progress import progress_bar
 from probe.records import load_records
 from probe.report.figures import draw_board, figure_count
-from probe.report.html import write_html
+from probe.report.html import markdown_section, write_html
 from probe.report.studies import is_study_record, study_sections
 from probe.report.tables import build_leaderboards, load_imagenet
 
@@ -88,7 +88,8 @@ def _build_report(root: DataRoot, *, imagenet_csv: str | None, quiet: bool) -> t
         lines += ["### Ranking", "", f"![ranking](figures/{path.name})" if path else f"Not drawn — {note}.", "",
                   "| model | mean rank over tasks |", "|---|---|",
                   *[f"| {m} | {r:.2f} |" for m, r in sorted(section.mid_rank.items(), key=lambda kv: kv[1])], ""]
-    lines += study_sections(records, figures)
+    studies = study_sections(records, figures)
+    lines += studies
     imagenet_source = imagenet_csv or DEFAULT_IMAGENET
     note = DEFAULT_IMAGENET_NOTE if imagenet_csv is None else ""
     stores = feature_stores(root, records)
@@ -98,7 +99,7 @@ def _build_report(root: DataRoot, *, imagenet_csv: str | None, quiet: bool) -> t
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     write_html(folder / "report.html", sections=drawn, records=records, root=root, built=built, intro=HEADLINES,
                protocols={s.board.protocol: describe_protocol(s.board.protocol) for s in drawn}, stores=stores,
-               imagenet_source=f"`{imagenet_source}`{note}")
+               imagenet_source=f"`{imagenet_source}`{note}", studies=markdown_section(studies, folder))
     fsync_tree(folder)
     for path in sorted(folder.rglob("*"), key=lambda p: (p.name == "report.md", str(p))):
         if path.is_file():
