@@ -35,6 +35,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="local weights file (.safetensors or .pth) instead of a download")
     p.add_argument("--chunk-images", type=int, help="images per Zarr chunk (default: ~32 MiB chunks)")
     p.add_argument("--data", help="data root (default $MIDPROBE_DATA or ./data)")
+    p.add_argument("--dry-run", action="store_true", help="print the bytes each feature split would take "
+                   "(split sizes from the prepared store, or the dataset's published counts) and exit")
+    p.add_argument("--precision", default="fp16", help="stored value type for --dry-run (fp16: 2 bytes)")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -59,6 +62,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.model or not args.dataset:
         raise MidprobeError("both --model and --dataset are required (or --list)")
+    if args.dry_run:
+        from extract.sizing import dataset_layout, feature_model_name, format_sizes, size_extraction
+        from protocols import get_protocol
+
+        protocol = get_protocol(args.protocol)
+        layout = dataset_layout(args.dataset, protocol=protocol, root=data_root(args.data))
+        sizes = size_extraction(model=args.model, layout=layout, protocol=protocol, tasks=args.task,
+                                only_splits=args.split, layers=args.layers.split(",") if args.layers else None,
+                                precision=args.precision)
+        print(format_sizes(feature_model_name(args.model, protocol), layout, sizes))
+        return 0
     from extract.runner import extract
 
     extract(model=args.model, dataset=args.dataset, splits=args.split, tasks=args.task, protocol=args.protocol,
