@@ -138,8 +138,9 @@ def dataset_layout(loader: str, *, protocol: Protocol, options: Mapping[str, Any
 
         o = {**DEFAULTS, **{k: int(v) for k, v in options.items() if k in DEFAULTS}}
         size = o["size"]
-        splits = {"train": SplitLayout(o["train"], size, size), "test": SplitLayout(o["test"], size, size),
-                  "pairs": SplitLayout(2 * o["pairs"], size, size), "triplets": SplitLayout(3 * o["triplets"], size, size)}
+        # a pair stores its two views, a triplet its three images
+        counts = {"train": o["train"], "test": o["test"], "pairs": 2 * o["pairs"], "triplets": 3 * o["triplets"]}
+        splits = {name: SplitLayout(n, size, size) for name, n in counts.items()}
         return DatasetLayout(name, base, SYNTHETIC_TASKS, splits, "synthetic options")
     if base not in PUBLISHED:
         raise MidprobeError(f"dataset {name!r} is not prepared under {root.root if root else 'the data root'} and "

@@ -50,7 +50,8 @@ def plan_jobs(spec: GridSpec, root: DataRoot) -> list[Job]:
     for entry in spec.datasets:
         store = protocol.dataset_name(entry.loader)
         options = {**protocol.data_options(entry.loader), **entry.options}
-        prepare = Job(_name("prepare", store), PrepareDataset(where, entry.loader, store, options, entry.raw), (), False)
+        prepare = Job(_name("prepare", store), PrepareDataset(where, entry.loader, store, options, entry.raw),
+                      (), False)
         jobs.append(prepare)
         for model in spec.models:
             feature_model = feature_model_name(model, protocol)

@@ -216,7 +216,9 @@ class ProbeStore:
             probes = [ProbeConfig(h, tuple(layers), lr).key for h in heads if h != "ridge" for layers in sets
                       for lr in lrs] + [f"ridge-{'+'.join(layers)}" for layers in sets if "ridge" in heads]
             args.update(heads=heads, lrs=lrs)
-            per_seed = lambda seed: {**config, "settings": TrainSettings(choices, seed, self.device).as_dict()}
+
+            def per_seed(seed: int) -> dict[str, Any]:
+                return {**config, "settings": TrainSettings(choices, seed, self.device).as_dict()}
         else:
             probes = [s.task if not sets else f"{s.task}-{'+'.join(sets[0])}"]
             if s.task == "correspondence" and attrs:
@@ -224,7 +226,9 @@ class ProbeStore:
 
                 style = protocol.correspondence_choices(style_of(attrs).name)
                 config["bidirectional"] = style.bidirectional if s.options.get("bidirectional") else ""
-            per_seed = lambda seed: config
+
+            def per_seed(seed: int) -> dict[str, Any]:
+                return config
         return args, probes, fingerprint, per_seed
 
     def _done(self, seed: int, probes: list[str], fingerprint, per_seed) -> bool:

@@ -168,7 +168,8 @@ def describe(spec: GridSpec, root: DataRoot, jobs: list[Job], *, precision: str 
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines.append(f"feature cache ({precision}) per model and dataset, and estimated time on {rate}:")
     for row in [header, *rows]:
-        lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  " + "  ".join(cells))
     lines.append("")
     for store in stores:
         layout = est.layouts[store]

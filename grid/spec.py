@@ -244,8 +244,8 @@ def load_grid(path: str | Path) -> GridSpec:
                     batch_size=check.integer(grid["batch_size"], ("grid", "batch_size"), least=1),
                     chunk_images=None if grid["chunk_images"] is None else
                     check.integer(grid["chunk_images"], ("grid", "chunk_images"), least=1),
-                    report=grid["report"], weights={m: str(Path(f).expanduser()) for m, f in weights.items()},
-                    datasets=datasets, tasks=tasks)
+                    report=grid["report"], datasets=datasets, tasks=tasks,
+                    weights={m: str(Path(f).expanduser().resolve()) for m, f in weights.items()})
 
 
 def _protocol(check: _Checker, name: Any):
@@ -298,7 +298,7 @@ def _datasets(check: _Checker, value: Any, shards: int) -> tuple[DatasetEntry, .
         if raw is not None and (not isinstance(raw, str) or not raw):
             raise check.fail((*key, "raw"), f"expected a folder path, got {raw!r}")
         out.append(DatasetEntry(loader, tasks, dict(check.table(entry["options"], (*key, "options"))),
-                                str(Path(raw).expanduser()) if raw else None,
+                                str(Path(raw).expanduser().resolve()) if raw else None,
                                 shards if entry["shards"] is None else
                                 check.integer(entry["shards"], (*key, "shards"), least=1)))
     if not out:
