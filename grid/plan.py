@@ -3,8 +3,9 @@
 Bytes come from :func:`extract.sizing.size_extraction` (exact for the planned splits: shapes from
 a ``meta``-device forward, split sizes from the prepared store or the published counts).
 Compute is an estimate from :data:`THROUGHPUT`, figures this project measured (README,
-"Measured"): extraction costs the backbone's forward pass plus writing its features, a probe
-epoch reading its cached features; so both scale with the bytes an image's features take.
+"Measured"): extraction costs the backbone's forward pass plus writing its features; a probe
+epoch on a GPU costs reading its cached features (so both scale with the bytes an image's
+features take), on a CPU the heads' work at the target resolution (so it scales with pixels).
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from grid.spec import GridSpec
 #: Reference throughput per device, from the README's measurements of a ViT-B/16 at 224 px
 #: (4 maps + CLS = 1.21 MB of float16 features per image):
 #: ``cuda`` — one H100: bf16 forward ~6,400 images/s alone, extraction end to end 423 images/s
-#: (bound by reading images and writing the store), a cached linear-probe epoch 2.4 ms/image;
-#: ``cpu`` — 2 cores: extraction 4.5 images/s (bound by the forward), a cached epoch ~5 ms/image.
+#: (bound by reading images and writing the store), a cached linear-probe epoch 2.4 ms/image,
+#: scaled by the bytes read; ``cpu`` — 2 cores: extraction 4.5 images/s (bound by the forward),
+#: a cached epoch ~5 ms/image at 224 x 224 targets, scaled by the target pixels.
 THROUGHPUT = {
-    "cuda": {"forward_per_s": 6400.0, "extract_per_s": 423.0, "epoch_s": 2.4e-3, "label": "one H100"},
-    "cpu": {"forward_per_s": 4.7, "extract_per_s": 4.5, "epoch_s": 5.0e-3, "label": "2 CPU cores"},
+    "cuda": {"forward_per_s": 6400.0, "extract_per_s": 423.0, "epoch_s": 2.4e-3, "epoch_scales": "bytes",
+             "label": "one H100"},
+    "cpu": {"forward_per_s": 4.7, "extract_per_s": 4.5, "epoch_s": 5.0e-3, "epoch_scales": "pixels",
+            "label": "2 CPU cores"},
 }
 REFERENCE_BYTES = (4 * 768 * 14 * 14 + 768) * 2        # ViT-B/16 at 224 px, 4 maps + CLS, float16
 VIT_WIDTH = 768
@@ -131,8 +135,11 @@ class Estimator:
             reads = [(split, split.rows if split else 0)]
         seeds = len(task.seeds)
         images = seeds * sum(n for _, n in reads)
-        read = sum(n * split.bytes / split.rows for split, n in reads if split and split.rows)
-        return Costs(seeds * read / REFERENCE_BYTES * self.rate["epoch_s"], 0, images)
+        if self.rate["epoch_scales"] == "pixels":
+            work = sum(n * split.height * split.width / 224 ** 2 for split, n in reads if split)
+        else:
+            work = sum(n * split.bytes / split.rows / REFERENCE_BYTES for split, n in reads if split and split.rows)
+        return Costs(seeds * work * self.rate["epoch_s"], 0, images)
 
 
 def describe(spec: GridSpec, root: DataRoot, jobs: list[Job], *, precision: str = "fp16",

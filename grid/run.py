@@ -64,27 +64,35 @@ def _one_line(exc: BaseException) -> str:
 
 class _Progress:
     """``[grid] 7/31 done   extract ... (12.3 s) | elapsed 1m10s, ETA 4m10s``. The ETA is the
-    estimated cost of the jobs left, converted to seconds at the rate the finished jobs ran
-    (their own durations over their estimated costs), spread over the workers."""
+    estimated cost of the jobs left, converted to seconds at the rate finished jobs of the same
+    kind ran (their durations over their estimated costs), spread over the workers."""
 
     def __init__(self, jobs: list[Job], costs: dict[str, float], workers: int, out: TextIO) -> None:
         self.total, self.costs, self.workers, self.out = len(jobs), costs, max(1, workers), out
-        self.left = sum(costs.values())
-        self.spent = self.measured = 0.0
+        self.left: Counter = Counter()
+        for job in jobs:
+            self.left[job.kind] += costs.get(job.name, 0.0)
+        self.spent, self.measured = Counter(), Counter()
         self.started = time.perf_counter()
         self.count = 0
+
+    def _eta(self) -> str:
+        rates = {kind: self.spent[kind] / self.measured[kind] for kind in self.measured if self.measured[kind] > 0}
+        if not rates or self.count >= self.total:
+            return "-"
+        fallback = sum(self.spent.values()) / sum(self.measured.values())
+        left = sum(max(cost, 0.0) * rates.get(kind, fallback) for kind, cost in self.left.items())
+        return _clock(left / self.workers)
 
     def update(self, job: Job, outcome: Outcome) -> None:
         self.count += 1
         cost = self.costs.get(job.name, 0.0)
-        self.left -= cost
+        self.left[job.kind] -= cost
         if outcome.status == "done" and cost > 0:
-            self.spent += outcome.seconds
-            self.measured += cost
+            self.spent[job.kind] += outcome.seconds
+            self.measured[job.kind] += cost
         elapsed = time.perf_counter() - self.started
-        eta = "-"
-        if self.measured > 0 and self.count < self.total:
-            eta = _clock(max(self.left, 0.0) * self.spent / self.measured / self.workers)
+        eta = self._eta()
         took = f" ({outcome.seconds:.1f} s)" if outcome.status == "done" else ""
         why = f": {outcome.reason}" if outcome.status in ("failed", "blocked") else ""
         print(f"[grid] {self.count}/{self.total} {outcome.status:<7} {job.task.label}{took}{why} | "
@@ -95,13 +103,14 @@ def run_grid(spec: GridSpec, *, root: DataRoot, client: Any, out: TextIO = sys.s
     """Run every job of ``spec`` on ``client``'s cluster; complete work is skipped."""
     from distributed import as_completed
 
-    from grid.cluster import gpu_workers
+    from grid.cluster import HeapSettings, gpu_workers
     from grid.plan import Estimator
 
     gpus = gpu_workers(client)
     if "cuda" in (spec.device, spec.probe_device) and not gpus:
         raise MidprobeError(f"grid {spec.name} runs on cuda but no worker offers a GPU resource; start workers "
                             "with `dask worker ... --resources GPU=1` (or set device = \"cpu\" / DEVICE=cpu)")
+    client.register_plugin(HeapSettings())
     jobs = plan_jobs(spec, root)
     by_name = {job.name: job for job in jobs}
     log_dir = root.root / "logs" / "grid"

@@ -228,6 +228,15 @@ def test_dry_run_counts_tasks_and_bytes(tmp_path, capsys):
     assert not (tmp_path / "data").exists()
 
 
+def test_workers_get_glibc_heap_thresholds_back(monkeypatch):
+    from grid.cluster import restore_heap
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    assert not restore_heap()                   # a process dask did not start: left alone
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    assert restore_heap()                       # dask's nanny sets it for its workers
+
+
 def test_local_cluster_fits_the_machine():
     assert local_layout(2, 0) == (2, 1)         # this machine: 2 workers x 1 thread
     assert local_layout(16, 0) == (4, 4)
