@@ -73,14 +73,23 @@ def plan_jobs(spec: GridSpec, root: DataRoot) -> list[Job]:
     return jobs
 
 
-def submit_jobs(client: Any, jobs: list[Job], *, log_dir: str, token: str, gpus: bool) -> dict[str, Any]:
-    """Submit ``jobs`` (the report excepted: it runs once the probes are over) in order; returns
-    ``{job name: future}``. ``gpus``: the cluster offers ``GPU`` resources."""
+#: Scheduling priority by kind: datasets, then features (they unblock the probes), then probes.
+PRIORITY = {"prepare": 3, "extract": 2, "finalize": 2, "probe": 1}
+
+
+def submit_jobs(client: Any, jobs: list[Job], *, log_dir: str, token: str, gpus: bool,
+                costs: dict[str, float] | None = None) -> dict[str, Any]:
+    """Submit ``jobs`` (the report excepted: it runs once the probes are over); returns
+    ``{job name: future}``. ``gpus``: the cluster offers ``GPU`` resources. Workers take ready
+    tasks by kind (:data:`PRIORITY`), then the most costly first (``costs``: estimated seconds),
+    so the long ones do not trail at the end."""
+    costs = costs or {}
     futures: dict[str, Any] = {}
     for job in jobs:
         if job.kind == "report":
             continue
         futures[job.name] = client.submit(
             execute, job.task, job.name, log_dir, *[futures[d] for d in job.deps], key=f"{job.name}-{token}",
-            resources={"GPU": 1} if job.gpu and gpus else None, retries=RETRIES, pure=False)
+            resources={"GPU": 1} if job.gpu and gpus else None, retries=RETRIES, pure=False,
+            priority=PRIORITY[job.kind] * 10**9 + min(int(costs.get(job.name, 0.0) * 1000), 10**9 - 1))
     return futures

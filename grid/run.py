@@ -122,7 +122,8 @@ def run_grid(spec: GridSpec, *, root: DataRoot, client: Any, out: TextIO = sys.s
           f"dashboard {_dashboard(client)}; logs {log_dir}", file=out, flush=True)
     progress = _Progress(jobs, costs, workers, out)
     summary = Summary()
-    futures = submit_jobs(client, jobs, log_dir=str(log_dir), token=uuid.uuid4().hex[:8], gpus=bool(gpus))
+    futures = submit_jobs(client, jobs, log_dir=str(log_dir), token=uuid.uuid4().hex[:8], gpus=bool(gpus),
+                          costs=costs)
     names = {future.key: name for name, future in futures.items()}
     outcomes: dict[str, Outcome] = {}
     try:
