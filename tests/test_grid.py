@@ -89,9 +89,13 @@ def client():
 
     from grid.cluster import local_cluster
 
-    before = _dask_processes()
-    with local_cluster(workers=2, threads=1, dashboard=None) as cluster, Client(cluster) as c:
-        yield c
+    before, environ = _dask_processes(), dict(os.environ)
+    try:
+        with local_cluster(workers=2, threads=1, dashboard=None) as cluster, Client(cluster) as c:
+            yield c
+    finally:
+        os.environ.clear()                      # dask's nanny sets its workers' variables here too
+        os.environ.update(environ)
     assert _dask_processes() <= before
 
 
