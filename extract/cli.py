@@ -44,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="local weights file (.safetensors or .pth) instead of a download")
     p.add_argument("--chunk-images", type=int, help="images per Zarr chunk (default: ~32 MiB chunks)")
     p.add_argument("--data", help="data root (default $MIDPROBE_DATA or ./data)")
+    p.add_argument("--dry-run", action="store_true", help="print the bytes each feature split would take "
+                   "(split sizes from the prepared store, or the dataset's published counts) and exit")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -71,6 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or (args.chunk_images is not None and args.chunk_images < 1):
         raise MidprobeError(f"--batch-size and --chunk-images must be >= 1, got {args.batch_size} and "
                             f"{args.chunk_images}")
+    if args.dry_run:
+        from extract.sizing import dataset_layout, feature_model_name, format_sizes, size_extraction
+        from protocols import get_protocol, with_augment
+
+        protocol = with_augment(get_protocol(args.protocol), args.augment)
+        layout = dataset_layout(args.dataset, protocol=protocol, root=data_root(args.data))
+        sizes = size_extraction(model=args.model, layout=layout, protocol=protocol, tasks=args.task,
+                                only_splits=args.split, layers=args.layers.split(",") if args.layers else None,
+                                precision=args.precision)
+        print(format_sizes(feature_model_name(args.model, protocol), layout, sizes))
+        return 0
     from extract.runner import extract
 
     from protocols import get_protocol, with_augment
