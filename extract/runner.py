@@ -270,6 +270,16 @@ def view_source(index: np.ndarray, num_images: int) -> tuple[np.ndarray, np.ndar
     return index // num_images, index % num_images
 
 
+def model_attrs(spec) -> dict[str, Any]:
+    """What a feature store records about its model's variant: its base model, the ``+options``
+    applied, the options ``+paper`` stands for, and whether this store is that paper variant (so a
+    probe under ``PROTOCOL=paper`` finds ``vit_b_mae+hf+paper-layers+sincos`` for ``vit_b_mae``)."""
+    base, *options = spec.name.split("+")
+    paper = list(spec.paper_options)
+    return {"paper_options": paper, "base_model": base, "options": options,
+            "paper_variant": bool(paper) and sorted(options) == sorted(paper)}
+
+
 def _job_layers(backbone: Backbone, job: SplitJob) -> list[str]:
     names = list(backbone.spec.layer_names)
     return {"all": names, "last": names[-1:], "global": []}[job.layers]
@@ -305,7 +315,7 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
                                  num_images=num, layer_shapes=shapes,
                                  strides={name: strides[name] for name in wanted},
                                  global_dim=global_dim, chunk_images=chunk, precision=precision,
-                                 store_attrs={"paper_options": list(backbone.spec.paper_options)})
+                                 store_attrs=model_attrs(backbone.spec))
     missing = [name for name in writer.layers if name not in all_shapes]
     if missing:
         raise MidprobeError(f"{path}/{job.name} is being extracted with layers {', '.join(writer.layers)}; this "

@@ -71,27 +71,37 @@ def protocol_models(store_name: str, protocol: Protocol, models: Sequence[str] |
                     precision: str = "fp16") -> list[str]:
     """The feature stores to probe: ``models`` (or every cached one) as the protocol names them.
 
-    A protocol with a ``model_option`` (``paper``) reads ``<model>+paper`` for a model that
-    offers it (its store records the options it offers) and skips the plain variant of such a
-    model when choosing every cached one.
+    A protocol with a ``model_option`` (``paper``) reads, for a model that offers paper options,
+    the store of its paper variant (its canonical name, e.g. ``vit_b_mae+hf+paper-layers+sincos``,
+    found by the store's own record of its base model), and the plain store of a model with none.
     """
     cached = list_feature_stores(store_name, root=root, precision=precision)
     if not protocol.model_option:
         return list(models or cached)
-    offered = {m: _paper_options(store_name, m, root, precision) for m in cached}
+    attrs = {m: _store_attrs(store_name, m, root, precision) for m in cached}
+
+    def variant(model: str) -> str:
+        if "+" in model:
+            return model
+        for name, a in attrs.items():
+            if a.get("base_model") == model and a.get("paper_variant"):
+                return name
+        # a model with paper options but no paper store: its +paper name makes the error say what to extract
+        return f"{model}+{protocol.model_option}" if attrs.get(model, {}).get("paper_options") else model
+
     if models:
-        return [f"{m}+{protocol.model_option}" if "+" not in m and offered.get(m) else m for m in models]
-    return [m for m in cached if not ("+" not in m and offered.get(m))]
+        return [variant(m) for m in models]
+    bases = list(dict.fromkeys(a.get("base_model") or m.split("+")[0] for m, a in attrs.items()))
+    return [v for v in map(variant, bases) if v in attrs]
 
 
-def _paper_options(dataset: str, model: str, root: DataRoot, precision: str) -> tuple[str, ...]:
+def _store_attrs(dataset: str, model: str, root: DataRoot, precision: str) -> dict[str, Any]:
     import zarr
 
     try:
-        path = root.feature_store(dataset, model, precision)
-        return tuple(zarr.open_group(str(path), mode="r").attrs.get("paper_options", ()))
+        return dict(zarr.open_group(str(root.feature_store(dataset, model, precision)), mode="r").attrs)
     except (FileNotFoundError, ValueError):
-        return ()
+        return {}
 
 
 def subset_sizes(specs: Sequence[int | float | None] | None, num_images: int) -> list[int | None]:

@@ -142,3 +142,30 @@ def test_augment_override_names_its_own_protocol_and_the_size_estimate_holds(syn
     store = root.feature_store("synthetic", "pixels") / "train@aug10-paper-nyu"
     written = sum(p.stat().st_size for p in store.rglob("*") if p.is_file() and "/c/" in str(p))
     assert printed and abs(float(printed.group(1)) * 2**20 - written) <= 0.05 * written
+
+
+def test_paper_probes_find_a_models_paper_variant_by_its_canonical_name(synthetic_root, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from cache import data_root
+    from extract.backbones import register
+    from probe.run import protocol_models, run_task
+    from protocols import PAPER
+    from tests.conftest import TINY_VIT
+
+    register(replace(TINY_VIT, name="test_vit_opts", options={"half": {"mean": (0.5,) * 3, "std": (0.5,) * 3},
+                                                               "other": {"std": (0.2,) * 3}},
+                     paper_options=("half",)))
+    root = data_root(tmp_path / "data")
+    shutil.copytree(synthetic_root.dataset_store("synthetic"), root.dataset_store("synthetic"))
+    for protocol in ("midprobe", "paper"):
+        extract(model="test_vit_opts", dataset="synthetic", tasks=["segmentation"], protocol=protocol, root=root,
+                progress=False)
+    extract(model="pixels", dataset="synthetic", tasks=["segmentation"], protocol="paper", root=root, progress=False)
+    assert protocol_models("synthetic", PAPER, ["test_vit_opts", "pixels"], root) == ["test_vit_opts+half", "pixels"]
+    assert protocol_models("synthetic", PAPER, None, root) == ["pixels", "test_vit_opts+half"]
+    assert sorted(protocol_models("synthetic", MIDPROBE, None, root)) == ["pixels", "test_vit_opts", "test_vit_opts+half"]
+    rows = run_task(task_name="segmentation", dataset="synthetic", models=["test_vit_opts"], protocol="paper",
+                    heads=["linear"], overrides={"epochs": 1}, root=root, quiet=True)
+    assert rows[0]["model"] == "test_vit_opts+half"
