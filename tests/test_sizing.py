@@ -86,5 +86,8 @@ def test_extract_dry_run_prints_split_bytes_and_writes_nothing(tmp_path, capsys)
     assert "total 8.7 GB" in out                                     # (422 + 210) x 13.8 MB
     assert not data.exists()
     root = data_root(tmp_path / "other")
-    assert extract_main(["--model", "pixels", "--dataset", "voc", "--dry-run", "--precision", "int4",
-                         "--data", str(root.root)]) == 2
+    assert extract_main(["--model", "rn50_swav", "--dataset", "voc", "--dry-run", "--precision", "int8",
+                         "--data", str(root.root)]) == 0
+    assert "total 4.4 GB" in capsys.readouterr().out                 # int8: about half
+    with pytest.raises(SystemExit):                                  # argparse names the choices
+        extract_main(["--model", "pixels", "--dataset", "voc", "--dry-run", "--precision", "int4"])
