@@ -14,6 +14,7 @@ LR       ?=
 EPOCHS   ?=
 PROTOCOL ?= midprobe
 PRECISION ?= fp16
+AUGMENT  ?=
 DEVICE   ?= cpu
 WEIGHTS  ?=
 SHARD    ?= 0/1
@@ -28,14 +29,23 @@ LOG      ?=
 CACHE_BUDGET ?=
 EXAMPLE  ?= $(DATA)/raw/example
 REPAIR   ?=
+CORRUPT  ?=
+TEST_CORRUPT ?=
+TRAIN_IMAGES ?=
+SEEDS    ?=
+GRID     ?=
+DRY      ?=
+SCHEDULER ?=
+CLUSTER  ?= local
+JOBS     ?= 1
 export MIDPROBE_DATA := $(DATA)
 
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test soak data example-folder extract probe demo bench bench-gpu fidelity report verify clean-data help
+.PHONY: setup test soak data example-folder extract probe grid demo bench bench-gpu fidelity studies report verify clean-data help
 
 help:
-	@echo "make setup | test | soak | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… | probe TASK=… [LOG=tensorboard] | demo | bench | fidelity | report | verify [REPAIR=1]"
+	@echo "make setup | test | soak | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… [DRY=1] | probe TASK=… [LOG=tensorboard] | grid GRID=grids/….toml [DRY=1] | demo | bench | fidelity | studies | report | verify [REPAIR=1]"
 	@echo "the same stages as one command, after make setup: $(MIDPROBE) --help"
 
 $(STAMP): pyproject.toml
@@ -65,15 +75,18 @@ example-folder: setup
 extract: setup
 	@test -n "$(MODEL)" || { echo "error: MODEL is required, e.g. make extract MODEL=vit_b_mae DATASET=synthetic" >&2; exit 2; }
 	$(MIDPROBE) extract --model $(MODEL) --dataset $(DATASET) --protocol $(PROTOCOL) --precision $(PRECISION) \
-		--device $(DEVICE) --shard $(SHARD) \
-		$(if $(LAYERS),--layers $(LAYERS)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(SPLIT),--split $(SPLIT))
+		--device $(DEVICE) --shard $(SHARD) $(if $(AUGMENT),--augment $(AUGMENT)) \
+		$(if $(LAYERS),--layers $(LAYERS)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(SPLIT),--split $(SPLIT)) \
+		$(if $(CORRUPT),--corrupt $(CORRUPT)) $(if $(DRY),--dry-run)
 
 probe: setup
 	@test -n "$(TASK)" || { echo "error: TASK is required, e.g. make probe TASK=normals" >&2; exit 2; }
 	$(MIDPROBE) probe --task $(TASK) --dataset $(DATASET) --protocol $(PROTOCOL) --precision $(PRECISION) --device $(DEVICE) \
+		$(if $(AUGMENT),--augment $(AUGMENT)) \
 		$(if $(HEAD),--head $(HEAD)) $(if $(LR),--lr $(LR)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
 		$(if $(MODEL),--model $(MODEL)) $(if $(LAYERS),--layers "$(LAYERS)") $(if $(LOG),--log $(LOG)) \
-		$(if $(CACHE_BUDGET),--cache-budget $(CACHE_BUDGET))
+		$(if $(TRAIN_IMAGES),--train-images $(TRAIN_IMAGES)) $(if $(SEEDS),--seeds $(SEEDS)) \
+		$(if $(TEST_CORRUPT),--test-corrupt $(TEST_CORRUPT)) $(if $(CACHE_BUDGET),--cache-budget $(CACHE_BUDGET))
 
 # With no records under DATA but the demo's (data/demo), reports the demo and says so.
 report: setup
@@ -84,20 +97,20 @@ report: setup
 verify: setup
 	$(MIDPROBE) verify $(if $(REPAIR),--repair)
 
-# The demo: a small synthetic set (256 train / 64 test at 224 px, 16 pairs, 16 triplets), three
-# weight-free backbones, linear and MLP heads on every dense task, both zero-shot tasks, the report.
+# A grid file run on dask.distributed: a local cluster sized to this machine, SCHEDULER=tcp://host:8786
+# for a running one, CLUSTER=slurm for JOBS one-GPU SLURM jobs; DRY=1 prints the plan and runs nothing.
+# DEVICE= given on the command line overrides the grid's device.
+grid: setup
+	@test -n "$(GRID)" || { echo "error: GRID is required, e.g. make grid GRID=grids/paper.toml DRY=1" >&2; exit 2; }
+	$(MIDPROBE) grid $(GRID) $(if $(DRY),--dry-run) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) --cluster $(CLUSTER) \
+		$(if $(filter slurm,$(CLUSTER)),--jobs $(JOBS)) $(if $(filter command line environment,$(origin DEVICE)),--device $(DEVICE))
+
+# The demo is grids/demo.toml in its own data root: a small synthetic set (256 train / 64 test at
+# 224 px, 16 pairs, 16 triplets), three weight-free backbones, linear and MLP heads on every dense
+# task, both zero-shot tasks, the report.
 DEMO_DATA ?= $(DATA)/demo
-DEMO_SIZES ?= --train 256 --test 64 --pairs 16 --triplets 16
 demo: setup
-	$(PY) -m extract.datasets --dataset synthetic --data $(DEMO_DATA) $(DEMO_SIZES) --quiet
-	for model in pixels hog vit_b_random; do \
-		$(PY) -m extract --model $$model --dataset synthetic --data $(DEMO_DATA) --quiet || exit 1; done
-	for task in depth normals segmentation; do \
-		$(PY) -m probe --task $$task --dataset synthetic --head linear,mlp --depth-bins grid \
-			--data $(DEMO_DATA) --quiet || exit 1; done
-	for task in correspondence similarity; do \
-		$(PY) -m probe --task $$task --dataset synthetic --data $(DEMO_DATA) --quiet || exit 1; done
-	$(PY) -m probe.report --data $(DEMO_DATA)
+	$(MIDPROBE) grid grids/demo.toml --data $(DEMO_DATA) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
 bench: setup
 	$(MIDPROBE) bench
@@ -110,6 +123,12 @@ bench-gpu: setup
 # backbones); rewrites the table between the README's fidelity markers.
 fidelity: setup
 	$(MIDPROBE) fidelity --data $(DATA)/fidelity --readme README.md
+
+# Label efficiency and robustness on a small synthetic set (weight-free and random backbones):
+# a labels-vs-headline curve, two corruptions at three severities, and their report.
+STUDIES_DATA ?= $(DATA)/studies
+studies: setup
+	$(PY) -m bench.studies --data $(STUDIES_DATA)
 
 clean-data:
 	rm -rf $(DATA)

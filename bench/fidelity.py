@@ -85,9 +85,8 @@ def _probe(job: tuple[str, str, str, int, dict[str, Any], tuple[str, ...]]) -> t
 
     key, task, root_path, seed, options, models = job
     torch.set_num_threads(1)
-    protocol = next(v.protocol for v in variants() if v.key == key.removesuffix(" (baseline)"))
-    if key.endswith(" (baseline)"):
-        protocol = MIDPROBE
+    # protocols hold mapping proxies, which do not pickle: a worker looks its variant up by key
+    protocol = MIDPROBE if key.endswith(" (baseline)") else {v.key: v.protocol for v in variants()}[key]
     overrides = OVERRIDES if task in ("depth", "normals", "segmentation") else {}
     rows = run_task(task_name=task, dataset="synthetic", models=list(models), protocol=protocol, overrides=overrides,
                     seed=seed, root=data_root(root_path), quiet=True,

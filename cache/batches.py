@@ -44,17 +44,20 @@ def iterate_batches(features: FeatureSplit, *, layers: Sequence[str], batch_size
                     epoch: int = 0, shuffle: bool = True, targets: Mapping[str, zarr.Array] | None = None,
                     chunks: Sequence[int] | None = None, window_chunks: int = 4,
                     drop_last: bool = False, prefetch: bool = True,
-                    images: tuple[int, int] | None = None, target_offset: int = 0) -> Iterator[Batch]:
+                    images: tuple[int, int] | None = None, target_offset: int = 0,
+                    subset: np.ndarray | None = None) -> Iterator[Batch]:
     """Yield :class:`Batch` es covering the chosen chunks' images once each.
 
     ``targets`` are per-image arrays of the dataset store; feature image ``f`` reads target
     ``f - target_offset`` (0: the same N and order as the features). ``images = (lo, hi)``
-    keeps only feature images ``lo:hi`` (one augmented view of a view-major split). The order
-    depends only on ``(seed, epoch)``.
+    keeps only feature images ``lo:hi`` (one augmented view of a view-major split).
+    ``subset`` keeps only these feature images (inside ``images``), still read chunk by chunk
+    in windows: only the chunks holding one of them are read, and a subset of every image
+    gives exactly the batches of no subset. The order depends only on ``(seed, epoch)``.
     """
     plan = plan_batches(num_images=features.num_images, chunk_images=features.chunk_images, batch_size=batch_size,
                         seed=seed, epoch=epoch, shuffle=shuffle, chunks=chunks, window_chunks=window_chunks,
-                        drop_last=drop_last, images=images)
+                        drop_last=drop_last, images=images, subset=subset)
     targets = dict(targets or {})
 
     def windows() -> Iterator[list[dict[str, np.ndarray]]]:

@@ -61,12 +61,14 @@ def choose_chunk_images(layer_shapes: Mapping[str, tuple[int, int, int]], num_im
 
 
 def estimate_bytes(layer_shapes: Mapping[str, tuple[int, int, int]], global_dim: int, num_images: int,
-                   precision: str = "fp16") -> int:
+                   precision: str = "fp16", chunk_images: int | None = None) -> int:
     """Bytes the uncompressed store will take on disk (int8: one byte a value plus a float16
-    scale per image and channel; the global vectors stay float16)."""
+    scale per image and channel; the global vectors stay float16). With ``chunk_images``, the
+    last chunk counts whole, as Zarr writes it."""
     values = sum(c * h * w for c, h, w in layer_shapes.values())
     scales = sum(c for c, _, _ in layer_shapes.values()) if precision == "int8" else 0
-    return int((values * bytes_per_value(precision) + 2 * scales + 2 * global_dim) * num_images)
+    slots = -(-num_images // chunk_images) * chunk_images if chunk_images else num_images
+    return int((values * bytes_per_value(precision) + 2 * scales + 2 * global_dim) * slots)
 
 
 def scale_array(layer: str) -> str:

@@ -139,11 +139,12 @@ class FeatureLoader:
 
     def batches(self, *, batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True,
                 chunks: Sequence[int] | None = None, window_chunks: int = 4, drop_last: bool = False,
-                images: tuple[int, int] | None = None, target_offset: int = 0) -> Iterator[Batch]:
+                images: tuple[int, int] | None = None, target_offset: int = 0,
+                subset: np.ndarray | None = None) -> Iterator[Batch]:
         """The batches :func:`cache.iterate_batches` yields for the same arguments, on the device."""
         plan = plan_batches(num_images=self.split.num_images, chunk_images=self.split.chunk_images,
                             batch_size=batch_size, seed=seed, epoch=epoch, shuffle=shuffle, chunks=chunks,
-                            window_chunks=window_chunks, drop_last=drop_last, images=images)
+                            window_chunks=window_chunks, drop_last=drop_last, images=images, subset=subset)
         if not plan.batches:
             return
         if self.resident:

@@ -29,8 +29,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="midprobe", help="midprobe (default) or paper: which extraction choices "
                    "(input normalisation, global vector, augmented views) and model variants the tasks read")
     p.add_argument("--layers", help="comma-separated layer names or indices (default: the layers the tasks read)")
+    p.add_argument("--corrupt", help="<name>:<severity>[:<seed>], comma-separated (e.g. fog:3,occlusion:2): extract "
+                   "instead the corrupted copies of the test split (and of correspondence pairs), each as its own "
+                   "feature split test@corrupt-<name>-<severity>; severity 0-5, 0 = clean")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--augment", metavar="K[:POLICY]",
+                   help="dense probes train on K seeded augmented views of each training image (policy "
+                        "paper-nyu, the default, or paper-navi; extract and probe with the same AUGMENT=)")
     p.add_argument("--precision", default="fp16", choices=("fp16", "int8"),
                    help="float16 features (default) or int8 with a float16 scale per image and channel "
                         "(about half the bytes; its own store, <model>@int8.zarr)")
@@ -38,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="local weights file (.safetensors or .pth) instead of a download")
     p.add_argument("--chunk-images", type=int, help="images per Zarr chunk (default: ~32 MiB chunks)")
     p.add_argument("--data", help="data root (default $MIDPROBE_DATA or ./data)")
+    p.add_argument("--dry-run", action="store_true", help="print the bytes each feature split would take "
+                   "(split sizes from the prepared store, or the dataset's published counts) and exit")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -65,11 +73,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or (args.chunk_images is not None and args.chunk_images < 1):
         raise MidprobeError(f"--batch-size and --chunk-images must be >= 1, got {args.batch_size} and "
                             f"{args.chunk_images}")
+    if args.dry_run:
+        from extract.sizing import dataset_layout, feature_model_name, format_sizes, size_extraction
+        from protocols import get_protocol, with_augment
+
+        protocol = with_augment(get_protocol(args.protocol), args.augment)
+        layout = dataset_layout(args.dataset, protocol=protocol, root=data_root(args.data))
+        sizes = size_extraction(model=args.model, layout=layout, protocol=protocol, tasks=args.task,
+                                only_splits=args.split, layers=args.layers.split(",") if args.layers else None,
+                                precision=args.precision)
+        print(format_sizes(feature_model_name(args.model, protocol), layout, sizes))
+        return 0
     from extract.runner import extract
 
-    extract(model=args.model, dataset=args.dataset, splits=args.split, tasks=args.task, protocol=args.protocol,
+    from protocols import get_protocol, with_augment
+
+    protocol = with_augment(get_protocol(args.protocol), args.augment)
+    extract(model=args.model, dataset=args.dataset, splits=args.split, tasks=args.task, protocol=protocol,
             precision=args.precision,
             layers=args.layers.split(",") if args.layers else None, batch_size=args.batch_size,
             device=args.device, shard=args.shard, weights=args.weights, chunk_images=args.chunk_images,
-            root=data_root(args.data), progress=not args.quiet)
+            root=data_root(args.data), progress=not args.quiet, corruptions=args.corrupt)
     return 0

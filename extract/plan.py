@@ -5,16 +5,18 @@ the protocol names the dataset splits it reads, the extraction choices of each (
 normalisation, global vector, augmented views) and the layers it needs (all, the last, or
 only the global vector). Splits read by several tasks with the same choices are extracted
 once, with the union of their layers. A store without a ``tasks`` attribute gets every split
-with every layer and the default choices.
+with every layer and the default choices. With a corruption, only the evaluation splits of the
+tasks that can be corrupted (``protocols.CORRUPTIBLE_TASKS``) are planned, each as its own
+feature split ``<split>@...corrupt-<name>-<severity>``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from cache import MidprobeError
-from protocols import TASK_SPLITS, ExtractionChoices, Protocol
+from protocols import CORRUPTIBLE_TASKS, TASK_SPLITS, ExtractionChoices, Protocol, feature_split_name
 
 #: How much of the model a layer need covers: every tapped layer, the last one, or none (global only).
 LAYER_NEEDS = ("global", "last", "all")
@@ -38,11 +40,12 @@ class SplitJob:
 
 def plan_extraction(*, attrs: Mapping[str, Any], splits: Sequence[str], protocol: Protocol,
                     tasks: Sequence[str] | None = None, only_splits: Sequence[str] | None = None,
-                    layers: str | None = None) -> list[SplitJob]:
+                    layers: str | None = None, corruption: str = "") -> list[SplitJob]:
     """The feature splits to extract for ``tasks`` (default: the store's) under ``protocol``.
 
     ``only_splits`` keeps the jobs reading those dataset splits; ``layers`` overrides every
-    job's layer need (``LAYERS=``).
+    job's layer need (``LAYERS=``); ``corruption`` (canonical, e.g. ``"fog:3"``) plans instead
+    the corrupted copies of the evaluation splits that corruptible tasks read.
     """
     loader = attrs.get("loader", attrs.get("name", ""))
     store_tasks = list(attrs.get("tasks") or [])
@@ -71,9 +74,28 @@ def plan_extraction(*, attrs: Mapping[str, Any], splits: Sequence[str], protocol
             else:
                 jobs[name] = SplitJob(source, name, choices, need, training, (task,))
     out = [job for job in jobs.values() if not only_splits or job.source in only_splits or job.name in only_splits]
+    if corruption:
+        out = _corrupted(out, corruption, attrs.get("name"))
     if only_splits and not out:
         raise MidprobeError(f"no feature split to extract from {', '.join(only_splits)}; the store's splits: "
                             f"{', '.join(splits)}")
     if layers is not None:
         out = [SplitJob(j.source, j.name, j.choices, layers, j.training, j.tasks) for j in out]
+    return out
+
+
+def _corrupted(jobs: list[SplitJob], corruption: str, dataset: Any) -> list[SplitJob]:
+    """The corrupted copies of the evaluation jobs read by corruptible tasks (for a store without
+    tasks, of the splits those tasks evaluate on)."""
+    evaluated = {split for task in CORRUPTIBLE_TASKS for split, training in TASK_SPLITS[task] if not training}
+    out = []
+    for job in jobs:
+        tasks = tuple(t for t in job.tasks if t in CORRUPTIBLE_TASKS)
+        if job.training or (job.tasks and not tasks) or (not job.tasks and job.source not in evaluated):
+            continue
+        choices = replace(job.choices, corruption=corruption)
+        out.append(SplitJob(job.source, feature_split_name(job.source, choices), choices, job.layers, False, tasks))
+    if not out:
+        raise MidprobeError(f"nothing to corrupt in dataset {dataset!r}: corruptions apply to the evaluation splits "
+                            f"of {', '.join(CORRUPTIBLE_TASKS)}, and none is planned here")
     return out

@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from cache.feature_store import choose_chunk_images, estimate_bytes
 from cache.paths import DataRoot
 from extract.backbones import Backbone, build_backbone, get_spec
 from extract.backbones.timm_models import TimmBackbone
+from extract.corruptions import MIN_SIDE, corrupt_images, parse_corruption, parse_list
 from extract.pipeline import WriterPool, host_images, normalise, read_ahead, run_chunk, writer_threads
 from extract.plan import SplitJob, plan_extraction
 from protocols import ExtractionChoices, Protocol, get_protocol
@@ -94,6 +95,8 @@ def fingerprint_of(backbone: Backbone, split: SplitView, dataset_name: str, data
         "input_norm": choices.input_norm, "global_kind": spec.global_kind,
         "augment": ({"views": choices.augment_views, "policy": choices.augment_policy, "seed": AUGMENT_SEED}
                     if job and job.training and choices.augment_views else None),
+        # only on corrupted splits, so clean splits keep the fingerprint they always had
+        **({"corruption": parse_corruption(choices.corruption).fingerprint()} if choices.corruption else {}),
     }
 
 
@@ -134,7 +137,8 @@ def extract(*, model: str, dataset: str, splits: list[str] | None = None, layers
             protocol: str | Protocol = "midprobe", tasks: list[str] | None = None, precision: str = "fp16",
             batch_size: int = 16, device: str = "cpu", shard: tuple[int, int] = (0, 1),
             weights: str | None = None, chunk_images: int | None = None, root: DataRoot | None = None,
-            backbone: Backbone | None = None, progress: bool = True) -> list[ExtractionReport]:
+            backbone: Backbone | None = None, progress: bool = True,
+            corruptions: Sequence[str] | str | None = None) -> list[ExtractionReport]:
     """Extract ``model``'s features for the feature splits ``protocol``'s tasks read from ``dataset``.
 
     The plan (:func:`extract.plan.plan_extraction`) picks, per task of the dataset store
@@ -143,7 +147,9 @@ def extract(*, model: str, dataset: str, splits: list[str] | None = None, layers
     layers. Resumable (chunks already durable are skipped) and shardable (``shard=(i, n)``
     writes only its chunk-aligned block). ``precision`` ``"int8"`` writes the int8 store
     (``<model>@int8.zarr``) instead of the float16 one. A complete split that lacks a planned
-    layer gains it (only the new layers are written). Returns one report per feature split.
+    layer gains it (only the new layers are written). ``corruptions`` (``["fog:3", ...]`` or
+    ``"fog:3,contrast:2"``) extracts instead, for each, the corrupted copies of the evaluation
+    splits (:mod:`extract.corruptions`). Returns one report per feature split.
     """
     root = root or data_root()
     if batch_size < 1:
@@ -152,8 +158,10 @@ def extract(*, model: str, dataset: str, splits: list[str] | None = None, layers
     check_precision(precision)
     store = open_dataset(dataset if "@" in dataset else protocol.dataset_name(dataset), root=root)
     torch_device = resolve_device(device)
-    jobs = plan_extraction(attrs=store.attrs, splits=store.splits, protocol=protocol, tasks=tasks,
-                           only_splits=splits, layers="all" if layers else None)
+    corrupted = parse_list(corruptions if isinstance(corruptions, str) else ",".join(corruptions or ()))
+    jobs = [job for corruption in corrupted or [""]
+            for job in plan_extraction(attrs=store.attrs, splits=store.splits, protocol=protocol, tasks=tasks,
+                                       only_splits=splits, layers="all" if layers else None, corruption=corruption)]
     backbone = backbone or build_backbone(protocol_model(model, protocol), weights=weights, layers=layers)
     backbone.module.to(torch_device)
     path = root.feature_store(store.name, backbone.spec.name, precision)
@@ -188,6 +196,16 @@ def view_source(index: np.ndarray, num_images: int) -> tuple[np.ndarray, np.ndar
     return index // num_images, index % num_images
 
 
+def model_attrs(spec) -> dict[str, Any]:
+    """What a feature store records about its model's variant: its base model, the ``+options``
+    applied, the options ``+paper`` stands for, and whether this store is that paper variant (so a
+    probe under ``PROTOCOL=paper`` finds ``vit_b_mae+hf+paper-layers+sincos`` for ``vit_b_mae``)."""
+    base, *options = spec.name.split("+")
+    paper = list(spec.paper_options)
+    return {"paper_options": paper, "base_model": base, "options": options,
+            "paper_variant": bool(paper) and sorted(options) == sorted(paper)}
+
+
 def _job_layers(backbone: Backbone, job: SplitJob) -> list[str]:
     names = list(backbone.spec.layer_names)
     return {"all": names, "last": names[-1:], "global": []}[job.layers]
@@ -200,12 +218,15 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
     views = job.choices.augment_views if job.training else 0
     num = split.num_images * max(views, 1)
     height, width = split.image_size
+    if job.choices.corruption and min(height, width) < MIN_SIDE:
+        raise MidprobeError(f"corruption {job.choices.corruption!r} needs images of at least {MIN_SIDE}x{MIN_SIDE} "
+                            f"px; {dataset_name}/{split.name} has {height}x{width}")
     wanted = _job_layers(backbone, job)
     all_shapes, global_dim = layer_shapes(backbone, height, width, device)
     shapes = {name: all_shapes[name] for name in wanted}
     norm = input_stats(backbone, job.choices)
     chunk = chunk_images or (choose_chunk_images(shapes, num) if shapes else min(GLOBAL_CHUNK, num))
-    need = estimate_bytes(shapes, global_dim, num, precision)
+    need = estimate_bytes(shapes, global_dim, num, precision, chunk_images=chunk)
     free = _free_bytes(path)
     _say(progress, f"[extract] {backbone.spec.name} on {dataset_name}/{job.name}: {num} images "
                    f"{height}x{width}, layers {', '.join(f'{k}{list(v)}' for k, v in shapes.items()) or 'none'} "
@@ -220,7 +241,7 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
                                  num_images=num, layer_shapes=shapes,
                                  strides={name: strides[name] for name in wanted},
                                  global_dim=global_dim, chunk_images=chunk, precision=precision,
-                                 store_attrs={"paper_options": list(backbone.spec.paper_options)})
+                                 store_attrs=model_attrs(backbone.spec))
     missing = [name for name in writer.layers if name not in all_shapes]
     if missing:
         raise MidprobeError(f"{path}/{job.name} is being extracted with layers {', '.join(writer.layers)}; this "
@@ -231,10 +252,14 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
     started = time.perf_counter()
 
     def read(index: int) -> torch.Tensor:
-        """Chunk ``index``'s images (augmented views: float pixels) as a host tensor, pinned on CUDA."""
+        """Chunk ``index``'s images (augmented views: float pixels; corrupted copies: corrupted) as a
+        host tensor, pinned on CUDA."""
         lo, hi = writer.chunk_range(index)
         if not views:
-            return host_images(split.read("images", slice(lo, hi)), device)     # a damaged chunk: one line naming it
+            images = split.read("images", slice(lo, hi))       # a damaged chunk: one line naming it
+            if job.choices.corruption:
+                images = corrupt_images(images, job.choices.corruption, np.arange(lo, hi))
+            return host_images(images, device)
         view, source = view_source(np.arange(lo, hi), split.num_images)
         pixels = split.read("images", source)
         return host_images(np.stack([augment_pixels(pixels[j], view_params(job.choices.augment_policy,

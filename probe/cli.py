@@ -20,6 +20,25 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def _train_images(text: str) -> list[int | float | None]:
+    """``16,64,0.1,all`` -> counts (integers), fractions (with a decimal point) and ``None`` for all."""
+    out: list[int | float | None] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        try:
+            out.append(None if part == "all" else float(part) if "." in part else int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"train images {part!r}: expected a count (16), a fraction (0.1) or "
+                                             "all") from None
+    return out
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m probe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,12 +55,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--hidden", type=int, help="hidden width of the MLP and DPT heads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=_ints, help="comma-separated seeds (e.g. 0,1,2): every head trained once per "
+                   "seed; with --train-images each seed also draws its own subsets")
+    p.add_argument("--train-images", type=_train_images,
+                   help="label efficiency: also train on nested seeded subsets of the train split, e.g. "
+                        "16,64,256,all or 0.1,0.5,all (counts, fractions, all)")
+    p.add_argument("--test-corrupt", help="robustness: also score every head on these corrupted test splits "
+                   "(<name>:<severity>[:<seed>], comma-separated; extracted with make extract CORRUPT=...)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache-budget", metavar="BYTES",
                    help="memory the training split may take to be held on the device for the whole sweep, in "
                         "bytes with a k/M/G suffix (powers of 1024); 0 streams it from the store every epoch "
                         "(default: half the free GPU memory on CUDA, half the available RAM on a CPU); results "
                         "do not depend on it")
+    p.add_argument("--augment", metavar="K[:POLICY]",
+                   help="dense probes train on K seeded augmented views of each training image (policy "
+                        "paper-nyu, the default, or paper-navi; extract and probe with the same AUGMENT=)")
     p.add_argument("--precision", default="fp16", choices=("fp16", "int8"),
                    help="which feature store to read: float16 (default) or int8 (PRECISION=int8 at extraction)")
     p.add_argument("--uncertainty-aware", action="store_true", help="normals: the uncertainty-aware angular loss")
@@ -102,11 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     overrides = overrides_of(args) if isinstance(task, DenseTask) else {}
     layer_sets = [s.split(",") for s in args.layers.split(";") if s] if args.layers else None
     zero_shot = {"bidirectional": True} if args.bidirectional else {}
-    rows = run_task(task_name=args.task, dataset=args.dataset, protocol=args.protocol,
+    from protocols import get_protocol, with_augment
+
+    protocol = with_augment(get_protocol(args.protocol), args.augment)
+    rows = run_task(task_name=args.task, dataset=args.dataset, protocol=protocol,
                     models=args.model.split(",") if args.model else None,
                     heads=[h for h in args.head.split(",") if h] if args.head else None, lrs=args.lr,
                     layer_sets=layer_sets, overrides=overrides, seed=args.seed, device=args.device,
-                    precision=args.precision, cache_budget=budget,
+                    precision=args.precision, seeds=args.seeds, train_images=args.train_images,
+                    test_corruptions=args.test_corrupt, cache_budget=budget,
                     root=data_root(args.data), quiet=args.quiet, options=zero_shot, log=args.log)
     print(print_table(rows))
     return 0

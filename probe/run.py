@@ -13,14 +13,16 @@ import numpy as np
 import torch
 
 from cache import DataRoot, MidprobeError, data_root, list_feature_stores, open_dataset, open_features
+from cache.loader import FeatureLoader
 from probe.features import Standardizer, channel_stats
 from probe.heads import CLOSED_FORM, check_head
-from protocols import DenseChoices, ExtractionChoices, Protocol, feature_split_name, get_protocol
+from protocols import (CORRUPTIBLE_TASKS, DenseChoices, ExtractionChoices, Protocol, corruption_list,
+                       feature_split_name, get_protocol)
 from probe.records import format_table, write_record
 from probe.ridge import evaluate_ridge, fit_ridge
 from probe.tasks import DenseTask, ZeroShotTask, get_task
 from probe.tracking import ProbeId, TensorBoardLog, open_log
-from probe.train import ProbeConfig, TrainSettings, evaluate_heads, train_sweep
+from probe.train import ProbeConfig, TrainSettings, evaluate_heads, nested_subset, train_sweep, views_of
 
 
 def _say(quiet: bool) -> Callable[[str], None]:
@@ -70,27 +72,66 @@ def protocol_models(store_name: str, protocol: Protocol, models: Sequence[str] |
                     precision: str = "fp16") -> list[str]:
     """The feature stores to probe: ``models`` (or every cached one) as the protocol names them.
 
-    A protocol with a ``model_option`` (``paper``) reads ``<model>+paper`` for a model that
-    offers it (its store records the options it offers) and skips the plain variant of such a
-    model when choosing every cached one.
+    A protocol with a ``model_option`` (``paper``) reads, for a model that offers paper options,
+    the store of its paper variant (its canonical name, e.g. ``vit_b_mae+hf+paper-layers+sincos``,
+    found by the store's own record of its base model), and the plain store of a model with none.
     """
     cached = list_feature_stores(store_name, root=root, precision=precision)
     if not protocol.model_option:
         return list(models or cached)
-    offered = {m: _paper_options(store_name, m, root, precision) for m in cached}
+    attrs = {m: _store_attrs(store_name, m, root, precision) for m in cached}
+
+    def variant(model: str) -> str:
+        if "+" in model:
+            return model
+        for name, a in attrs.items():
+            if a.get("base_model") == model and a.get("paper_variant"):
+                return name
+        # a model with paper options but no paper store: its +paper name makes the error say what to extract
+        return f"{model}+{protocol.model_option}" if attrs.get(model, {}).get("paper_options") else model
+
     if models:
-        return [f"{m}+{protocol.model_option}" if "+" not in m and offered.get(m) else m for m in models]
-    return [m for m in cached if not ("+" not in m and offered.get(m))]
+        return [variant(m) for m in models]
+    bases = list(dict.fromkeys(a.get("base_model") or m.split("+")[0] for m, a in attrs.items()))
+    return [v for v in map(variant, bases) if v in attrs]
 
 
-def _paper_options(dataset: str, model: str, root: DataRoot, precision: str) -> tuple[str, ...]:
+def _store_attrs(dataset: str, model: str, root: DataRoot, precision: str) -> dict[str, Any]:
     import zarr
 
     try:
-        path = root.feature_store(dataset, model, precision)
-        return tuple(zarr.open_group(str(path), mode="r").attrs.get("paper_options", ()))
+        return dict(zarr.open_group(str(root.feature_store(dataset, model, precision)), mode="r").attrs)
     except (FileNotFoundError, ValueError):
-        return ()
+        return {}
+
+
+def subset_sizes(specs: Sequence[int | float | None] | None, num_images: int) -> list[int | None]:
+    """Training-set sizes from ``specs`` — an image count, a fraction in (0, 1] of the split's
+    ``num_images``, or ``None`` for all — in order, without repeats; the whole split is ``None``."""
+    out: list[int | None] = []
+    for spec in specs or [None]:
+        if spec is None:
+            size = None
+        elif isinstance(spec, float):
+            if not 0 < spec <= 1:
+                raise MidprobeError(f"train images {spec:g}: a fraction must be in (0, 1]")
+            size = max(1, round(spec * num_images))
+        elif not 1 <= spec <= num_images:
+            raise MidprobeError(f"train images {spec}: the train split has {num_images} images; ask for 1-{num_images} "
+                                "or all")
+        else:
+            size = int(spec)
+        size = None if size == num_images else size
+        if size not in out:
+            out.append(size)
+    return out
+
+
+def condition_key(probe: str, *, train_images: int | None = None, corruption: str = "") -> str:
+    """A probe's key under a study's conditions: ``-n<images>`` for a training subset,
+    ``@corrupt-<name>-<severity>`` for a corrupted test split (none for the full, clean run)."""
+    tag = ExtractionChoices(corruption=corruption).split_tag()
+    return probe + (f"-n{train_images}" if train_images else "") + (f"@{tag}" if tag else "")
 
 
 def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = None,
@@ -98,7 +139,9 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
              layer_sets: Sequence[Sequence[str]] | None = None, protocol: str | Protocol = "midprobe",
              overrides: Mapping[str, Any] | None = None, seed: int = 0, device: str = "cpu",
              precision: str = "fp16", root: DataRoot | None = None, quiet: bool = False,
-             options: dict[str, Any] | None = None, log: str | None = None,
+             options: dict[str, Any] | None = None, log: str | None = None, seeds: Sequence[int] | None = None,
+             train_images: Sequence[int | float | None] | None = None,
+             test_corruptions: Sequence[str] | str | None = None,
              cache_budget: int | None = None) -> list[dict[str, Any]]:
     """Probe ``task_name`` on ``dataset`` for each model (default: every cached model) under ``protocol``.
 
@@ -108,13 +151,27 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
     overrides. Unless ``quiet``, training and evaluation show progress; ``log="tensorboard"``
     also writes each probe's curves and metrics as TensorBoard events (:mod:`probe.tracking`).
     ``cache_budget`` (bytes; None: half the free device memory / available RAM; 0: stream) decides
-    whether a training split is held on the device for its sweep (:class:`cache.loader.FeatureLoader`);
+    whether a training split is held on the device for its sweeps (:class:`cache.loader.FeatureLoader`);
     the numbers do not depend on it.
+
+    Studies: ``seeds`` trains every head once per seed (default ``[seed]``). ``train_images``
+    (counts, fractions, ``None`` = all) trains each seed's heads also on nested subsets of the
+    train split (:func:`probe.train.nested_subset`: seed ``s``'s first ``n`` images). Every
+    trained head (zero-shot: the evaluation) is scored on the clean test split and on each of
+    ``test_corruptions`` (``"fog:3"``; extracted with ``make extract CORRUPT=``), one record
+    per condition (:func:`condition_key`).
     """
     root = root or data_root()
     say = _say(quiet)
     task = get_task(task_name)
     protocol = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
+    corruptions = corruption_list(test_corruptions if isinstance(test_corruptions, str) or test_corruptions is None
+                                  else ",".join(test_corruptions))
+    if corruptions and task.name not in CORRUPTIBLE_TASKS:
+        raise MidprobeError(f"task {task.name!r} is not scored on corrupted images (those that are: "
+                            f"{', '.join(CORRUPTIBLE_TASKS)}): a 2AFC answer judges the clean images")
+    if train_images and isinstance(task, ZeroShotTask):
+        raise MidprobeError(f"task {task.name!r} is zero-shot: nothing is trained, so --train-images does not apply")
     store = open_dataset(dataset if "@" in dataset else protocol.dataset_name(dataset), root=root)
     absent = store.attrs.get("absent_targets") or {}
     missing = [key for key in task.needs if key in absent]
@@ -130,10 +187,11 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
     torch.manual_seed(seed)
     loader = store.attrs.get("loader", store.name)
     extraction = protocol.extraction_choices(task.name, loader)
+    study = {"seeds": seeds or [seed], "train_images": train_images, "corruptions": corruptions}
     tracker = open_log(log, root)
     try:
         return _run_models(task, store, models, root, protocol, extraction, heads, lrs, layer_sets, overrides,
-                           seed, device, say, quiet, options, tracker, precision, cache_budget)
+                           seed, device, say, quiet, options, tracker, precision, study, cache_budget)
     finally:
         if tracker is not None:
             tracker.close()
@@ -141,29 +199,33 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
 
 def _run_models(task, store, models: Sequence[str], root: DataRoot, protocol: Protocol,
                 extraction: ExtractionChoices, heads, lrs, layer_sets, overrides, seed: int, device: str, say,
-                quiet: bool, options, tracker: TensorBoardLog | None, precision: str = "fp16",
-                cache_budget: int | None = None) -> list[dict[str, Any]]:
+                quiet: bool, options, tracker: TensorBoardLog | None, precision: str,
+                study: Mapping[str, Any], cache_budget: int | None = None) -> list[dict[str, Any]]:
     rows = []
     for model in models:
         started = time.perf_counter()
         if isinstance(task, ZeroShotTask):
-            results = [_zero_shot(task, store, model, root, protocol, extraction, dict(overrides or {}),
-                                  options or {}, layer_sets, quiet, precision)]
+            results = [(*_zero_shot(task, store, model, root, protocol, replace(extraction, corruption=corruption),
+                                    dict(overrides or {}), options or {}, layer_sets, quiet=quiet,
+                                    precision=precision), seed)
+                       for corruption in ["", *study["corruptions"]]]
         else:
             choices = dense_choices(protocol, task.name, overrides)
-            settings = TrainSettings(choices, seed, device, cache_budget)
+            settings = TrainSettings(choices, study["seeds"][0], device, cache_budget)
             on_step = None if tracker is None else (
                 lambda config, step, loss, lr, model=model: tracker.step(
                     ProbeId(protocol.name, task.name, store.name, model, config.key), step, loss, lr))
             results = _dense(task, store, model, root, list(heads or choices.heads), list(lrs or [choices.lr]),
-                             layer_sets, settings, protocol, extraction, say, quiet, on_step, precision)
-        for probe, metrics, fingerprint, config, extra in results:
+                             layer_sets, settings, protocol, extraction, say, precision, seeds=study["seeds"],
+                             train_images=study["train_images"], corruptions=study["corruptions"], quiet=quiet,
+                             on_step=on_step)
+        for probe, metrics, fingerprint, config, extra, probe_seed in results:
             seconds = time.perf_counter() - started
             config = {**config, "protocol": protocol.name, "overrides": dict(overrides or {}),
                       "extraction": dataclasses.asdict(extraction)}
             path = write_record(root, task=task.name, dataset=store.name, model=model, probe=probe, config=config,
                                 metrics=metrics, headline=task.headline, fingerprint=fingerprint,
-                                wall_seconds=seconds, seed=seed, protocol=protocol.name, extra=extra)
+                                wall_seconds=seconds, seed=probe_seed, protocol=protocol.name, extra=extra)
             rows.append({"task": task.name, "dataset": store.name, "model": model, "probe": probe,
                          task.headline: metrics.get(task.headline), "record": str(path.relative_to(root.root))})
             if tracker is not None:
@@ -182,14 +244,19 @@ def _open_split(store, model: str, split: str, extraction: ExtractionChoices, ro
     except MidprobeError as exc:
         if name == split or "has no split" not in str(exc):
             raise
-        raise MidprobeError(f"feature store of {model!r} for {store.name!r} has no split {name!r}, which protocol "
-                            f"{protocol.name!r} reads; run `make extract MODEL={model} DATASET={store.name} "
-                            f"PROTOCOL={protocol.name}`") from None
+        corrupt = extraction.corruption and not training
+        reads = (f"the corrupted split {name!r}" if corrupt else
+                 f"split {name!r}, which protocol {protocol.name!r} reads")
+        extra = "" if precision == "fp16" else f" PRECISION={precision}"
+        raise MidprobeError(f"feature store of {model!r} for {store.name!r} has no {reads}; run `make extract "
+                            f"MODEL={model} DATASET={store.name} PROTOCOL={protocol.name}"
+                            f"{f' CORRUPT={extraction.corruption}' if corrupt else ''}{extra}`") from None
 
 
 def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[str], lrs: Sequence[float],
            layer_sets, settings: TrainSettings, protocol: Protocol, extraction: ExtractionChoices,
-           say, quiet: bool = True, on_step=None, precision: str = "fp16") -> list[tuple]:
+           say, precision: str = "fp16", *, seeds: Sequence[int] = (), train_images=None,
+           corruptions: Sequence[str] = (), quiet: bool = True, on_step=None) -> list[tuple]:
     choices = settings.choices
     train_data, test_data = store.split("train"), store.split("test")
     absent = store.attrs.get("absent_targets") or {}
@@ -198,10 +265,14 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
     expect = {"dataset_fingerprint": store.fingerprint}
     train = _open_split(store, model, "train", extraction, root, training=True, protocol=protocol, expect=expect,
                         precision=precision)
-    test = _open_split(store, model, "test", extraction, root, training=False, protocol=protocol,
-                       expect={**expect, "weights": train.fingerprint["weights"]}, precision=precision)
+    # the clean test split and each corrupted copy: every head is scored on all of them
+    tests = {corruption: _open_split(store, model, "test", replace(extraction, corruption=corruption), root,
+                                     training=False, protocol=protocol,
+                                     expect={**expect, "weights": train.fingerprint["weights"]}, precision=precision)
+             for corruption in ["", *corruptions]}
     chosen_sets = resolve_layers(train.layers, layer_sets, train)
-    resolve_layers(test.layers, chosen_sets, test)
+    for test in tests.values():
+        resolve_layers(test.layers, chosen_sets, test)
     used = sorted({layer for s in chosen_sets for layer in s}, key=train.layers.index)
     if choices.feature_norm == "train-stats":
         say(f"[probe] {model}: per-channel statistics of {', '.join(used)} over {train.num_images} train images")
@@ -213,35 +284,68 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
         [h for h in heads if h not in CLOSED_FORM], chosen_sets, lrs)]
     attrs = store.attrs
     results = []
-    base = {"task": task.name, "train_images": train.num_images, "test_images": test.num_images,
-            "settings": settings.as_dict()}
-    if sgd:
-        say(f"[probe] {model}: training {len(sgd)} head(s) in one pass: {', '.join(c.key for c in sgd)}")
-        where = f"[probe] {task.name}/{store.name}/{model}"
-        trained, stats_ = train_sweep(task, train=train, train_data=train_data, dataset_attrs=attrs, configs=sgd,
-                                      settings=settings, standardizer=standardizer, log=say, quiet=quiet,
-                                      name=f"{where} training", on_step=on_step)
-        scores = evaluate_heads(task, test=test, test_data=test_data, dataset_attrs=attrs, heads=trained,
-                                settings=settings, standardizer=standardizer, quiet=quiet,
-                                name=f"{where} evaluation")
-        for config in sgd:
-            results.append((config.key, scores[config], train.fingerprint,
-                            {**base, "head": config.head, "layers": list(config.layers), "lr": config.lr},
-                            {"training": stats_[config]}))
+    per_view = views_of(train)[1]
+    sizes = subset_sizes(train_images, per_view)
+    if any(sizes) and any(h in CLOSED_FORM for h in heads):
+        raise MidprobeError("--train-images trains SGD heads on subsets; the ridge head always fits the whole train "
+                            "split, so leave it out (e.g. HEAD=linear,mlp)")
+    base = {"task": task.name, "train_images": train.num_images, "test_images": tests[""].num_images}
+
+    def condition(key: str, config: dict[str, Any], size: int | None, seed: int, corruption: str):
+        """A probe's key and config when trained on ``size`` images (None = all), scored under ``corruption``."""
+        if size is not None:
+            config = {**config, "train_images": size, "train_subset": {"images": size, "of": per_view, "seed": seed}}
+        if corruption:
+            config = {**config, "test_corruption": corruption, "test_images": tests[corruption].num_images}
+        return condition_key(key, train_images=size, corruption=corruption), config
+
+    # one loader serves every seed's and subset's sweep: the split is loaded (or its stream set up) once
+    loader = FeatureLoader(train, layers=used, targets={key: train_data.array(key) for key in task.target_keys(choices)},
+                           device=settings.device, budget=settings.cache_budget, say=say,
+                           what=f"[probe] {task.name}/{store.name}/{model} training ({train.split})") if sgd else None
+    for seed in seeds if sgd else ():
+        seeded = replace(settings, seed=seed)
+        for size in sizes:
+            subset = None if size is None else nested_subset(per_view, size, seed)
+            say(f"[probe] {model}: training {len(sgd)} head(s) in one pass on {size or train.num_images} train images, "
+                f"seed {seed}: {', '.join(c.key for c in sgd)}")
+            where = f"[probe] {task.name}/{store.name}/{model}"
+            trained, stats_ = train_sweep(task, train=train, train_data=train_data, dataset_attrs=attrs, configs=sgd,
+                                          settings=seeded, standardizer=standardizer, log=say, subset=subset,
+                                          loader=loader, quiet=quiet, name=f"{where} training", on_step=on_step)
+            for corruption, test in tests.items():
+                scores = evaluate_heads(task, test=test, test_data=test_data, dataset_attrs=attrs, heads=trained,
+                                        settings=seeded, standardizer=standardizer, quiet=quiet,
+                                        name=f"{where} evaluation" + (f" ({corruption})" if corruption else ""))
+                for config in sgd:
+                    key, full = condition(config.key, {**base, "settings": seeded.as_dict(), "head": config.head,
+                                                       "layers": list(config.layers), "lr": config.lr},
+                                          size, seed, corruption)
+                    results.append((key, scores[config], train.fingerprint, full,
+                                    {"training": stats_[config], **_test_of(test, corruption)}, seed))
     for layers in chosen_sets if any(h in CLOSED_FORM for h in heads) else []:
         fit = fit_ridge(task, train=train, train_data=train_data, dataset_attrs=attrs, layers=layers,
                         standardizer=standardizer, choices=choices, device=settings.device)
-        metrics = evaluate_ridge(task, fit, test=test, test_data=test_data, dataset_attrs=attrs, layers=layers,
-                                 standardizer=standardizer, choices=choices, device=settings.device)
-        key = f"ridge-{'+'.join(layers)}"
-        results.append((key, metrics, train.fingerprint, {**base, "head": "ridge", "layers": list(layers)},
-                        {"ridge": {"penalty": fit.penalty, "rows": fit.rows,
-                                   "heldout_mse": {f"{k:g}": v for k, v in fit.heldout_mse.items()}}}))
+        head_config = {**base, "settings": settings.as_dict(), "head": "ridge", "layers": list(layers)}
+        for corruption in tests:
+            key, full = condition(f"ridge-{'+'.join(layers)}", head_config, None, settings.seed, corruption)
+            metrics = evaluate_ridge(task, fit, test=tests[corruption], test_data=test_data, dataset_attrs=attrs,
+                                     layers=layers, standardizer=standardizer, choices=choices, device=settings.device)
+            results.append((key, metrics, train.fingerprint, full,
+                            {"ridge": {"penalty": fit.penalty, "rows": fit.rows,
+                                       "heldout_mse": {f"{k:g}": v for k, v in fit.heldout_mse.items()}},
+                             **_test_of(tests[corruption], corruption)}, settings.seed))
     return results
 
 
+def _test_of(test, corruption: str) -> dict[str, Any]:
+    """A corrupted condition's record names the test features it was scored on (their fingerprint
+    holds the corruption, its seed, library and version)."""
+    return {"test_fingerprint": test.fingerprint} if corruption else {}
+
+
 def _zero_shot(task: ZeroShotTask, store, model: str, root: DataRoot, protocol: Protocol,
-               extraction: ExtractionChoices, overrides: dict[str, Any], options: dict[str, Any], layer_sets,
+               extraction: ExtractionChoices, overrides: dict[str, Any], options: dict[str, Any], layer_sets, *,
                quiet: bool = True, precision: str = "fp16") -> tuple:
     if task.split not in store.splits:
         raise MidprobeError(f"task {task.name!r} needs split {task.split!r} in dataset {store.name!r}, "
@@ -256,7 +360,10 @@ def _zero_shot(task: ZeroShotTask, store, model: str, root: DataRoot, protocol: 
     metrics, config = task.evaluate(features=features, data=data, dataset_attrs=store.attrs, layers=layers,
                                     protocol=protocol, overrides=overrides, quiet=quiet,
                                     name=f"[probe] {task.name}/{store.name}/{model}", **options)
-    return task.name if not layers else f"{task.name}-{'+'.join(layers)}", metrics, features.fingerprint, config, {}
+    key = task.name if not layers else f"{task.name}-{'+'.join(layers)}"
+    if extraction.corruption:
+        config = {**config, "test_corruption": extraction.corruption}
+    return condition_key(key, corruption=extraction.corruption), metrics, features.fingerprint, config, {}
 
 
 def print_table(rows: list[dict[str, Any]]) -> str:

@@ -24,6 +24,10 @@ from protocols import DenseChoices
 from probe.tasks.base import DenseTask, subsample_raw
 
 
+#: Keeps the subset permutations' random stream apart from the other draws seeded by the same seed.
+SUBSET_STREAM = 0x5AB5E7
+
+
 @dataclass(frozen=True)
 class ProbeConfig:
     """One probe of a sweep: which head on which cached layers, at which learning rate."""
@@ -99,6 +103,13 @@ def lr_multiplier(step: int, *, warmup: float, total: int, schedule: str = "quar
     raise ValueError(f"unknown schedule {schedule!r}; expected quarter-cosine or half-cosine")
 
 
+def nested_subset(num_images: int, size: int, seed: int) -> np.ndarray:
+    """The training subset of ``size`` images for ``seed``: the first ``size`` of one seeded permutation
+    of the split's ``num_images`` images, sorted — so a seed's smaller subsets lie inside its larger ones."""
+    order = np.random.default_rng([SUBSET_STREAM, seed]).permutation(num_images)
+    return np.sort(order[:size])
+
+
 def views_of(split: FeatureSplit) -> tuple[int, int]:
     """``(views, images per view)`` of a feature split: augmented splits hold ``views`` view-major
     copies of the dataset split (feature image ``v * n + i`` is view ``v`` of image ``i``)."""
@@ -109,13 +120,14 @@ def views_of(split: FeatureSplit) -> tuple[int, int]:
 
 def training_batches(train: FeatureSplit, *, layers: Sequence[str], targets: Mapping[str, Any], batch_size: int,
                      seed: int, epoch: int, view: int | None = None, shuffle: bool = True,
-                     loader: FeatureLoader | None = None) -> Any:
+                     loader: FeatureLoader | None = None, subset: np.ndarray | None = None) -> Any:
     """The batches of one pass over a training split, targets moved with each image's augmented view.
 
     On an augmented split the pass reads view ``epoch mod views`` (or ``view``) — the paper's
     training distribution, one fresh view per epoch — and crops each image's targets as its
-    view was cropped; otherwise it reads the whole split. With ``loader`` (made for ``train``,
-    ``layers`` and ``targets``) the same batches come as tensors on its device.
+    view was cropped; otherwise it reads the whole split. ``subset`` (dataset image indices)
+    keeps only those images (of that view). With ``loader`` (made for ``train``, ``layers`` and
+    ``targets``) the same batches come as tensors on its device.
     """
     views, per_view = views_of(train)
     if loader is None:
@@ -124,12 +136,13 @@ def training_batches(train: FeatureSplit, *, layers: Sequence[str], targets: Map
     else:
         source = loader.batches
     if views == 1:
-        yield from source(batch_size=batch_size, seed=seed, epoch=epoch, shuffle=shuffle)
+        yield from source(batch_size=batch_size, seed=seed, epoch=epoch, shuffle=shuffle, subset=subset)
         return
     augment = train.fingerprint["augment"]
     v = epoch % views if view is None else view
     for batch in source(batch_size=batch_size, seed=seed, epoch=epoch, shuffle=shuffle,
-                        images=(v * per_view, (v + 1) * per_view), target_offset=v * per_view):
+                        images=(v * per_view, (v + 1) * per_view), target_offset=v * per_view,
+                        subset=None if subset is None else np.asarray(subset) + v * per_view):
         crops = [crop_index(view_params(augment["policy"], seed=int(augment["seed"]), index=int(i - v * per_view),
                                         view=v), *next(iter(batch.targets.values())).shape[1:3])
                  for i in batch.index] if batch.targets else []
@@ -232,9 +245,11 @@ def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, 
                 configs: Sequence[ProbeConfig],
                 settings: TrainSettings, standardizer: Standardizer,
                 log: Any = None, quiet: bool = True, name: str = "train",
-                on_step: StepHook | None = None, loader: FeatureLoader | None = None,
+                on_step: StepHook | None = None, subset: np.ndarray | None = None,
+                loader: FeatureLoader | None = None,
                 ) -> tuple[dict[ProbeConfig, torch.nn.Module], dict[ProbeConfig, dict[str, Any]]]:
-    """Train every config on the train split in one pass per epoch; returns heads and training stats.
+    """Train every config on the train split (only images ``subset`` if given: an epoch is one pass
+    over them) in one pass per epoch; returns heads and training stats.
 
     Unless ``quiet``, shows progress (``name``) over every image of every epoch — images/s, the
     epoch, the ETA of the whole sweep; ``log`` gets one line per epoch with each probe's mean loss.
@@ -247,7 +262,7 @@ def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, 
     size = train_data.image_size
     layers = sorted({layer for c in configs for layer in c.layers}, key=train.layers.index)
     out_channels = task.out_channels(ds_attrs, choices)
-    steps_per_epoch = math.ceil(views_of(train)[1] / choices.batch_size)
+    steps_per_epoch = math.ceil((views_of(train)[1] if subset is None else len(subset)) / choices.batch_size)
     total = steps_per_epoch * choices.epochs
     warmup = choices.warmup_epochs * steps_per_epoch
     probes = []
@@ -270,12 +285,13 @@ def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, 
         loader = FeatureLoader(train, layers=layers, targets=targets, device=device, budget=settings.cache_budget,
                                say=log, what=f"{name} ({train.split})")
     loss_stride = choices.loss_stride
-    with progress_bar(total=views_of(train)[1] * choices.epochs, name=name, unit="img", quiet=quiet) as bar:
+    per_epoch = views_of(train)[1] if subset is None else len(subset)
+    with progress_bar(total=per_epoch * choices.epochs, name=name, unit="img", quiet=quiet) as bar:
         for epoch in range(choices.epochs):
             for probe in probes:
                 probe.head.train()
             for batch in training_batches(train, layers=layers, batch_size=choices.batch_size, seed=settings.seed,
-                                          epoch=epoch, targets=targets, loader=loader):
+                                          epoch=epoch, targets=targets, loader=loader, subset=subset):
                 target, valid = task.targets(subsample_raw(batch.targets, loss_stride), ds_attrs, device, choices,
                                              training=True)
                 outputs = forward_heads([(p.config, p.head) for p in probes], BatchInputs(batch.features, standardizer))

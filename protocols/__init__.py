@@ -7,11 +7,12 @@ here, so this package imports nothing but ``cache``; code asks a protocol for a 
 never branches on its name.
 """
 
-from protocols.choices import (DEFAULT_LAYERS, DENSE_TASKS, TASK_SPLITS, CorrespondenceChoices, DenseChoices,
-                               Deviation, DPTChoices, ExtractionChoices, Protocol, apply, feature_split_name)
+from protocols.choices import (CORRUPTIBLE_TASKS, DEFAULT_LAYERS, DENSE_TASKS, TASK_SPLITS, CorrespondenceChoices, DenseChoices,
+                               Deviation, DPTChoices, ExtractionChoices, Protocol, apply, canonical_corruption,
+                               corruption_list, corruption_parts, feature_split_name)
 from protocols.registry import (DEVIATIONS, MIDPROBE, PAPER, PROTOCOLS, deviation, get_protocol, register_protocol,
-                                with_deviation)
+                                with_augment, with_deviation)
 
-__all__ = ["DEFAULT_LAYERS", "DENSE_TASKS", "TASK_SPLITS", "feature_split_name", "CorrespondenceChoices", "DenseChoices", "Deviation", "DPTChoices",
-           "ExtractionChoices", "Protocol", "apply", "DEVIATIONS", "MIDPROBE", "PAPER", "PROTOCOLS",
-           "deviation", "get_protocol", "register_protocol", "with_deviation"]
+__all__ = ["CORRUPTIBLE_TASKS", "DEFAULT_LAYERS", "DENSE_TASKS", "TASK_SPLITS", "feature_split_name", "CorrespondenceChoices", "DenseChoices", "Deviation", "DPTChoices",
+           "ExtractionChoices", "Protocol", "apply", "canonical_corruption", "corruption_list", "corruption_parts", "DEVIATIONS", "MIDPROBE", "PAPER", "PROTOCOLS",
+           "deviation", "get_protocol", "register_protocol", "with_augment", "with_deviation"]

@@ -111,6 +111,9 @@ class ExtractionChoices:
     ``augment_views``: ``k`` seeded augmented views of each training image (``augment_policy``
     names the augmentation; epoch e reads view e mod k); 0 = none. ``layers``: what the task
     reads — ``"all"`` cached layers, the ``"last"`` one, or only the ``"global"`` vector.
+    ``corruption``: a seeded image corruption applied to evaluation (never training) images
+    before the backbone, ``"<name>:<severity>"`` or ``"<name>:<severity>:<seed>"`` in the
+    canonical form of :func:`extract.corruptions.parse_corruption` (``"fog:3"``); ``""`` = clean.
     """
 
     input_norm: str = "model"
@@ -118,6 +121,7 @@ class ExtractionChoices:
     augment_views: int = 0
     augment_policy: str = ""
     layers: str = "all"
+    corruption: str = ""
 
     def split_tag(self) -> str:
         """The suffix naming a feature split made with these choices (``""`` for the defaults)."""
@@ -128,15 +132,19 @@ class ExtractionChoices:
             parts.append(f"global-{self.global_kind}")
         if self.augment_views:
             parts.append(f"aug{self.augment_views}-{self.augment_policy}")
+        if self.corruption:
+            parts.append("corrupt-" + self.corruption.replace(":", "-"))
         return "+".join(parts)
 
 
 def feature_split_name(split: str, choices: ExtractionChoices, *, training: bool = False) -> str:
     """The feature split holding dataset split ``split`` extracted with ``choices``:
     ``<split>`` for the defaults, else ``<split>@<tag>``. Augmented views apply to training
-    splits only (a test split is never augmented)."""
+    splits only (a test split is never augmented), corruptions to evaluation splits only."""
     if not training:
         choices = replace(choices, augment_views=0, augment_policy="")
+    else:
+        choices = replace(choices, corruption="")
     tag = choices.split_tag()
     return f"{split}@{tag}" if tag else split
 
@@ -147,6 +155,51 @@ TASK_SPLITS: Mapping[str, tuple[tuple[str, bool], ...]] = MappingProxyType({
     "segmentation": (("train", True), ("test", False)), "correspondence": (("pairs", False),),
     "similarity": (("triplets", False),),
 })
+
+def corruption_parts(text: str) -> tuple[str, int, int] | None:
+    """``"<name>:<severity>[:<seed>]"`` -> ``(name, severity, seed)`` (seed 0 when left out); ``""`` or
+    ``"none"`` -> ``None`` (the clean image). Severities 0-5 (ImageNet-C's 1-5; 0 = clean). Only
+    the syntax is checked here; which names exist is the extractor's registry
+    (:mod:`extract.corruptions`)."""
+    text = text.strip()
+    if text in ("", "none"):
+        return None
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0]:
+        raise MidprobeError(f"corruption {text!r}: expected <name>:<severity>[:<seed>], e.g. fog:3 (or none)")
+    try:
+        severity, seed = int(parts[1]), int(parts[2]) if len(parts) == 3 else 0
+    except ValueError:
+        raise MidprobeError(f"corruption {text!r}: severity and seed must be integers, e.g. fog:3 or fog:3:1") from None
+    if not 0 <= severity <= 5 or seed < 0:
+        raise MidprobeError(f"corruption {text!r}: severity must be 0-5 (0 = clean) and the seed >= 0")
+    return parts[0], severity, seed
+
+
+def canonical_corruption(text: str) -> str:
+    """The name ``ExtractionChoices.corruption`` and records use: ``"fog:3"`` (``"fog:3:1"`` for seed
+    1); ``""`` for the clean image."""
+    parts = corruption_parts(text)
+    if parts is None:
+        return ""
+    name, severity, seed = parts
+    return f"{name}:{severity}" + (f":{seed}" if seed else "")
+
+
+def corruption_list(text: str | None) -> list[str]:
+    """A comma-separated list of corruptions, canonical, in order, without repeats or clean entries."""
+    out: list[str] = []
+    for part in (text or "").split(","):
+        name = canonical_corruption(part)
+        if name and name not in out:
+            out.append(name)
+    return out
+
+
+#: The tasks whose evaluation splits can be corrupted (``ExtractionChoices.corruption``): the dense
+#: tasks' test split and correspondence's pairs. Not similarity: a 2AFC answer is a judgement of
+#: the clean images, which a corruption of all three would change.
+CORRUPTIBLE_TASKS = ("depth", "normals", "segmentation", "correspondence")
 
 #: Which cached layers each task reads unless a protocol says otherwise (the paper's: dense
 #: probes fuse four layers, correspondence matches the last block, similarity the global vector).

@@ -192,3 +192,33 @@ def with_deviation(key: str, base: Protocol = MIDPROBE, *, prerequisites: bool =
     keys = [*deviation(key).requires, key] if prerequisites else [key]
     changes = tuple(c for k in keys for c in deviation(k).changes)
     return apply(base, changes, name="+".join([base.name, *keys]))
+
+
+def with_augment(protocol: Protocol, spec: str | None) -> Protocol:
+    """``protocol`` training its dense probes on augmented views: ``spec`` is ``"<views>"`` or
+    ``"<views>:<policy>"`` (``cache.augment`` policies; default ``paper-nyu``), ``"0"`` for none.
+
+    Every dense task of every dataset reads ``train@aug<views>-<policy>`` (extracted with the same
+    ``AUGMENT=``); the protocol is renamed ``<name>+aug<views>-<policy>`` so its numbers get their
+    own leaderboard.
+    """
+    if not spec:
+        return protocol
+    views_text, _, policy = str(spec).partition(":")
+    policy = policy or "paper-nyu"
+    try:
+        views = int(views_text)
+    except ValueError:
+        raise MidprobeError(f"augment {spec!r}: expected <views> or <views>:<policy>, e.g. 10 or 10:paper-navi") from None
+    if views < 0:
+        raise MidprobeError(f"augment {spec!r}: the number of views must be >= 0")
+    if views:
+        from cache.augment import get_policy
+
+        get_policy(policy)
+    keys = set(DENSE_TASKS) | {k for k in protocol.extraction if k.split(":")[0] in DENSE_TASKS}
+    changes = tuple((("extraction", key), replace(protocol.extraction_choices(*key.split(":", 1)),
+                                                  augment_views=views, augment_policy=policy if views else ""))
+                    for key in sorted(keys))
+    suffix = f"+aug{views}-{policy}" if views else "+no-aug"
+    return apply(protocol, changes, name=protocol.name + suffix)

@@ -101,6 +101,13 @@ def test_resident_and_streamed_batches_are_identical(tmp_path, precision):
         _same(host, list(resident.batches(**kwargs)))
         if precision == "fp16":          # as stored; int8 maps arrive dequantised on the device
             assert all(b.features["a"].dtype == torch.float16 for b in resident.batches(**kwargs))
+    # label-efficiency subsets: only the chosen images, in the iterator's order, on every path
+    for subset, images in (([0, 4, 5, 22], None), ([6, 7, 19], (5, 20))):
+        kwargs = dict(batch_size=2, seed=3, epoch=1, images=images, subset=np.array(subset))
+        host = list(iterate_batches(split, layers=["a", "b"], targets=targets, **kwargs))
+        assert sorted(np.concatenate([b.index for b in host]).tolist()) == subset
+        _same(host, list(streamed.batches(**kwargs)))
+        _same(host, list(resident.batches(**kwargs)))
 
 
 def test_the_parallel_reader_covers_every_image_once_per_epoch(tmp_path, monkeypatch):
@@ -155,6 +162,9 @@ def test_augmented_views_move_their_targets_alike_on_every_path(tmp_path):
                                               augment_targets({"depth": depth[int(f) % 10]}, params)["depth"])
         for loader in loaders:
             _same(host, list(training_batches(split, epoch=epoch, loader=loader, **kwargs)))
+            subset = np.array([1, 2, 8])
+            _same(list(training_batches(split, epoch=epoch, subset=subset, **kwargs)),
+                  list(training_batches(split, epoch=epoch, loader=loader, subset=subset, **kwargs)))
 
 
 def _records(root, task):

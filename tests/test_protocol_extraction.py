@@ -117,3 +117,55 @@ def test_make_data_with_the_paper_protocol_prepares_its_own_store(root, capsys):
     assert "contradicts protocol 'paper'" in capsys.readouterr().err
     assert data_main(["--dataset", "voc", "--data", str(root.root), "--protocol", "midprobe", "--quiet"]) == 0
     assert open_dataset("voc", root=root).attrs["options"]["void_as_foreground"] is False
+
+
+def test_augment_override_names_its_own_protocol_and_the_size_estimate_holds(synthetic_root, tmp_path, capsys):
+    import re
+    import shutil
+
+    from cache import data_root
+    from extract.cli import main as extract_main
+    from protocols import with_augment
+
+    aug = with_augment(MIDPROBE, "10")
+    assert aug.name == "midprobe+aug10-paper-nyu"
+    assert aug.extraction_choices("depth", "nyuv2").augment_views == 10
+    assert aug.extraction_choices("segmentation", "voc").augment_policy == "paper-nyu"
+    assert with_augment(MIDPROBE, "4:paper-navi").extraction_choices("normals").augment_policy == "paper-navi"
+    with pytest.raises(MidprobeError, match="unknown augmentation policy 'flip'"):
+        with_augment(MIDPROBE, "4:flip")
+    root = data_root(tmp_path / "data")
+    shutil.copytree(synthetic_root.dataset_store("synthetic"), root.dataset_store("synthetic"))
+    assert extract_main(["--model", "pixels", "--dataset", "synthetic", "--task", "depth", "--augment", "10",
+                         "--data", str(root.root)]) == 0
+    printed = re.search(r"synthetic/train@aug10-paper-nyu: 240 images .* store ~([0-9.]+) MiB", capsys.readouterr().err)
+    store = root.feature_store("synthetic", "pixels") / "train@aug10-paper-nyu"
+    written = sum(p.stat().st_size for p in store.rglob("*") if p.is_file() and "/c/" in str(p))
+    assert printed and abs(float(printed.group(1)) * 2**20 - written) <= 0.05 * written
+
+
+def test_paper_probes_find_a_models_paper_variant_by_its_canonical_name(synthetic_root, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from cache import data_root
+    from extract.backbones import register
+    from probe.run import protocol_models, run_task
+    from protocols import PAPER
+    from tests.conftest import TINY_VIT
+
+    register(replace(TINY_VIT, name="test_vit_opts", options={"half": {"mean": (0.5,) * 3, "std": (0.5,) * 3},
+                                                               "other": {"std": (0.2,) * 3}},
+                     paper_options=("half",)))
+    root = data_root(tmp_path / "data")
+    shutil.copytree(synthetic_root.dataset_store("synthetic"), root.dataset_store("synthetic"))
+    for protocol in ("midprobe", "paper"):
+        extract(model="test_vit_opts", dataset="synthetic", tasks=["segmentation"], protocol=protocol, root=root,
+                progress=False)
+    extract(model="pixels", dataset="synthetic", tasks=["segmentation"], protocol="paper", root=root, progress=False)
+    assert protocol_models("synthetic", PAPER, ["test_vit_opts", "pixels"], root) == ["test_vit_opts+half", "pixels"]
+    assert protocol_models("synthetic", PAPER, None, root) == ["pixels", "test_vit_opts+half"]
+    assert sorted(protocol_models("synthetic", MIDPROBE, None, root)) == ["pixels", "test_vit_opts", "test_vit_opts+half"]
+    rows = run_task(task_name="segmentation", dataset="synthetic", models=["test_vit_opts"], protocol="paper",
+                    heads=["linear"], overrides={"epochs": 1}, root=root, quiet=True)
+    assert rows[0]["model"] == "test_vit_opts+half"

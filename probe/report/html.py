@@ -111,6 +111,46 @@ def _figure(title: str, figure: tuple[Path | None, str]) -> str:
             f'</figcaption></figure>')
 
 
+def markdown_section(lines: Sequence[str], folder: Path) -> str:
+    """The report's generated markdown (headings, paragraphs, tables, ``![](figures/...)`` images,
+    relative to ``folder``) as HTML, figures embedded; tables sort like the leaderboards."""
+    out: list[str] = []
+    table: list[list[str]] = []
+
+    def number(cell: str) -> float | None:
+        match = re.match(r"^[+-]?\d+(\.\d+)?", cell.strip())
+        return float(match.group(0)) if match else None
+
+    def flush() -> None:
+        if table:
+            head, *rows = [r for r in table if not all(set(c) <= set("-: ") for c in r)]
+            numeric = [all(number(r[i]) is not None for r in rows if i < len(r)) for i in range(len(head))]
+            heads = "".join(f'<th scope="col" data-type="number" data-first="descending">{_inline(c)}</th>' if numeric[i]
+                            else f'<th scope="col" data-type="text" data-first="ascending">{_inline(c)}</th>'
+                            for i, c in enumerate(head))
+            body = "".join("<tr>" + "".join(f'<td data-value="{number(c)}">{_inline(c)}</td>' if numeric[i]
+                                            else f"<td>{_inline(c)}</td>" for i, c in enumerate(r)) + "</tr>"
+                           for r in rows)
+            out.append(f'<table class="sortable"><thead><tr>{heads}</tr></thead><tbody>{body}</tbody></table>')
+            table.clear()
+
+    for line in lines:
+        if line.startswith("|"):
+            table.append([c.strip() for c in line.strip().strip("|").split("|")])
+            continue
+        flush()
+        image = re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", line.strip())
+        if image:
+            out.append(f'<figure><img src="{_image(folder / image.group(2))}" alt="{_text(image.group(1))}"></figure>')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    flush()
+    return "\n".join(out)
+
+
 def cell_records(board: Leaderboard, model: str, column: str,
                  records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The records behind one leaderboard cell: the cell's probe configuration, one per seed."""
@@ -207,12 +247,13 @@ def _records_section(records: Sequence[Mapping[str, Any]], anchors: Mapping[str,
 
 def write_html(path: Path, *, sections: Sequence[BoardFigures], records: Sequence[Mapping[str, Any]], root: DataRoot,
                built: str, intro: str, protocols: Mapping[str, str], stores: Sequence[tuple[Path, str]],
-               imagenet_source: str) -> Path:
+               imagenet_source: str, studies: str = "") -> Path:
     """Write the self-contained page to ``path``; returns it.
 
     ``protocols``: each leaderboard's protocol -> its description; ``stores``: the feature stores
     (path, weights) the records came from; ``intro`` and ``imagenet_source`` are shown as text
-    (markdown code spans become code).
+    (markdown code spans become code); ``studies``: the label-efficiency and robustness sections,
+    already HTML (:func:`markdown_section`).
     """
     anchors = {r["path"]: f"record-{i}" for i, r in enumerate(records)}
     nav = "".join(f'<a href="#board-{_text(s.board.slug)}">{_text(s.board.label)}</a>' for s in sections)
@@ -225,6 +266,7 @@ def write_html(path: Path, *, sections: Sequence[BoardFigures], records: Sequenc
         f"<p>{_inline(intro)}</p>", f"<nav>{nav}<a href=\"#protocols\">Protocols</a><a href=\"#sources\">Sources</a>"
         "<a href=\"#records\">Records</a></nav>",
         *[_board_section(s, records, anchors, root, protocols) for s in sections],
+        *([f'<section id="studies">{studies}</section>'] if studies else []),
         '<section id="protocols"><h2>Protocols</h2><dl>',
         *[f"<dt><code>{_text(p)}</code></dt><dd>{_inline(text)}</dd>" for p, text in sorted(protocols.items())],
         "</dl></section>",

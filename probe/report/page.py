@@ -13,7 +13,8 @@ from cache.durable import disk_errors, fsync_dir, fsync_tree
 from cache.progress import progress_bar
 from probe.records import load_records
 from probe.report.figures import draw_board, figure_count
-from probe.report.html import write_html
+from probe.report.html import markdown_section, write_html
+from probe.report.studies import is_study_record, study_sections
 from probe.report.tables import build_leaderboards, load_imagenet
 
 DEFAULT_IMAGENET = "probe/report/imagenet_linear.csv"
@@ -51,7 +52,9 @@ def _staging(root: DataRoot) -> Path:
 
 def _build_report(root: DataRoot, *, imagenet_csv: str | None, quiet: bool) -> tuple[Path, dict[str, str]]:
     records = load_records(root)
-    boards = build_leaderboards(records)
+    # study records (training subsets, corrupted test splits) have their own sections, not leaderboard cells
+    plain = [r for r in records if not is_study_record(r)]
+    boards = build_leaderboards(plain) if plain or not records else {}
     imagenet = load_imagenet(imagenet_csv)
     final = root.ensure_writable(root.reports())
     _drop_dead_stagings(final)
@@ -85,6 +88,8 @@ def _build_report(root: DataRoot, *, imagenet_csv: str | None, quiet: bool) -> t
         lines += ["### Ranking", "", f"![ranking](figures/{path.name})" if path else f"Not drawn — {note}.", "",
                   "| model | mean rank over tasks |", "|---|---|",
                   *[f"| {m} | {r:.2f} |" for m, r in sorted(section.mid_rank.items(), key=lambda kv: kv[1])], ""]
+    studies = study_sections(records, figures)
+    lines += studies
     imagenet_source = imagenet_csv or DEFAULT_IMAGENET
     note = DEFAULT_IMAGENET_NOTE if imagenet_csv is None else ""
     stores = feature_stores(root, records)
@@ -94,7 +99,7 @@ def _build_report(root: DataRoot, *, imagenet_csv: str | None, quiet: bool) -> t
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     write_html(folder / "report.html", sections=drawn, records=records, root=root, built=built, intro=HEADLINES,
                protocols={s.board.protocol: describe_protocol(s.board.protocol) for s in drawn}, stores=stores,
-               imagenet_source=f"`{imagenet_source}`{note}")
+               imagenet_source=f"`{imagenet_source}`{note}", studies=markdown_section(studies, folder))
     fsync_tree(folder)
     for path in sorted(folder.rglob("*"), key=lambda p: (p.name == "report.md", str(p))):
         if path.is_file():

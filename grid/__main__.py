@@ -1,0 +1,67 @@
+"""``python -m grid GRID.toml``: run a grid file on dask.distributed (``--dry-run``: size it).
+
+Exit status: 0 when every task is done or was already complete, 1 when any failed (the
+summary names each with its reason), 2 for bad input (a malformed grid file, an unreachable
+scheduler), 130 when interrupted (rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cache import data_root
+from cache.errors import exits_on_error
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m grid", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("grid", help="the grid file, e.g. grids/demo.toml")
+    p.add_argument("--dry-run", action="store_true", help="print the plan: tasks by kind, feature-cache bytes per "
+                   "dataset and model, estimated compute; run nothing")
+    p.add_argument("--splits", action="store_true", help="with --dry-run: every model's feature splits too")
+    p.add_argument("--precision", default="fp16", help="stored value type the dry run sizes (fp16: 2 bytes)")
+    p.add_argument("--scheduler", help="address of a running dask scheduler (tcp://host:8786) instead of a "
+                   "cluster on this machine")
+    p.add_argument("--cluster", default="local", help="local (default) or slurm (needs midprobe[slurm])")
+    p.add_argument("--workers", type=int, help="local cluster: worker processes (default: one per GPU, or "
+                   "sized to the cores)")
+    p.add_argument("--jobs", type=int, default=1, help="slurm: how many one-GPU worker jobs to submit")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="run extraction and probes here, whatever the grid says")
+    p.add_argument("--data", help="data root (default $MIDPROBE_DATA or ./data)")
+    return p
+
+
+@exits_on_error
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from grid.spec import load_grid
+
+    spec = load_grid(args.grid)
+    if args.device:
+        spec = spec.with_device(args.device)
+    root = data_root(args.data)
+    if args.dry_run:
+        from cache.quantize import check_precision
+        from grid.graph import plan_jobs
+        from grid.plan import describe
+
+        check_precision(args.precision)
+        print(describe(spec, root, plan_jobs(spec, root), precision=args.precision, splits=args.splits))
+        return 0
+    from grid.cluster import open_client
+    from grid.run import run_grid
+
+    try:
+        with open_client(scheduler=args.scheduler, cluster=args.cluster, workers=args.workers,
+                         jobs=args.jobs) as client:
+            summary = run_grid(spec, root=root, client=client, out=sys.stdout)
+    except KeyboardInterrupt:
+        print("[grid] interrupted: rerun the same command to resume (complete work is skipped)", file=sys.stderr)
+        return 130
+    return 0 if summary.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
