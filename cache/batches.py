@@ -1,12 +1,14 @@
 """A seeded, shuffled batch iterator over a feature store whose memory stays bounded.
 
 Images are read chunk by chunk (a chunk is a contiguous range of whole images), so
-reads are sequential on disk. Shuffling happens at two levels: the order of chunks,
-and the order of images inside a window of ``window_chunks`` chunks (:mod:`cache.batch_plan`
-fixes both). A window's chunks — every layer, every target — are read in parallel threads
-(:mod:`cache.chunk_reader`), and batches are gathered from the window by index, so at most
-two windows (the one being consumed and the one read ahead) plus one batch are in memory,
-whatever the store's size, and every image appears exactly once per epoch.
+reads stay within a few chunk files at a time. Shuffling happens at two levels: the order of
+chunks, and the order of images inside a window of ``window_chunks`` chunks (:mod:`cache.batch_plan`
+fixes both). float16 maps in raw chunk files are read image by image straight into each batch
+(:func:`cache.chunks.read_rows_into`: a run of consecutive images is one ``preadv``); int8 maps,
+compressed arrays and targets are read as whole window blocks, in parallel threads
+(:mod:`cache.chunk_reader`), and gathered by index. Batches are built in a background thread two
+ahead of the caller, so at most a window of blocks plus three batches are in memory, whatever the
+store's size, and every image appears exactly once per epoch.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import zarr
 
 from cache.batch_plan import BatchPlan, Window, plan_batches
 from cache.chunk_reader import read_target_chunk, results, slice_rows, submit, target_chunks
+from cache.chunks import read_rows_into, rows_readable
 from cache.feature_store import FeatureSplit
 from cache.quantize import Quantized
 
@@ -59,14 +62,30 @@ def iterate_batches(features: FeatureSplit, *, layers: Sequence[str], batch_size
                         seed=seed, epoch=epoch, shuffle=shuffle, chunks=chunks, window_chunks=window_chunks,
                         drop_last=drop_last, images=images, subset=subset)
     targets = dict(targets or {})
+    # float16 maps in raw chunk files are read image by image straight into each batch; int8 maps
+    # (with their scales), compressed arrays and targets come through window blocks and a gather
+    direct = {f"f:{layer}": features.array(layer) for layer in layers
+              if features.precision != "int8" and rows_readable(features.array(layer))}
+    windowed = [layer for layer in layers if f"f:{layer}" not in direct]
 
-    def windows() -> Iterator[list[dict[str, np.ndarray]]]:
-        for window in plan.windows:
-            yield read_window(features, window, layers, targets, target_offset)
+    def start(blocks: list[dict[str, np.ndarray]], size: int) -> dict[str, np.ndarray]:
+        return {**{key: np.empty((size, *arr.shape[1:]), dtype=arr.dtype) for key, arr in direct.items()},
+                **_empty_batch(blocks, size)}
 
-    source = _prefetched(windows()) if prefetch else windows()
-    for b, block in assemble(plan, source, start=_empty_batch, fill=_gather_into, done=lambda block: block):
-        yield _as_batch(plan.batches[b], block)
+    def fill(out: dict[str, np.ndarray], at: int, blocks: list[dict[str, np.ndarray]], window: Window,
+             positions: np.ndarray) -> None:
+        rows = window.rows[positions]
+        reads = [submit(read_rows_into, arr, rows, out[key][at:at + len(rows)]) for key, arr in direct.items()]
+        _gather_into(out, at, blocks, window, positions)
+        results(reads)
+
+    def batches() -> Iterator[Batch]:
+        windows = (read_window(features, window, windowed, targets, target_offset) for window in plan.windows)
+        for b, block in assemble(plan, windows, start=start, fill=fill, done=lambda block: block):
+            yield _as_batch(plan.batches[b], block)
+
+    # batches are read and cut in a background thread (and the reader pool) while the caller computes
+    yield from _prefetched(batches(), depth=2) if prefetch else batches()
 
 
 def assemble(plan: BatchPlan, windows: Iterable[T], *, start: Callable[[T, int], Any],
@@ -130,7 +149,8 @@ def _gather_into(out: dict[str, np.ndarray], at: int, blocks: list[dict[str, np.
     row ``at``, copied once: each block fills a contiguous slice of the output."""
     offsets = window.offsets
     bounds = np.searchsorted(positions, offsets) + at
-    for key, dest in out.items():
+    for key in blocks[0] if blocks else ():
+        dest = out[key]
         for b, block in enumerate(blocks):
             lo, hi = bounds[b], bounds[b + 1]
             if hi > lo:
@@ -146,7 +166,7 @@ def _as_batch(index: np.ndarray, block: dict[str, np.ndarray]) -> Batch:
 
 
 def _prefetched(source: Iterator[T], depth: int = 1) -> Iterator[T]:
-    """Produce the next item (a window) in a background thread while the caller computes."""
+    """Produce the next ``depth`` items in a background thread while the caller computes."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()

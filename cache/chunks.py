@@ -165,15 +165,8 @@ def read_checked(arr: Any, selection: slice | np.ndarray | None = None, *, out: 
         return _plain_read(arr, selection)
     chunks = _touched(arr, selection)
     recorded = recorded_checksums(arr)
-    content = verify_reads()
     if recorded is not None:
-        for index in chunks:
-            entry = recorded[index] if index < len(recorded) else None
-            if entry is None:
-                raise damaged(arr, index, "no checksum recorded for it")
-            problem = check_chunk(arr, index, entry, content=content)
-            if problem:
-                raise damaged(arr, index, problem)
+        _check_recorded(arr, chunks, recorded)
     rows = _rows(arr, selection) if recorded is not None else None
     if rows is not None and raw_layout(arr):
         result = np.empty((rows[1] - rows[0], *arr.shape[1:]), dtype=arr.dtype)
@@ -231,16 +224,57 @@ def raw_read_into(arr: Any, selection: slice | np.ndarray | None, out: np.ndarra
     if out.shape != (rows[1] - rows[0], *arr.shape[1:]) or not out.flags.c_contiguous:
         raise ValueError(f"read_checked: out has shape {out.shape}, expected a C-contiguous "
                          f"{(rows[1] - rows[0], *arr.shape[1:])}")
+    _check_recorded(arr, _touched(arr, slice(*rows)), recorded)
+    _pread_rows(arr, rows, out)
+    return True
+
+
+def _check_recorded(arr: Any, indices: Sequence[int], recorded: Sequence[Sequence[int]]) -> None:
     content = verify_reads()
-    for index in _touched(arr, slice(*rows)):
+    for index in indices:
         entry = recorded[index] if index < len(recorded) else None
         if entry is None:
             raise damaged(arr, index, "no checksum recorded for it")
         problem = check_chunk(arr, index, entry, content=content)
         if problem:
             raise damaged(arr, index, problem)
-    _pread_rows(arr, rows, out)
-    return True
+
+
+def rows_readable(arr: Any) -> bool:
+    """Whether :func:`read_rows_into` can read ``arr``: a raw-layout array of a complete local store."""
+    return (hasattr(getattr(getattr(arr, "store_path", None), "store", None), "root") and raw_layout(arr)
+            and recorded_checksums(arr) is not None)
+
+
+def read_rows_into(arr: Any, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Images ``rows`` (ascending; any chunks) of a :func:`rows_readable` array straight into ``out``
+    (``(len(rows), ...)``, C-contiguous), after the size checks of :func:`read_checked`: each run of
+    consecutive images of one chunk is one ``preadv`` from the chunk file (an image is a contiguous
+    byte range of it), so a shuffled batch is read without a window buffer or a gather copy."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if out.shape != (len(rows), *arr.shape[1:]) or out.dtype != arr.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"read_rows_into: out is {out.dtype}{out.shape}, expected a C-contiguous "
+                         f"{arr.dtype}{(len(rows), *arr.shape[1:])}")
+    if not len(rows):
+        return out
+    k = arr.chunks[0]
+    chunk = rows // k
+    _check_recorded(arr, np.unique(chunk).tolist(), recorded_checksums(arr) or [])
+    breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(chunk) != 0)) + 1
+    row_bytes = out[:1].nbytes
+    flat = out.reshape(-1).view(np.uint8)
+    fds: dict[int, int] = {}
+    try:
+        for start, stop in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(rows)].tolist()):
+            index = int(chunk[start])
+            if index not in fds:
+                fds[index] = os.open(chunk_file(arr, index), os.O_RDONLY)
+            _pread_into(fds[index], memoryview(flat[start * row_bytes:stop * row_bytes]),
+                        (int(rows[start]) - index * k) * row_bytes, arr, index)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return out
 
 
 def _pread_rows(arr: Any, rows: tuple[int, int], out: np.ndarray) -> None:
@@ -253,13 +287,18 @@ def _pread_rows(arr: Any, rows: tuple[int, int], out: np.ndarray) -> None:
     for index in range(start // k, (stop - 1) // k + 1) if stop > start else ():
         lo, hi = max(start, index * k), min(stop, (index + 1) * k)
         view = memoryview(flat[(lo - start) * row_bytes:(hi - start) * row_bytes])
-        offset, done = (lo - index * k) * row_bytes, 0
         fd = os.open(chunk_file(arr, index), os.O_RDONLY)
         try:
-            while done < len(view):
-                got = os.preadv(fd, [view[done:]], offset + done)
-                if got <= 0:
-                    raise damaged(arr, index, f"truncated: the file ended {len(view) - done} bytes early while read")
-                done += got
+            _pread_into(fd, view, (lo - index * k) * row_bytes, arr, index)
         finally:
             os.close(fd)
+
+
+def _pread_into(fd: int, view: memoryview, offset: int, arr: Any, index: int) -> None:
+    """Fill ``view`` from byte ``offset`` of chunk file ``fd`` (chunk ``index`` of ``arr``)."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            raise damaged(arr, index, f"truncated: the file ended {len(view) - done} bytes early while read")
+        done += got

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+import cache.batches
 from cache import MidprobeError, iterate_batches, open_feature_writer, open_features
 
 SHAPES = {"a": (3, 2, 2), "b": (5, 1, 1)}
@@ -101,20 +102,30 @@ def test_batches_read_targets_for_the_same_images(tmp_path):
         np.testing.assert_array_equal(batch.targets["t"], batch.index * 10)
 
 
-def test_iterator_reads_ahead_by_at_most_one_window(tmp_path):
+def test_iterator_reads_ahead_by_at_most_one_window(tmp_path, monkeypatch):
     _write_store(tmp_path / "m.zarr", n=30, chunk=3)
     split = open_features("d", "m", "train", store=tmp_path / "m.zarr")
     read_images = []
     original = split.read_stored
+    original_rows = cache.batches.read_rows_into
 
     def counting_read(layer, lo, hi):
         read_images.append(hi - lo)
         return original(layer, lo, hi)
 
+    def counting_rows(arr, rows, out):
+        read_images.append(len(rows))
+        return original_rows(arr, rows, out)
+
     split.read_stored = counting_read
-    yielded = 0
-    for batch in iterate_batches(split, layers=["a"], batch_size=2, window_chunks=2, prefetch=False):
-        yielded += len(batch.index)
-        # in memory: what is not yet yielded, at most one window (2 chunks of 3) plus a carried batch
-        assert sum(read_images) - yielded <= 2 * 3 + 2
-    assert yielded == 30 and sum(read_images) == 30
+    monkeypatch.setattr(cache.batches, "read_rows_into", counting_rows)
+    for direct in (True, False):                  # raw chunk files read into each batch; or decoded blocks
+        if not direct:
+            monkeypatch.setattr(cache.batches, "rows_readable", lambda arr: False)
+        read_images.clear()
+        yielded = 0
+        for batch in iterate_batches(split, layers=["a"], batch_size=2, window_chunks=2, prefetch=False):
+            yielded += len(batch.index)
+            # in memory: what is not yet yielded, at most one window (2 chunks of 3) plus a carried batch
+            assert sum(read_images) - yielded <= (2 if direct else 2 * 3 + 2)
+        assert yielded == 30 and sum(read_images) == 30

@@ -10,7 +10,7 @@ import torch
 from cache import MidprobeError, iterate_batches, open_dataset, open_feature_writer, open_features
 from cache.augment import augment_targets, view_params
 from cache.batch_plan import plan_batches
-from cache.chunks import read_checked
+from cache.chunks import read_checked, read_rows_into, rows_readable
 from cache.loader import FeatureLoader, parse_bytes
 from probe.cli import main as probe_main
 from probe.features import to_device
@@ -135,6 +135,24 @@ def test_raw_reads_equal_zarr_reads_and_fill_a_given_buffer(tmp_path):
         out = np.full((hi - lo, 2, 2, 2), np.nan, np.float16)
         assert read_checked(arr, slice(lo, hi), out=out) is out
         np.testing.assert_array_equal(out, expected)
+
+
+def test_rows_read_straight_into_a_batch_equal_zarr_reads_and_name_a_damaged_chunk(tmp_path):
+    split = _store(tmp_path / "m.zarr", n=23, chunk=3)
+    arr = split.array("a")
+    assert rows_readable(arr)
+    for rows in ([0], [1, 2, 3, 4, 9, 22], list(range(23)), [5, 6, 7, 8]):
+        out = np.full((len(rows), 2, 2, 2), np.nan, np.float16)
+        assert read_rows_into(arr, np.array(rows), out) is out
+        np.testing.assert_array_equal(out, arr[...][rows])
+    with pytest.raises(ValueError, match="expected a C-contiguous float16"):
+        read_rows_into(arr, np.array([1, 2]), np.empty((3, 2, 2, 2), np.float16))
+    path = tmp_path / "m.zarr" / "train" / "a" / "c" / "3" / "0" / "0" / "0"
+    path.write_bytes(path.read_bytes()[:5])
+    with pytest.raises(MidprobeError, match=r"array 'a', chunk 3 \(images 9-11\) — truncated"):
+        read_rows_into(arr, np.array([1, 10]), np.empty((2, 2, 2, 2), np.float16))
+    with pytest.raises(MidprobeError, match=r"array 'a', chunk 3 \(images 9-11\) — truncated"):
+        list(iterate_batches(split, layers=["a"], batch_size=4))
 
 
 def test_a_damaged_chunk_while_streaming_to_the_device_is_one_line_naming_it(tmp_path):
