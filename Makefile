@@ -45,7 +45,7 @@ STAMP := $(VENV)/.installed
 .PHONY: setup test soak data example-folder extract probe grid demo bench bench-gpu fidelity studies report verify clean-data help
 
 help:
-	@echo "make setup | test | soak | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… [DRY=1] | probe TASK=… [LOG=tensorboard] | grid GRID=grids/….toml [DRY=1] | demo | bench | fidelity | studies | report | verify [REPAIR=1]"
+	@echo "make setup | test | soak | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… [DRY=1] | probe TASK=… [LOG=tensorboard] | grid GRID=grids/….toml [DRY=1] | demo | bench | bench-gpu | fidelity | studies | report | verify [REPAIR=1]"
 	@echo "the same stages as one command, after make setup: $(MIDPROBE) --help"
 
 $(STAMP): pyproject.toml
