@@ -8,13 +8,8 @@ from cache.errors import MidprobeError
 from cache.paths import DataRoot, data_root
 from cache.dataset_store import DatasetStore, SplitView, create_dataset_store, open_dataset
 from cache.fingerprint import FORMAT_VERSION, check_fingerprint
-from cache.feature_store import (
-    FeatureSplit,
-    FeatureWriter,
-    list_feature_stores,
-    open_features,
-    open_feature_writer,
-)
+from cache.feature_store import FeatureSplit, list_feature_stores, open_features
+from cache.feature_writer import FeatureWriter, open_feature_writer
 from cache.batches import iterate_batches
 
 __all__ = [

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from cache.chunk_reader import submit
-from cache.feature_store import GLOBAL, check_float16_range
+from cache.feature_store import GLOBAL
+from cache.feature_writer import check_float16_range
 from cache.quantize import Quantized, quantize_torch
 
 #: Chunks written at once on CUDA (each by its own thread).

@@ -56,7 +56,7 @@ def test_int8_stores_resume_and_shard_to_the_same_bytes(root, tmp_path, monkeypa
     assert tree_bytes(sharded.feature_store("tiny", "test_vit_tiny", "int8")) == whole
     resumed = data_root(tmp_path / "resumed")
     write_tiny_dataset(resumed, splits={"train": 10}, height=32, width=48)
-    from cache.feature_store import FeatureWriter
+    from cache.feature_writer import FeatureWriter
 
     original, calls = FeatureWriter.write_chunk, []
 

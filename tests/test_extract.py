@@ -131,7 +131,7 @@ def test_interrupted_extraction_resumes_to_identical_bytes(root, monkeypatch):
     from cache import data_root
     other_root = data_root(other)
     write_tiny_dataset(other_root, splits={"train": 9}, height=32, width=32)
-    from cache.feature_store import FeatureWriter
+    from cache.feature_writer import FeatureWriter
 
     original, calls = FeatureWriter.write_chunk, []
 

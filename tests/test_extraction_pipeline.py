@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import cache.feature_store as feature_store
+import cache.feature_writer as feature_writer
 from cache import MidprobeError, open_features
 from extract.backbones import Backbone, build_backbone
 from extract.pipeline import WriterPool, read_ahead
@@ -41,7 +41,7 @@ def test_every_marker_follows_the_fsyncs_of_its_own_chunk_with_several_writers(r
     write_tiny_dataset(root, splits={"train": 13, "test": 3}, height=32, width=32)
     monkeypatch.setenv("MIDPROBE_WRITE_THREADS", "4")
     events, lock = [], threading.Lock()
-    fsync_tree, replace = feature_store.fsync_tree, feature_store.os.replace
+    fsync_tree, replace = feature_writer.fsync_tree, feature_writer.os.replace
 
     def logged_fsync(path):
         fsync_tree(path)
@@ -54,8 +54,8 @@ def test_every_marker_follows_the_fsyncs_of_its_own_chunk_with_several_writers(r
             with lock:      # .../<model>.progress/<split>/<chunk>
                 events.append(("marker", Path(dst).parent.name, None, int(Path(dst).name)))
 
-    monkeypatch.setattr(feature_store, "fsync_tree", logged_fsync)
-    monkeypatch.setattr(feature_store.os, "replace", logged_replace)
+    monkeypatch.setattr(feature_writer, "fsync_tree", logged_fsync)
+    monkeypatch.setattr(feature_writer.os, "replace", logged_replace)
     extract(model="test_vit_tiny", dataset="tiny", root=root, chunk_images=2, progress=False, splits=["train"])
     markers = [i for i, e in enumerate(events) if e[0] == "marker"]
     assert len(markers) == 7                                    # 13 images in chunks of 2

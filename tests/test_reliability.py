@@ -219,7 +219,7 @@ def test_a_killed_creation_and_leftover_partial_files_resume_to_the_same_bytes(r
     # a creation killed after the split's group but before its attributes (written last)
     zarr.open_group(str(store), mode="a", zarr_format=3).create_group("train").create_array(
         "block0", shape=(1,), dtype="uint8")
-    from cache.feature_store import FeatureWriter
+    from cache.feature_writer import FeatureWriter
 
     original, calls = FeatureWriter.write_chunk, []
 
@@ -253,7 +253,7 @@ def test_a_full_disk_stops_extraction_in_one_line_and_it_resumes_to_the_same_byt
                                                                                   capsys):
     whole = tree_bytes(_extracted(root))
     write_tiny_dataset(tmpfs_root, splits={"train": 9, "test": 3}, height=32, width=32)
-    from cache.feature_store import FeatureWriter
+    from cache.feature_writer import FeatureWriter
 
     original, calls = FeatureWriter.write_chunk, []
 
