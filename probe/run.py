@@ -213,8 +213,8 @@ def _run_models(task, store, models: Sequence[str], root: DataRoot, protocol: Pr
             choices = dense_choices(protocol, task.name, overrides)
             settings = TrainSettings(choices, study["seeds"][0], device, cache_budget)
             on_step = None if tracker is None else (
-                lambda config, step, loss, lr, model=model: tracker.step(
-                    ProbeId(protocol.name, task.name, store.name, model, config.key), step, loss, lr))
+                lambda key, seed, step, loss, lr, model=model: tracker.step(
+                    ProbeId(protocol.name, task.name, store.name, model, key, seed), step, loss, lr))
             results = _dense(task, store, model, root, list(heads or choices.heads), list(lrs or [choices.lr]),
                              layer_sets, settings, protocol, extraction, say, precision, seeds=study["seeds"],
                              train_images=study["train_images"], corruptions=study["corruptions"], quiet=quiet,
@@ -229,7 +229,7 @@ def _run_models(task, store, models: Sequence[str], root: DataRoot, protocol: Pr
             rows.append({"task": task.name, "dataset": store.name, "model": model, "probe": probe,
                          task.headline: metrics.get(task.headline), "record": str(path.relative_to(root.root))})
             if tracker is not None:
-                tracker.final(ProbeId(protocol.name, task.name, store.name, model, probe), metrics,
+                tracker.final(ProbeId(protocol.name, task.name, store.name, model, probe, probe_seed), metrics,
                               step=extra.get("training", {}).get("steps", 0), config=config)
             say(f"[probe] {protocol.name}: {task.name}/{store.name}/{model}/{probe}: "
                 f"{task.headline} = {metrics.get(task.headline)}")
@@ -251,6 +251,12 @@ def _open_split(store, model: str, split: str, extraction: ExtractionChoices, ro
         raise MidprobeError(f"feature store of {model!r} for {store.name!r} has no {reads}; run `make extract "
                             f"MODEL={model} DATASET={store.name} PROTOCOL={protocol.name}"
                             f"{f' CORRUPT={extraction.corruption}' if corrupt else ''}{extra}`") from None
+
+
+def _step_hook(on_step: Callable[..., None], seed: int, size: int | None) -> Callable[..., None]:
+    """A sweep's ``on_step(config, step, loss, lr)`` passed on as ``on_step(key, seed, step, loss, lr)``
+    with the probe's key under the training condition (its subset), as its records are named."""
+    return lambda config, step, loss, lr: on_step(condition_key(config.key, train_images=size), seed, step, loss, lr)
 
 
 def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[str], lrs: Sequence[float],
@@ -312,7 +318,8 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
             where = f"[probe] {task.name}/{store.name}/{model}"
             trained, stats_ = train_sweep(task, train=train, train_data=train_data, dataset_attrs=attrs, configs=sgd,
                                           settings=seeded, standardizer=standardizer, log=say, subset=subset,
-                                          loader=loader, quiet=quiet, name=f"{where} training", on_step=on_step)
+                                          loader=loader, quiet=quiet, name=f"{where} training",
+                                          on_step=None if on_step is None else _step_hook(on_step, seed, size))
             for corruption, test in tests.items():
                 scores = evaluate_heads(task, test=test, test_data=test_data, dataset_attrs=attrs, heads=trained,
                                         settings=seeded, standardizer=standardizer, quiet=quiet,

@@ -1,7 +1,8 @@
 """Optional experiment tracking: ``python -m probe --log tensorboard`` (``make probe LOG=tensorboard``).
 
 Per probe, TensorBoard event files under
-``<data>/logs/tensorboard/<protocol>/<task>/<dataset>/<model>/<probe>/`` hold its training loss
+``<data>/logs/tensorboard/<protocol>/<task>/<dataset>/<model>/<probe>-seed<seed>/`` (the stem of its
+record's file: a study's subsets, corrupted test splits and seeds each get their own) hold its training loss
 and learning rate at every optimiser step (``train/loss``, ``train/lr``, steps 1-based), its final
 test metrics at the last step (``test/<metric>``; zero-shot probes at step 0) and its configuration
 as text (``config``). Rerunning a probe replaces its events, as it replaces its record. View them
@@ -21,13 +22,15 @@ from cache import DataRoot, MidprobeError
 
 
 class ProbeId(NamedTuple):
-    """Which probe a log belongs to: the parts of its record's path."""
+    """Which probe a log belongs to: the parts of its record's path (``probe``: its key under the
+    study's conditions, :func:`probe.run.condition_key`)."""
 
     protocol: str
     task: str
     dataset: str
     model: str
     probe: str
+    seed: int
 
 
 def _part(name: str) -> str:
@@ -48,7 +51,8 @@ class TensorBoardLog:
         self._writers: dict[ProbeId, Any] = {}
 
     def folder(self, probe: ProbeId) -> Path:
-        return self.base.joinpath(*(_part(p) for p in probe))
+        *parts, key, seed = probe
+        return self.base.joinpath(*(_part(p) for p in (*parts, f"{key}-seed{seed}")))
 
     def _writer(self, probe: ProbeId) -> Any:
         if probe not in self._writers:
