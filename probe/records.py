@@ -35,8 +35,23 @@ def _own_version() -> str:
         return "unknown"
 
 
-def record_name(probe: str, seed: int) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{probe}-seed{seed}") + ".json"
+def overrides_text(overrides: Mapping[str, Any] | None, *, sep: str = ", ") -> str:
+    """The protocol choices a run overrode, ``k=v`` sorted by name (``""`` for none)."""
+    return sep.join(f"{k}={v}" for k, v in sorted((overrides or {}).items()))
+
+
+def record_name(probe: str, seed: int, overrides: Mapping[str, Any] | None = None) -> str:
+    """``<probe>-seed<seed>[+k=v...].json``: a run that overrides protocol choices is another
+    experiment, so it never replaces the protocol's own record (``=`` is written ``_``)."""
+    tag = overrides_text(overrides, sep="+")
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{probe}-seed{seed}" + (f"+{tag}" if tag else "")) + ".json"
+
+
+def column_of(record: Mapping[str, Any]) -> str:
+    """A record's leaderboard column: ``task (dataset)``, with ``[k=v ...]`` when it overrode
+    protocol choices — cells never mix runs of different choices."""
+    tag = overrides_text((record.get("config") or {}).get("overrides"), sep=" ")
+    return f"{record['task']} ({record['dataset']})" + (f" [{tag}]" if tag else "")
 
 
 def write_record(root: DataRoot, *, task: str, dataset: str, model: str, probe: str, config: Mapping[str, Any],
@@ -53,7 +68,7 @@ def write_record(root: DataRoot, *, task: str, dataset: str, model: str, probe: 
         "metrics": dict(metrics), "feature_fingerprint": dict(fingerprint), "wall_seconds": wall_seconds,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions(), **dict(extra or {}),
     }
-    path = folder / record_name(probe, seed)
+    path = folder / record_name(probe, seed, config.get("overrides"))
     with disk_errors(path):
         return atomic_write(path, json.dumps(record, indent=2, sort_keys=True, default=float))
 

@@ -134,7 +134,7 @@ def test_probes_score_the_clean_heads_on_corrupted_features(corrupted):
     assert record["feature_fingerprint"]["split"] == "train"
     page, _ = build_report(corrupted)
     text = page.read_text()
-    assert "## Robustness — segmentation (tiny), midprobe protocol, linear heads" in text
+    assert "## Robustness — segmentation (tiny) [batch_size=4 epochs=2], midprobe protocol, linear heads" in text
     assert "| gaussian_noise |" in text and "| fog | " in text
     board = (page.parent / "leaderboard_midprobe_linear.csv").read_text()
     assert "corrupt" not in board

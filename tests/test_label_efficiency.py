@@ -87,9 +87,10 @@ def test_subset_records_carry_size_and_seed_and_leave_the_full_records_alone(roo
     plain = {r["probe"]: r["iou"] for r in run_task(**common, seed=1)}
     rows = run_task(**common, seeds=[0, 1], train_images=[5, 0.5, "all" and None])
     keys = {(r["probe"], r["record"].rsplit("-seed", 1)[1]) for r in rows}
-    assert keys == {(f"linear-lin-lr0.05{suffix}", f"{seed}.json") for suffix in ("-n5", "-n12", "")
-                    for seed in (0, 1)}
-    full = next(r for r in rows if r["probe"] == "linear-lin-lr0.05" and r["record"].endswith("seed1.json"))
+    # runs overriding protocol choices carry them in their file names
+    assert keys == {(f"linear-lin-lr0.05{suffix}", f"{seed}+batch_size_4+epochs_2.json")
+                    for suffix in ("-n5", "-n12", "") for seed in (0, 1)}
+    full = next(r for r in rows if r["probe"] == "linear-lin-lr0.05" and "seed1+" in r["record"])
     assert full["iou"] == plain["linear-lin-lr0.05"]                  # the full-data heads are a plain run's
     records = {(r["probe"], r["seed"]): r for r in load_records(root)}
     small = records["linear-lin-lr0.05-n5", 1]
@@ -124,17 +125,20 @@ def test_report_draws_the_curve_and_keeps_subsets_out_of_the_leaderboard(root):
              train_images=[3, 6, None], overrides={"batch_size": 4, "epochs": 2}, root=root, quiet=True)
     page, boards = build_report(root)
     text = page.read_text()
-    section = text.split("## Label efficiency — segmentation (sub), midprobe protocol, linear heads")[1]
-    assert "![label efficiency](figures/label_efficiency_midprobe_linear_segmentation__sub.png)" in section
-    assert (page.parent / "figures" / "label_efficiency_midprobe_linear_segmentation__sub.png").stat().st_size > 0
+    # the column names the choices the runs overrode
+    section = text.split("## Label efficiency — segmentation (sub) [batch_size=4 epochs=2], midprobe protocol, "
+                         "linear heads")[1]
+    figure = "label_efficiency_midprobe_linear_segmentation__sub___batch_size_4_epochs_2.png"
+    assert f"![label efficiency](figures/{figure})" in section
+    assert (page.parent / "figures" / figure).stat().st_size > 0
     assert "| lin | `linear-lin-lr0.05` |" in section and "(24) |" in section
     html = (page.parent / "report.html").read_text()               # the shared page holds the section too
     studies = html.split('<section id="studies">')[1].split("</section>")[0]
-    assert "Label efficiency — segmentation (sub)" in studies and 'src="data:image/png;base64,' in studies
+    assert "Label efficiency — segmentation (sub) [batch_size=4 epochs=2]" in studies and 'src="data:image/png;base64,' in studies
     assert '<table class="sortable">' in studies and "<code>linear-lin-lr0.05</code>" in studies
     board = (page.parent / "leaderboard_midprobe_linear.csv").read_text()
     assert "-n3" not in board and "-n6" not in board and "linear-lin-lr0.05" in board
-    full = [json.loads(p.read_text())["headline"] for p in root.results().rglob("linear-lin-lr0.05-seed*.json")]
+    full = [json.loads(p.read_text())["headline"] for p in root.results().rglob("linear-lin-lr0.05-seed?+*.json")]
     row = board.splitlines()[1].split(",")
     assert float(row[3]) == pytest.approx(np.mean(full)) and row[5] == "2"    # the full-data seeds only
 

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from cache import DataRoot
 from probe.report.figures import BoardFigures
+from probe.records import column_of
 from probe.report.tables import Leaderboard
 
 STYLE = """
@@ -157,7 +158,7 @@ def cell_records(board: Leaderboard, model: str, column: str,
     probe = board.probe.get((model, column))
     return [r for r in records
             if r.get("protocol", "midprobe") == board.protocol and r.get("config", {}).get("head") in (board.head, None)
-            and f"{r['task']} ({r['dataset']})" == column and r["model"] == model and r["probe"] == probe
+            and column_of(r) == column and r["model"] == model and r["probe"] == probe
             and r.get("headline") is not None and math.isfinite(r["headline"])]
 
 

@@ -28,6 +28,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from probe.records import column_of  # noqa: E402
+
 #: The fractions of the full-data score the label-efficiency table asks for.
 TARGETS = (0.5, 0.9)
 
@@ -52,7 +54,7 @@ def base_probe(record: Mapping[str, Any]) -> str:
 
 def _group(record: Mapping[str, Any]) -> tuple[str, str, str]:
     return (record.get("protocol", "midprobe"), record.get("config", {}).get("head") or "zero-shot",
-            f"{record['task']} ({record['dataset']})")
+            column_of(record))
 
 
 def _values(records: Iterable[Mapping[str, Any]]) -> dict[tuple, list[float]]:
@@ -156,7 +158,7 @@ def label_efficiency(records: list[Mapping[str, Any]], figures: Path) -> list[st
 
 
 def _metric(records: Iterable[Mapping[str, Any]], column: str) -> str:
-    return next(r["headline_metric"] for r in records if f"{r['task']} ({r['dataset']})" == column)
+    return next(r["headline_metric"] for r in records if column_of(r) == column)
 
 
 def _heads(head: str) -> str:

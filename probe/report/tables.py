@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from cache import MidprobeError
+from probe.records import column_of
 
 
 @dataclass
@@ -85,7 +86,7 @@ def build_leaderboards(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, 
     grouped: dict[tuple, list[float]] = defaultdict(list)
     metric_of: dict[str, str] = {}
     for r in records:
-        column = f"{r['task']} ({r['dataset']})"
+        column = column_of(r)
         metric_of[column] = r["headline_metric"]
         value = r.get("headline")
         if value is None or not np.isfinite(value):
