@@ -1,5 +1,7 @@
 """Robustness: seeded corruptions, corrupted test splits in the feature store, clean heads scored on them."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -136,6 +138,20 @@ def test_probes_score_the_clean_heads_on_corrupted_features(corrupted):
     text = page.read_text()
     assert "## Robustness — segmentation (tiny) [batch_size=4 epochs=2], midprobe protocol, linear heads" in text
     assert "| gaussian_noise |" in text and "| fog | " in text
+    # one cell of the linear heads' table, recomputed from the two records on disk
+    linear = next(key for key in clean if key.startswith("linear"))
+    headline = {key: json.loads((corrupted.root / rows[key]["record"]).read_text())["headline"]
+                for key in (linear, f"{linear}@corrupt-gaussian_noise-4")}
+    iou, noisy = headline[linear], headline[f"{linear}@corrupt-gaussian_noise-4"]
+    assert iou > 0
+    column = "segmentation (tiny) [batch_size=4 epochs=2]"          # the column names the overridden choices
+    section = text.split(f"## Robustness — {column}, midprobe protocol, linear heads")[1].split("\n## ")[0]
+    # severities 0 (fog:0) and 4 (gaussian_noise:4) are the columns; each corruption fills one
+    assert f"| {MODEL} | gaussian_noise | {100 * iou:.1f} | – | {100 * (iou - noisy) / abs(iou):.1f} % |" in section
+    assert f"| {MODEL} | fog | {100 * iou:.1f} | 0.0 % | – |" in section
+    figure = page.parent / "figures" / "robustness_midprobe_linear_segmentation__tiny___batch_size_4_epochs_2.png"
+    assert f"![robustness](figures/{figure.name})" in section
+    assert figure.stat().st_size > 0 and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     board = (page.parent / "leaderboard_midprobe_linear.csv").read_text()
     assert "corrupt" not in board
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from cache import MidprobeError, open_dataset
 from extract.datasets import prepare
 from extract.datasets.__main__ import main as data_main
+from probe.cli import main as probe_main
+from probe.run import run_task
 from tests import dataset_fixtures as fx
 
 
@@ -103,6 +107,23 @@ def test_nyuv2_without_fair_normals_is_images_and_depth_only(root, capsys):
     for split in ("train", "test"):
         assert store.split(split).keys == ["images", "depth"]
     np.testing.assert_allclose(store.split("train").read("depth")[0][100], fx.nyu_frame(0)["depth"][100, 80:560])
+
+
+def test_a_normals_probe_of_nyuv2_without_fair_normals_names_the_missing_file(root, capsys):
+    raw = root.raw("nyuv2")
+    fx.write_nyu(raw)
+    pklz = raw / "surfacenormal_metadata" / "all_normals.pklz"
+    pklz.unlink()
+    prepare("nyuv2", root=root, progress=False)
+    capsys.readouterr()
+    # refused from the dataset store alone: no feature store is needed to say so
+    with pytest.raises(MidprobeError, match=r"dataset 'nyuv2' cannot run task 'normals': missing " + re.escape(str(pklz))
+                                            + r" \(FAIR's nyuv2_surfacenormal_metadata.zip") as error:
+        run_task(task_name="normals", dataset="nyuv2", root=root, quiet=True)
+    assert "\n" not in str(error.value)
+    assert probe_main(["--task", "normals", "--dataset", "nyuv2", "--data", str(root.root), "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: dataset 'nyuv2' cannot run task 'normals': missing {pklz} ")
+    assert not root.results().exists()                                  # no record written
 
 
 def test_voc_foreground_void_band_and_resize(root):

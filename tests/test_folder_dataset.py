@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from extract.datasets.folder_example import main as example_main
 from extract.datasets.folder_example import write_example
 from extract.datasets.folder_layout import seeded_split
 from extract.runner import extract
+from probe.cli import main as probe_main
 from probe.run import run_task
 from probe.tasks import get_task
 
@@ -248,6 +250,21 @@ def test_what_is_absent_is_recorded_with_the_missing_folder(folder, root):
     assert sorted(absent) == ["depth", "normals", "pairs", "triplets"]
     assert absent["normals"].startswith(f"no normals/ folder in {folder}")
     assert absent["pairs"].startswith(f"no pairs.csv in {folder}")
+
+
+def test_a_probe_of_a_target_the_folder_lacks_names_the_missing_folder(folder, root, capsys):
+    shutil.rmtree(folder / "normals")
+    store = _prepare(folder, root, size=32, name="no_normals")
+    assert "normals" not in store.attrs["tasks"] and "depth" in store.attrs["tasks"]
+    # refused from the dataset store alone: no feature store is needed to say so
+    with pytest.raises(MidprobeError, match=r"dataset 'no_normals' cannot run task 'normals': no normals/ folder in "
+                                            + re.escape(str(folder))) as error:
+        run_task(task_name="normals", dataset="no_normals", root=root, quiet=True)
+    assert "\n" not in str(error.value)
+    assert probe_main(["--task", "normals", "--dataset", "no_normals", "--data", str(root.root), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: dataset 'no_normals' cannot run task 'normals': no normals/ folder in {folder}")
+    assert err.count("\n") == 1 and not root.results().exists()          # no record written
 
 
 def test_triplets_alone_make_a_similarity_store(folder, root):

@@ -131,10 +131,17 @@ def test_report_draws_the_curve_and_keeps_subsets_out_of_the_leaderboard(root):
     figure = "label_efficiency_midprobe_linear_segmentation__sub___batch_size_4_epochs_2.png"
     assert f"![label efficiency](figures/{figure})" in section
     assert (page.parent / "figures" / figure).stat().st_size > 0
-    assert "| lin | `linear-lin-lr0.05` |" in section and "(24) |" in section
+    # the row recomputed from the records on disk: per-size means over both seeds, the full split last
+    mean = {n: 100 * np.mean([json.loads(p.read_text())["headline"] for p in root.results().rglob(pattern)])
+            for n, pattern in ((3, "linear-lin-lr0.05-n3-seed?+*.json"), (6, "linear-lin-lr0.05-n6-seed?+*.json"),
+                               (24, "linear-lin-lr0.05-seed?+*.json"))}
+    assert mean[24] > 0
+    needed = [labels_needed([3.0, 6.0, 24.0], [mean[3], mean[6], mean[24]], x * mean[24]) for x in (0.5, 0.9)]
+    assert f"| lin | `linear-lin-lr0.05` | {mean[24]:.1f} (24) | {needed[0]} | {needed[1]} | 2 |" in section
     html = (page.parent / "report.html").read_text()               # the shared page holds the section too
     studies = html.split('<section id="studies">')[1].split("</section>")[0]
-    assert "Label efficiency — segmentation (sub) [batch_size=4 epochs=2]" in studies and 'src="data:image/png;base64,' in studies
+    assert "Label efficiency — segmentation (sub) [batch_size=4 epochs=2]" in studies
+    assert 'src="data:image/png;base64,' in studies
     assert '<table class="sortable">' in studies and "<code>linear-lin-lr0.05</code>" in studies
     board = (page.parent / "leaderboard_midprobe_linear.csv").read_text()
     assert "-n3" not in board and "-n6" not in board and "linear-lin-lr0.05" in board
