@@ -37,7 +37,7 @@ def nyu_frame(i: int) -> dict[str, np.ndarray]:
     image[:40, 80:200] = (255, 0, 0)                 # red marker: top rows, left of centre
     depth = np.tile(np.linspace(0.5, 9.5, 640, dtype=np.float32), (480, 1)) + i * 0.01
     depth[:20, :] = 12.0                              # beyond 10 m: invalid
-    depth[-1, 500] = np.nan                           # column 420 after the centre crop
+    depth[-1, 500] = 0.0                              # no measurement (the Kinect's code); column 420 after the crop
     normals = np.zeros((480, 640, 3), np.float32)
     normals[..., 2] = -1.0
     normals[:240, :, :] = (1.0, 0.0, 0.0)             # upper half faces +x

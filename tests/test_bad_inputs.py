@@ -10,6 +10,7 @@ field; two extractions race into one store; and every command runs on a read-onl
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
 import shutil
 import subprocess
@@ -18,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import h5py
 import numpy as np
 import pytest
 import zarr
 from PIL import Image
 
-from cache import DataRoot, data_root, open_features
+from cache import DataRoot, data_root, open_dataset, open_features
 from cache.fingerprint import FINGERPRINT_FIELDS
 from cache.verify import main as verify_main
 from extract.cli import main as extract_main
@@ -132,6 +134,48 @@ def npz(rel: str, **arrays: np.ndarray) -> Callable[[Path], None]:
     return damage
 
 
+def hdf5_pixel(rel: str, key: str, frame: int, row: int, col: int, value: float) -> Callable[[Path], None]:
+    """Set pixel (row, col) of the upright ``frame`` of ``key`` (h5py sees MATLAB's axes reversed: (N, W, H))."""
+    def damage(data: Path) -> None:
+        with h5py.File(data / rel, "r+") as f:
+            f[key][frame, col, row] = value
+    return damage
+
+
+def pklz_normal(frame: int, row: int, col: int, value: tuple[float, float, float]) -> Callable[[Path], None]:
+    def damage(data: Path) -> None:
+        path = data / META / "all_normals.pklz"
+        with gzip.open(path, "rb") as handle:
+            content = pickle.load(handle)       # our own fixture, written just before
+        content["all_normals"][frame, row, col] = value
+        with gzip.open(path, "wb") as handle:
+            pickle.dump(content, handle)
+    return damage
+
+
+def write_geonet(path: Path, key: str, values: dict[tuple[int, int], object]) -> None:
+    """A GeoNet frame (the fixture's: depth 2 m, norm (0, 1, 0), mask 0 in columns < 100), values set at (row, col)."""
+    from scipy.io import loadmat, savemat as save
+
+    fx.write_geonet_frame(path.parent, path.name)
+    mat = {k: v for k, v in loadmat(str(path)).items() if not k.startswith("__")}
+    for (row, col), value in values.items():
+        mat[key][row, col] = value
+    save(str(path), mat)
+
+
+def geonet_value(key: str, row: int, col: int, value: object) -> Callable[[Path], None]:
+    return lambda data: write_geonet(data / NYU / "nyu_geonet" / "a.mat", key, {(row, col): value})
+
+
+def json_edit(rel: str, edit: Callable[[object], None]) -> Callable[[Path], None]:
+    def damage(data: Path) -> None:
+        content = json.loads((data / rel).read_text())
+        edit(content)
+        (data / rel).write_text(json.dumps(content))        # NaN and Infinity as Python's json writes them
+    return damage
+
+
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
 NYU, META = "raw/nyuv2/", "raw/nyuv2/surfacenormal_metadata/"
 NAVI = "raw/navi/duck_bath_yellow_s/"
@@ -184,6 +228,37 @@ ROWS = {
     "nyu-empty-split": Row("nyuv2", savemat(NYU + "splits.mat", trainNdxs=np.array([[1.0]]),
                                             testNdxs=np.zeros((0, 1))), "data", data("nyuv2"),
                            "the test split .*lists no frames"),
+    # NYUv2 target values: depth NaN / inf / negative (0 is "no measurement", > 10 m is cut), normals
+    # non-finite or zero inside the valid mask (the base splits: train frames 1 and 3, test 2 and 4, 1-based)
+    "nyu-depth-nan": Row("nyuv2", hdf5_pixel(NYU + "nyu_depth_v2_labeled.mat", "depths", 2, 100, 300, np.nan),
+                         "data", data("nyuv2"), "nyu_depth_v2_labeled.mat, 'depths' of frame 3 \\(1-based\\): 1 depth "
+                         "values are NaN, negative or infinite \\(first nan at row 100, column 300\\); expected metres "
+                         ">= 0, 0 for no measurement"),
+    "nyu-depth-inf": Row("nyuv2", hdf5_pixel(NYU + "nyu_depth_v2_labeled.mat", "rawDepths", 3, 5, 7, np.inf), "data",
+                         data("nyuv2", "test_depth=rawDepths"), "'rawDepths' of frame 4 .*\\(first inf at row 5, column 7"),
+    "nyu-depth-negative": Row("nyuv2", hdf5_pixel(NYU + "nyu_depth_v2_labeled.mat", "depths", 0, 479, 639, -0.5),
+                              "data", data("nyuv2"), "'depths' of frame 1 .*\\(first -0.5 at row 479, column 639\\)"),
+    "nyu-normals-zero": Row("nyuv2", pklz_normal(1, 10, 10, (0.0, 0.0, 0.0)), "data", data("nyuv2"),
+                            "all_normals.pklz, frame 2 \\(1-based\\): 1 normals are non-finite \\(or of zero length "
+                            "inside the valid mask\\) \\(first \\(0.0, 0.0, 0.0\\) at row 10, column 10\\); expected finite, "
+                            "non-zero normals where all_valid_depth_masks is 1"),
+    "nyu-normals-nan": Row("nyuv2", pklz_normal(2, 200, 5, (np.nan, 0.0, 1.0)), "data", data("nyuv2"),
+                           "all_normals.pklz, frame 3 .*\\(first \\(nan, 0.0, 1.0\\) at row 200, column 5\\)"),
+    "geonet-depth-nan": Row("nyuv2", geonet_value("depth", 30, 40, np.nan), "data", data("nyuv2", "geonet=true"),
+                            "a.mat, 'depth': 1 depth values are NaN, negative or infinite \\(first nan at row 30, column "
+                            "40\\); expected metres >= 0"),
+    "geonet-depth-inf": Row("nyuv2", geonet_value("depth", 0, 0, np.inf), "data", data("nyuv2", "geonet=true"),
+                            "a.mat, 'depth': 1 depth values .*\\(first inf at row 0, column 0\\)"),
+    "geonet-depth-negative": Row("nyuv2", geonet_value("depth", 479, 639, -2.0), "data", data("nyuv2", "geonet=true"),
+                                 "a.mat, 'depth': 1 depth values .*\\(first -2.0 at row 479, column 639\\)"),
+    "geonet-normals-zero": Row("nyuv2", geonet_value("norm", 300, 200, 0.0), "data", data("nyuv2", "geonet=true"),
+                               "a.mat, 'norm': 1 normals are non-finite \\(or of zero length inside the valid mask\\) "
+                               "\\(first \\(0.0, 0.0, 0.0\\) at row 300, column 200\\); expected finite, non-zero normals "
+                               "where GeoNet's mask > 0.5"),
+    "geonet-normals-inf-stored": Row("nyuv2", geonet_value("norm", 300, 50, (np.inf, 1.0, 0.0)), "data",
+                                     data("nyuv2", "geonet=true", "geonet_mask=false"),
+                                     "a.mat, 'norm': 1 normals .*\\(first \\(inf, 1.0, 0.0\\) at row 300, column 50\\).* "
+                                     "finite ones elsewhere \\(geonet_mask=false"),
     # NAVI: annotations json, EXIF JPEG, uint16 depth PNG
     "navi-json-truncated": Row("navi", truncate(NAVI + "wild_set/annotations.json"), "data", data("navi"),
                                "cannot read .*wild_set/annotations.json .*JSONDecodeError"),
@@ -197,6 +272,10 @@ ROWS = {
                                   "missing .*wild_set/depth/000.png: expected a NAVI depth PNG"),
     "navi-empty-split": Row("navi", replace_with(NAVI + "wild_set/annotations.json", b"[]"), "data", data("navi"),
                             "split 'test' of dataset 'navi' would hold no images"),
+    "navi-camera-nan": Row("navi", json_edit(NAVI + "wild_set/annotations.json",
+                                             lambda records: records[1]["camera"].update(focal_length=float("nan"))),
+                           "data", data("navi"), "wild_set/annotations.json: 001.jpg has camera .* focal_length nan; "
+                           "expected finite values"),
     # VOC: JPEG images, palette PNG masks, ImageSets lists
     "voc-jpeg-truncated": Row("voc", truncate(VOC + "JPEGImages/000033.jpg", 0.2), "data", data("voc"),
                               "cannot read .*000033.jpg"),
@@ -217,6 +296,11 @@ ROWS = {
                               data("nights"), "cannot read .*data.csv"),
     "nights-png-truncated": Row("nights", truncate(NIGHTS + "distort/000/001_1.png", 0.5), "data", data("nights"),
                                 "cannot read .*001_1.png"),
+    "nights-missing-subfolder": Row("nights", remove(NIGHTS + "distort"), "data", data("nights"),
+                                    "missing .*distort/000/000_0.png: expected a NIGHTS image named in data.csv"),
+    "nights-vote-nan": Row("nights", lambda d: (d / NIGHTS / "data.csv").write_text(
+        (d / NIGHTS / "data.csv").read_text().replace("0,0.0,1.0,6,", "0,0.0,nan,6,")), "data", data("nights"),
+        "data.csv line 2: id 0, votes 6, right_vote nan; expected finite numbers, right_vote a share in \\[0, 1\\]"),
     "nights-empty-split": Row("nights", lambda d: (d / NIGHTS / "data.csv").write_text(
         (d / NIGHTS / "data.csv").read_text().replace(",test,", ",val,")), "data", data("nights"),
         "no 'test' triplets with >= 6 votes"),
@@ -234,6 +318,9 @@ ROWS = {
                                 "data", data("scannet1500"), "cannot read .*pose/0.txt"),
     "scannet-missing-subfolder": Row("scannet1500", remove(SCANNET + "scene0708_00/color"), "data",
                                      data("scannet1500"), "missing .*scene0708_00/color/0.jpg"),
+    "scannet-K-nan": Row("scannet1500", npz(SCANNET + "intrinsics.npz", scene0707_00=np.full((3, 3), np.nan),
+                                            scene0708_00=np.eye(3)), "data", data("scannet1500"),
+                         "intrinsics.npz: scene0707_00 is float64 \\(3, 3\\) \\[nan .*expected a finite 3x3 K"),
     "scannet-empty-split": Row("scannet1500", npz(SCANNET + "test.npz", name=np.zeros((0, 4), np.int64)), "data",
                                data("scannet1500"), "split 'pairs' of dataset 'scannet1500' would hold no images"),
 }
@@ -309,6 +396,26 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(name, good_roots, tmp_
     code = CLIS[row.cli]([*row.args, "--data", str(root.root)])
     assert_one_line_error(code, capsys.readouterr().err, row.expect)
     assert snapshot(root) == before
+
+
+def test_the_datasets_own_no_data_codes_are_not_errors(tmp_path):
+    """What genuine copies hold passes: NYU depth 0 and > 10 m (fx.nyu_frame: row 479, column 500 and rows 0-19),
+    Ladicky normals zero or NaN outside all_valid_depth_masks (columns >= 540), GeoNet normals zero or NaN outside
+    its mask (columns < 100) — stored as 0 (no data); GeoNet's zeros are stored as read with geonet_mask=false."""
+    root = data_root(tmp_path / "data")
+    fx.write_nyu(root.raw("nyuv2"))
+    for row, value in ((100, (0.0, 0.0, 0.0)), (101, (np.nan, np.nan, np.nan))):
+        pklz_normal(1, row, 550, value)(root.root)                  # frame 2 = the first test image
+    geonet = root.raw("nyuv2") / "nyu_geonet" / "a.mat"
+    write_geonet(geonet, "norm", {(200, 90): 0.0, (201, 90): np.nan})
+    store = open_dataset(prepare("nyuv2", root=root, progress=False, geonet=True))
+    test, train = store.split("test"), store.split("train")
+    assert test.read("depth")[0][-1, 420] == 0 and not test.read("depth")[0][:20].any()
+    assert not test.read("normals")[0][100:102, 470].any() and test.read("normals")[0][102, 400, 0] == 1
+    assert not train.read("normals")[0][200:202, 10].any()
+    write_geonet(geonet, "norm", {(200, 90): 0.0})
+    paper = open_dataset(prepare("nyuv2", root=root, progress=False, geonet=True, geonet_mask=False)).split("train")
+    np.testing.assert_array_equal(paper.read("normals")[0][200:202, 10], [[0, 0, 0], [0, 1, 0]])
 
 
 def test_two_extractions_with_different_fingerprints_into_one_store_at_once(tmp_path):

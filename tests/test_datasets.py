@@ -30,7 +30,7 @@ def test_nyuv2_official_split_crop_units_and_orientation(root):
     depth = train.read("depth")[0]
     assert depth[:20].max() == 0.0                     # > 10 m is invalid
     np.testing.assert_allclose(depth[100], expected["depth"][100, 80:560])
-    assert depth[-1, 420] == 0.0 and depth[100, 0] < depth[100, -1]      # NaN invalid; depth grows to the right
+    assert depth[-1, 420] == 0.0 and depth[100, 0] < depth[100, -1]      # 0 (no measurement) stays; grows rightward
     normals = train.read("normals")[0]
     np.testing.assert_array_equal(normals[10, 10], [1, 0, 0])
     np.testing.assert_array_equal(normals[300, 10], [0, 0, -1])

@@ -23,6 +23,7 @@ import numpy as np
 
 from cache import MidprobeError
 from extract.datasets.raw import image_mode, read_image
+from extract.datasets.values import check_depth, first_bad
 
 DEPTH_PNG_MODES = ("I;16", "I;16L", "I;16B", "I")
 MASK_MODES = ("1", "L", "P")
@@ -38,11 +39,6 @@ def _npy(path: Path) -> np.ndarray:
         raise MidprobeError(f"cannot read {path} ({exc}); expected a numpy .npy array") from None
 
 
-def _first(bad: np.ndarray) -> tuple[int, int]:
-    row, col = np.argwhere(bad)[0][:2]
-    return int(row), int(col)
-
-
 def read_depth(path: Path, *, depth_scale: float) -> np.ndarray:
     """``(H, W) float32`` z-depth in metres, 0 where there is no measurement."""
     if path.suffix.lower() == ".png":
@@ -55,12 +51,8 @@ def read_depth(path: Path, *, depth_scale: float) -> np.ndarray:
         metres = _npy(path)
         if metres.ndim != 2 or metres.dtype.kind != "f":
             raise MidprobeError(f"{path} holds {metres.dtype} {metres.shape}; expected a float (H, W) array of metres")
-    bad = np.isinf(metres) | (metres < 0)
-    if bad.any():
-        row, col = _first(bad)
-        raise MidprobeError(f"{path}: {int(bad.sum())} depth values are negative or infinite (first "
-                            f"{metres[row, col]} at row {row}, column {col}); expected metres >= 0, "
-                            "with 0 or NaN for no measurement")
+    check_depth(metres, where=str(path), nan_is_missing=True,
+                expected="metres >= 0, with 0 or NaN for no measurement")
     return np.nan_to_num(metres, nan=0.0).astype(np.float32)
 
 
@@ -83,7 +75,7 @@ def read_normals(path: Path, *, frame: str = "opencv") -> np.ndarray:
             raise MidprobeError(f"{path} holds {normals.dtype} {normals.shape}; expected a float (H, W, 3) array "
                                 "of unit vectors")
         if np.isinf(normals).any():
-            row, col = _first(np.isinf(normals).any(axis=-1))
+            row, col = first_bad(np.isinf(normals).any(axis=-1))
             raise MidprobeError(f"{path}: infinite normal at row {row}, column {col}; expected unit vectors, "
                                 "with (0, 0, 0) or NaN for no data")
         normals = normals.astype(np.float64)
@@ -93,7 +85,7 @@ def read_normals(path: Path, *, frame: str = "opencv") -> np.ndarray:
     tolerance = NORMAL_TOLERANCE[".png" if png else ".npy"]
     bad = ~none & (np.abs(length - 1.0) > tolerance)
     if bad.any():
-        row, col = _first(bad)
+        row, col = first_bad(bad)
         raise MidprobeError(f"{path}: {int(bad.sum())} normals are not unit vectors (length {length[row, col]:.3g} "
                             f"at row {row}, column {col}); expected length 1 ± {tolerance}, with "
                             f"{'black (0, 0, 0)' if png else '(0, 0, 0) or NaN'} for no data")

@@ -189,6 +189,14 @@ def collections(raw_dir: Path) -> dict[str, dict[str, list[tuple[Path, dict[str,
                     views[split].extend((folder, r) for r in sorted(records, key=lambda r: r["filename"]))
                 except (ValueError, KeyError, TypeError) as exc:
                     raise MidprobeError(f"cannot read {path} ({exc}); expected a list of annotation records") from None
+                for r in records:           # JSON reads NaN and Infinity; they would reach K and the pose
+                    camera = r["camera"]
+                    q, f = np.asarray(camera["q"], float), float(camera["focal_length"])
+                    if not (np.isfinite([*q, *np.asarray(camera["t"], float), f]).all() and f > 0
+                            and np.linalg.norm(q) > 0):
+                        raise MidprobeError(f"{path}: {r['filename']} has camera q {camera['q']}, t {camera['t']}, "
+                                            f"focal_length {camera['focal_length']}; expected finite values, a "
+                                            "non-zero q [w, x, y, z] and focal_length > 0 (pixels)")
         objects[obj.name] = views
     if not objects:
         raise MidprobeError(f"{raw_dir} holds no NAVI object with both multiview_* and wild_set collections")

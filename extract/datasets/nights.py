@@ -32,10 +32,14 @@ def read_triplets(csv_path: Path, *, split: str = "test", min_votes: int = 6) ->
         if any(row.get(c) is None for c in COLUMNS):
             raise MidprobeError(f"{csv_path} line {line} has fewer fields than the header; expected a complete row")
         try:
-            votes = float(row["votes"])
-            float(row["right_vote"]), float(row["id"])
+            votes, right, ident = float(row["votes"]), float(row["right_vote"]), float(row["id"])
         except ValueError:
             raise MidprobeError(f"{csv_path} line {line}: id/votes/right_vote are not numbers") from None
+        # float() also reads "nan" and "inf": a NaN vote count would drop the row silently, a NaN
+        # share would become the answer "left"
+        if not (np.isfinite([votes, ident]).all() and 0 <= right <= 1):
+            raise MidprobeError(f"{csv_path} line {line}: id {row['id']}, votes {row['votes']}, right_vote "
+                                f"{row['right_vote']}; expected finite numbers, right_vote a share in [0, 1]")
         if votes >= min_votes and row["split"] == split:
             rows.append(row)
     if not rows:

@@ -2,7 +2,8 @@
 
 Raw files under ``RAW`` (default ``data/raw/nyuv2``):
 - ``nyu_depth_v2_labeled.mat`` — MATLAB v7.3 (HDF5); h5py sees MATLAB's axes reversed:
-  ``images (1449, 3, 640, 480) uint8``, ``depths``/``rawDepths (1449, 640, 480)`` metres.
+  ``images (1449, 3, 640, 480) uint8``, ``depths``/``rawDepths (1449, 640, 480)`` metres, 0 where
+  the Kinect measured nothing (a NaN, infinite or negative value is an error, :func:`clean_depth`).
 - ``splits.mat`` — MATLAB v5; ``trainNdxs (795, 1)``, ``testNdxs (654, 1)``, 1-based.
 - ``surfacenormal_metadata/all_normals.pklz`` — FAIR's gzip pickle of Ladicky et al.'s normals
   for all 1449 frames: ``all_normals (1449, 480, 640, 3)``, ``all_valid_depth_masks``,
@@ -26,6 +27,7 @@ import numpy as np
 
 from cache import DataRoot, MidprobeError, create_dataset_store
 from extract.datasets.raw import load_numpy_pickle, open_hdf5, raw_fingerprint, read_hdf5, read_json, read_mat, require
+from extract.datasets.values import check_depth, check_normals
 
 SIZE = 480
 MAX_DEPTH = 10.0
@@ -34,6 +36,7 @@ GEONET_UNREADABLE = {"library_0006_r-1300708259.539496-3335480784.mat", "bedroom
 FIELDS = {"images": ((SIZE, SIZE, 3), "uint8"), "depth": ((SIZE, SIZE), "float32"),
           "normals": ((SIZE, SIZE, 3), "float32")}
 UINT8_CASTS = ("round", "truncate")
+DEPTH_EXPECTED = f"metres >= 0, 0 for no measurement (values over {MAX_DEPTH:g} m are cut to 0)"
 
 
 def centre_crop(x: np.ndarray) -> np.ndarray:
@@ -42,9 +45,13 @@ def centre_crop(x: np.ndarray) -> np.ndarray:
     return x[:, off:off + SIZE]
 
 
-def clean_depth(depth: np.ndarray) -> np.ndarray:
-    depth = np.nan_to_num(np.asarray(depth, np.float32), nan=0.0)
-    return np.where((depth > 0) & (depth <= MAX_DEPTH), depth, 0.0).astype(np.float32)
+def clean_depth(depth: np.ndarray, *, where: str) -> np.ndarray:
+    """Metres as read -> the store's depth: 0 (NYU's and GeoNet's "no measurement") stays 0 and
+    values over 10 m become 0 (the paper's range, midvision-probe ``nyu.py:118``); a NaN, an
+    infinite or a negative value is no code of theirs, so it is an error naming ``where``."""
+    depth = np.asarray(depth, np.float32)
+    check_depth(depth, where=where, nan_is_missing=False, expected=DEPTH_EXPECTED)
+    return np.where(depth <= MAX_DEPTH, depth, 0.0).astype(np.float32)
 
 
 def official_split(raw: Path) -> dict[str, np.ndarray]:
@@ -105,17 +112,23 @@ def geonet_frame(path: Path, *, mask: bool = True, cast: str = "round") -> dict[
 
     ``img`` is restored by adding twice the channel means (as Probe3D and the paper do) and
     cast with ``cast`` (:func:`to_uint8`); with ``mask`` the normals are zero outside
-    GeoNet's ``mask`` (the paper's code never reads it).
+    GeoNet's ``mask`` (the paper's code never reads it). Inside ``mask`` a normal must be finite
+    and non-zero; without ``mask`` every normal is stored, so every one must be finite.
     """
     mat = read_mat(path, "a GeoNet frame (MATLAB v5 with img, depth, norm, mask)")
     try:
         img = np.asarray(mat["img"], np.float64)[:480, :640] + 2 * np.asarray(GEONET_MEAN)
         depth, norm = np.asarray(mat["depth"])[:480, :640], np.asarray(mat["norm"], np.float32)[:480, :640]
-        valid = np.asarray(mat["mask"])[:480, :640] > 0.5 if mask else np.ones(norm.shape[:2], bool)
+        valid = np.asarray(mat["mask"])[:480, :640] > 0.5
+        kept = valid if mask else np.ones(valid.shape, bool)
+        check_normals(norm, valid, kept=kept, where=f"{path}, 'norm'",
+                      expected="finite, non-zero normals where GeoNet's mask > 0.5"
+                      + ("" if mask else ", finite ones elsewhere (geonet_mask=false stores them all)"))
     except (KeyError, ValueError, TypeError, IndexError) as exc:
         raise MidprobeError(f"cannot read GeoNet frame {path} ({exc}); expected img, depth, norm, mask") from None
-    return {"images": centre_crop(to_uint8(img, cast)), "depth": centre_crop(clean_depth(depth)),
-            "normals": centre_crop(np.where(valid[..., None], norm, 0.0).astype(np.float32))}
+    return {"images": centre_crop(to_uint8(img, cast)),
+            "depth": centre_crop(clean_depth(depth, where=f"{path}, 'depth'")),
+            "normals": centre_crop(np.where(kept[..., None], norm, 0.0).astype(np.float32))}
 
 
 def prepare_nyuv2(*, root: DataRoot, raw: str | None = None, name: str = "nyuv2", split_source: str = "official",
@@ -185,10 +198,13 @@ def prepare_nyuv2(*, root: DataRoot, raw: str | None = None, name: str = "nyuv2"
             depth_key = test_depth if split == "test" else "depths"
             for i in (int(i) for i in index):
                 frame = {"images": read_hdf5(h5, "images", i, path=mat_path).transpose(2, 1, 0),
-                         "depth": clean_depth(read_hdf5(h5, depth_key, i, path=mat_path).T)}
+                         "depth": clean_depth(read_hdf5(h5, depth_key, i, path=mat_path).T,
+                                              where=f"{mat_path}, {depth_key!r} of frame {i + 1} (1-based)")}
                 if normals is not None:
                     r = rows[i]
                     n_valid = np.asarray(valid[r]) > 0.5
+                    check_normals(np.asarray(normals[r]), n_valid, where=f"{pklz}, frame {i + 1} (1-based)",
+                                  expected="finite, non-zero normals where all_valid_depth_masks is 1")
                     frame["normals"] = np.where(n_valid[..., None], normals[r], 0.0).astype(np.float32)
                 out.append({k: centre_crop(v)[None] for k, v in frame.items()})
                 bar.update(1)

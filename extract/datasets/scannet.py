@@ -63,6 +63,10 @@ def prepare_scannet1500(*, root: DataRoot, raw: str | None = None, name: str = "
         scene = f"scene{scene_num:04d}_{sub:02d}"
         if scene not in intrinsics:
             raise MidprobeError(f"{raw_dir / 'intrinsics.npz'} has no {scene}; expected a K for every scene in test.npz")
+        K = intrinsics[scene]
+        if K.shape != (3, 3) or K.dtype.kind not in "iuf" or not np.isfinite(K).all() or min(K[0, 0], K[1, 1]) <= 0:
+            raise MidprobeError(f"{raw_dir / 'intrinsics.npz'}: {scene} is {K.dtype} {K.shape} "
+                                f"{np.array2string(K.ravel(), threshold=9, max_line_width=200)}; expected a finite 3x3 K, focal lengths > 0")
         for frame in (f0, f1):
             folder = raw_dir / scene
             frames.append((scene, folder / "color" / f"{frame}.jpg", folder / "depth" / f"{frame}.png",
