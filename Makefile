@@ -99,11 +99,13 @@ verify: setup
 
 # A grid file run on dask.distributed: a local cluster sized to this machine, SCHEDULER=tcp://host:8786
 # for a running one, CLUSTER=slurm for JOBS one-GPU SLURM jobs; DRY=1 prints the plan and runs nothing.
-# DEVICE= given on the command line overrides the grid's device.
+# DEVICE= and PRECISION= (fp16 or int8) given on the command line or in the environment override
+# the grid file's device and precision; left unset, the file decides (not the defaults above).
 grid: setup
 	@test -n "$(GRID)" || { echo "error: GRID is required, e.g. make grid GRID=grids/paper.toml DRY=1" >&2; exit 2; }
 	$(MIDPROBE) grid $(GRID) $(if $(DRY),--dry-run) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) --cluster $(CLUSTER) \
-		$(if $(filter slurm,$(CLUSTER)),--jobs $(JOBS)) $(if $(filter command line environment,$(origin DEVICE)),--device $(DEVICE))
+		$(if $(filter slurm,$(CLUSTER)),--jobs $(JOBS)) $(if $(filter command line environment,$(origin DEVICE)),--device $(DEVICE)) \
+		$(if $(and $(PRECISION),$(filter command line environment,$(origin PRECISION))),--precision $(PRECISION))
 
 # The demo is grids/demo.toml in its own data root: a small synthetic set (256 train / 64 test at
 # 224 px, 16 pairs, 16 triplets), three weight-free backbones, linear and MLP heads on every dense

@@ -21,7 +21,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan: tasks by kind, feature-cache bytes per "
                    "dataset and model, estimated compute; run nothing")
     p.add_argument("--splits", action="store_true", help="with --dry-run: every model's feature splits too")
-    p.add_argument("--precision", default="fp16", help="stored value type the dry run sizes (fp16: 2 bytes)")
+    p.add_argument("--precision", help="the feature stores' value type, extracted, probed and sized: fp16 (2 bytes "
+                   "a value) or int8 (<model>@int8.zarr, 1 byte and a scale per image and channel); default: the "
+                   "grid file's precision, fp16 unless it says")
     p.add_argument("--scheduler", help="address of a running dask scheduler (tcp://host:8786) instead of a "
                    "cluster on this machine")
     p.add_argument("--cluster", default="local", help="local (default) or slurm (needs midprobe[slurm])")
@@ -41,14 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     spec = load_grid(args.grid)
     if args.device:
         spec = spec.with_device(args.device)
+    if args.precision is not None:
+        spec = spec.with_precision(args.precision)
     root = data_root(args.data)
     if args.dry_run:
-        from cache.quantize import check_precision
         from grid.graph import plan_jobs
         from grid.plan import describe
 
-        check_precision(args.precision)
-        print(describe(spec, root, plan_jobs(spec, root), precision=args.precision, splits=args.splits))
+        print(describe(spec, root, plan_jobs(spec, root), splits=args.splits))
         return 0
     from grid.cluster import open_client
     from grid.run import run_grid

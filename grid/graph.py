@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cache import DataRoot
-from grid.jobs import BuildReport, ExtractShard, FinalizeFeatures, PrepareDataset, ProbeStore, execute
+from grid.jobs import BuildReport, ExtractShard, FinalizeFeatures, PrepareDataset, ProbeStore, execute, tagged_model
 from grid.spec import GridSpec
 
 #: Retries of a task whose attempt raised something other than a MidprobeError.
@@ -55,18 +55,21 @@ def plan_jobs(spec: GridSpec, root: DataRoot) -> list[Job]:
         jobs.append(prepare)
         for model in spec.models:
             feature_model = feature_model_name(model, protocol)
+            # an int8 grid's jobs (and so their logs) are named for the <model>@int8 store they fill
+            tagged = tagged_model(feature_model, spec.precision)
             n = entry.shards
-            shards = [Job(_name("extract", store, feature_model, f"{i}of{n}"),
+            shards = [Job(_name("extract", store, tagged, f"{i}of{n}"),
                           ExtractShard(where, model, feature_model, store, protocol.name, entry.tasks, (i, n),
-                                       spec.device, spec.batch_size, spec.chunk_images, spec.weights.get(model)),
+                                       spec.device, spec.batch_size, spec.chunk_images, spec.weights.get(model),
+                                       spec.precision),
                           (prepare.name,), spec.device == "cuda") for i in range(n)]
-            final = Job(_name("finalize", store, feature_model),
-                        FinalizeFeatures(where, feature_model, store, protocol.name, entry.tasks),
+            final = Job(_name("finalize", store, tagged),
+                        FinalizeFeatures(where, feature_model, store, protocol.name, entry.tasks, spec.precision),
                         tuple(s.name for s in shards), False)
             jobs += [*shards, final]
-            jobs += [Job(_name("probe", task, store, feature_model),
+            jobs += [Job(_name("probe", task, store, tagged),
                          ProbeStore(where, spec.tasks[task], store, feature_model, protocol.name, spec.seeds,
-                                    spec.probe_device), (final.name,), spec.probe_device == "cuda")
+                                    spec.probe_device, spec.precision), (final.name,), spec.probe_device == "cuda")
                      for task in entry.tasks]
     if spec.report:
         jobs.append(Job("report", BuildReport(where), (), False))

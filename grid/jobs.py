@@ -48,6 +48,11 @@ def _root(path: str) -> DataRoot:
     return DataRoot(Path(path))
 
 
+def tagged_model(feature_model: str, precision: str) -> str:
+    """``vit_b_mae`` (float16) or ``vit_b_mae@int8``: the store's name in labels and job names."""
+    return feature_model if precision == "fp16" else f"{feature_model}@{precision}"
+
+
 @dataclass(frozen=True)
 class PrepareDataset:
     root: str
@@ -78,7 +83,8 @@ class PrepareDataset:
 
 @dataclass(frozen=True)
 class ExtractShard:
-    """Shard ``shard = (i, N)`` of ``model``'s features (``feature_model`` names its store) of ``store``."""
+    """Shard ``shard = (i, N)`` of ``model``'s features (``feature_model`` names its store) of
+    ``store``, stored at ``precision`` (``fp16`` or ``int8``)."""
 
     root: str
     model: str
@@ -91,17 +97,21 @@ class ExtractShard:
     batch_size: int
     chunk_images: int | None
     weights: str | None
+    precision: str
     kind: ClassVar[str] = "extract"
 
     @property
     def label(self) -> str:
         i, n = self.shard
-        return f"extract {self.feature_model} on {self.store}" + (f" (shard {i + 1}/{n})" if n > 1 else "")
+        return (f"extract {tagged_model(self.feature_model, self.precision)} on {self.store}"
+                + (f" (shard {i + 1}/{n})" if n > 1 else ""))
 
     def complete(self) -> bool:
-        planned = planned_splits(_root(self.root), self.store, self.feature_model, self.protocol, self.tasks)
+        planned = planned_splits(_root(self.root), self.store, self.feature_model, self.protocol, self.tasks,
+                                 self.precision)
         return planned is not None and all(
-            state.features_ready(_root(self.root), self.store, self.feature_model, name, expect, shard=self.shard)
+            state.features_ready(_root(self.root), self.store, self.feature_model, name, expect, shard=self.shard,
+                                 precision=self.precision)
             for name, expect in planned)
 
     def run(self) -> str:
@@ -109,14 +119,16 @@ class ExtractShard:
 
         reports = extract(model=self.feature_model, dataset=self.store, protocol=self.protocol,
                           tasks=list(self.tasks), batch_size=self.batch_size, device=self.device, shard=self.shard,
-                          chunk_images=self.chunk_images, weights=self.weights, root=_root(self.root), progress=True)
+                          chunk_images=self.chunk_images, weights=self.weights, precision=self.precision,
+                          root=_root(self.root), progress=True)
         return f"{sum(r.images_written for r in reports)} images into {len(reports)} split(s)"
 
 
-def planned_splits(root: DataRoot, store: str, model: str, protocol: str,
-                   tasks: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]] | None:
+def planned_splits(root: DataRoot, store: str, model: str, protocol: str, tasks: tuple[str, ...],
+                   precision: str) -> list[tuple[str, dict[str, Any]]] | None:
     """``(feature split, the fingerprint values known before extracting)`` of every split the
-    extraction of ``model`` on ``store`` writes; ``None`` while the dataset store is not there."""
+    extraction of ``model`` on ``store`` at ``precision`` writes; ``None`` while the dataset store
+    is not there."""
     from extract.plan import plan_extraction
     from extract.sizing import model_spec
     from protocols import get_protocol
@@ -127,7 +139,8 @@ def planned_splits(root: DataRoot, store: str, model: str, protocol: str,
     jobs = plan_extraction(attrs=attrs, splits=attrs["splits"], protocol=get_protocol(protocol), tasks=list(tasks))
     names = list(model_spec(model).layer_names)
     return [(job.name, {"model": model, "dataset": store, "dataset_fingerprint": attrs["fingerprint"],
-                        "split": job.name, "layers": {"all": names, "last": names[-1:], "global": []}[job.layers]})
+                        "split": job.name, "layers": {"all": names, "last": names[-1:], "global": []}[job.layers],
+                        "precision": precision})
             for job in jobs]
 
 
@@ -140,16 +153,19 @@ class FinalizeFeatures:
     store: str
     protocol: str
     tasks: tuple[str, ...]
+    precision: str
     kind: ClassVar[str] = "finalize"
 
     @property
     def label(self) -> str:
-        return f"finalize {self.feature_model} on {self.store}"
+        return f"finalize {tagged_model(self.feature_model, self.precision)} on {self.store}"
 
     def complete(self) -> bool:
-        planned = planned_splits(_root(self.root), self.store, self.feature_model, self.protocol, self.tasks)
+        planned = planned_splits(_root(self.root), self.store, self.feature_model, self.protocol, self.tasks,
+                                 self.precision)
         return planned is not None and all(
-            state.features_ready(_root(self.root), self.store, self.feature_model, name, expect)
+            state.features_ready(_root(self.root), self.store, self.feature_model, name, expect,
+                                 precision=self.precision)
             for name, expect in planned)
 
     def run(self) -> str:
@@ -158,12 +174,12 @@ class FinalizeFeatures:
         from cache import FeatureWriter
 
         root = _root(self.root)
-        path = root.feature_store(self.store, self.feature_model)
-        planned = planned_splits(root, self.store, self.feature_model, self.protocol, self.tasks)
+        path = root.feature_store(self.store, self.feature_model, self.precision)
+        planned = planned_splits(root, self.store, self.feature_model, self.protocol, self.tasks, self.precision)
         if planned is None:
             raise MidprobeError(f"dataset store {self.store!r} is not complete under {root.root}")
         for name, _ in planned:
-            missing = state.missing_chunks(root, self.store, self.feature_model, name)
+            missing = state.missing_chunks(root, self.store, self.feature_model, name, self.precision)
             if missing is None or missing:
                 raise MidprobeError(f"feature split {path}/{name} is missing "
                                     f"{'every chunk' if missing is None else f'chunks {missing}'}; rerun the grid")
@@ -173,7 +189,8 @@ class FinalizeFeatures:
 
 @dataclass(frozen=True)
 class ProbeStore:
-    """One sweep per seed of ``settings`` (every head x learning rate x layer set) on one feature store."""
+    """One sweep per seed of ``settings`` (every head x learning rate x layer set) on one feature
+    store, of ``precision``."""
 
     root: str
     settings: TaskSettings
@@ -182,11 +199,12 @@ class ProbeStore:
     protocol: str
     seeds: tuple[int, ...]
     device: str
+    precision: str
     kind: ClassVar[str] = "probe"
 
     @property
     def label(self) -> str:
-        return f"probe {self.settings.task} on {self.store} with {self.feature_model}"
+        return f"probe {self.settings.task} on {self.store} with {tagged_model(self.feature_model, self.precision)}"
 
     def _plan(self) -> tuple[dict[str, Any], list[str], dict[str, Any] | None, Any]:
         """``(run_task arguments, record probe names, feature fingerprint, seed -> expected config)``."""
@@ -202,8 +220,8 @@ class ProbeStore:
         extraction = protocol.extraction_choices(s.task, attrs.get("loader", self.store))
         dense = isinstance(task, DenseTask)
         split = feature_split_name("train" if dense else task.split, extraction, training=dense)
-        fingerprint = state.feature_fingerprint(root, self.store, self.feature_model, split)
-        cached = state.feature_layers(root, self.store, self.feature_model, split)
+        fingerprint = state.feature_fingerprint(root, self.store, self.feature_model, split, self.precision)
+        cached = state.feature_layers(root, self.store, self.feature_model, split, self.precision)
         # "all" and "last" coincide on a one-layer store: each layer set is probed once
         sets = [list(t) for t in dict.fromkeys(tuple(_layer_set(item, cached))
                                                for item in (s.layer_sets or (("all",) if dense else ())))]
@@ -253,7 +271,8 @@ class ProbeStore:
             if self._done(seed, probes, fingerprint, per_seed):
                 continue
             run_task(task_name=self.settings.task, dataset=self.store, models=[self.feature_model],
-                     protocol=self.protocol, seed=seed, device=self.device, root=_root(self.root), quiet=False, **args)
+                     protocol=self.protocol, seed=seed, device=self.device, precision=self.precision,
+                     root=_root(self.root), quiet=False, **args)
             ran.append(seed)
         return f"{len(probes)} probe(s) x seeds {', '.join(map(str, ran))}"
 

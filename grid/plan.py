@@ -75,12 +75,13 @@ class Costs:
 
 
 class Estimator:
-    """Feature bytes and compute of every job of a grid (split sizes read once per dataset)."""
+    """Feature bytes (at the grid's precision) and compute of every job of a grid (split sizes read
+    once per dataset)."""
 
-    def __init__(self, spec: GridSpec, root: DataRoot, *, precision: str = "fp16", device: str | None = None) -> None:
+    def __init__(self, spec: GridSpec, root: DataRoot, *, device: str | None = None) -> None:
         from protocols import get_protocol
 
-        self.spec, self.root, self.precision = spec, root, precision
+        self.spec, self.root, self.precision = spec, root, spec.precision
         self.protocol = get_protocol(spec.protocol)
         self.rate = THROUGHPUT[device or spec.device]
         self.layouts: dict[str, Any] = {}
@@ -155,14 +156,14 @@ class Estimator:
         return Costs(seeds * work * self.rate["epoch_s"], 0, images)
 
 
-def describe(spec: GridSpec, root: DataRoot, jobs: list[Job], *, precision: str = "fp16",
-             check_complete: bool = True, splits: bool = False) -> str:
-    """The dry run's text: tasks by kind (and how many are already complete), each dataset's feature
-    splits, the feature cache per model and dataset (``splits``: every model's splits too) and
-    estimated compute on the reference device."""
+def describe(spec: GridSpec, root: DataRoot, jobs: list[Job], *, check_complete: bool = True,
+             splits: bool = False) -> str:
+    """The dry run's text: tasks by kind (and how many are already complete at the grid's
+    precision), each dataset's feature splits, the feature cache per model and dataset
+    (``splits``: every model's splits too) and estimated compute on the reference device."""
     from extract.sizing import format_sizes, human_bytes
 
-    est = Estimator(spec, root, precision=precision)
+    est = Estimator(spec, root)
     stores = list(est.entries)
     kinds = Counter(job.kind for job in jobs)
     done = sum(job.task.complete() for job in jobs) if check_complete else 0
@@ -186,7 +187,7 @@ def describe(spec: GridSpec, root: DataRoot, jobs: list[Job], *, precision: str 
                  human_bytes(sum(sum(t.values()) for t in table.values())),
                  human_time(sum(h[0] for h in hours.values())), human_time(sum(h[1] for h in hours.values()))])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines.append(f"feature cache ({precision}) per model and dataset, and estimated time on {rate}:")
+    lines.append(f"feature cache ({est.precision}) per model and dataset, and estimated time on {rate}:")
     for row in [header, *rows]:
         cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
         lines.append("  " + "  ".join(cells))

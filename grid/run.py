@@ -118,8 +118,8 @@ def run_grid(spec: GridSpec, *, root: DataRoot, client: Any, out: TextIO = sys.s
     estimator = Estimator(spec, root, device="cuda" if gpus else "cpu")
     costs = {job.name: _cost(estimator, job) for job in jobs}
     workers = len(client.scheduler_info()["workers"])
-    print(f"[grid] {spec.name}: {len(jobs)} tasks on {workers} worker(s) ({gpus} with a GPU); "
-          f"dashboard {_dashboard(client)}; logs {log_dir}", file=out, flush=True)
+    print(f"[grid] {spec.name}: {len(jobs)} tasks, {spec.precision} features, on {workers} worker(s) "
+          f"({gpus} with a GPU); dashboard {_dashboard(client)}; logs {log_dir}", file=out, flush=True)
     progress = _Progress(jobs, costs, workers, out)
     summary = Summary()
     futures = submit_jobs(client, jobs, log_dir=str(log_dir), token=uuid.uuid4().hex[:8], gpus=bool(gpus),

@@ -11,6 +11,7 @@ Layout (every key but ``[grid] models`` and the datasets has a default)::
     shards = 1                       # extraction shards per (model, dataset); several GPUs fill one store
     batch_size = 16                  # extraction batch size
     chunk_images = 16                # images per feature-store chunk (default: ~8 MiB chunks)
+    precision = "fp16"               # the feature stores' value type: "fp16" or "int8" (<model>@int8.zarr)
     report = true
 
     [weights]                        # local weights files, as WEIGHTS= for make extract
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from cache import MidprobeError
+from cache.quantize import PRECISIONS, check_precision
 
 DEVICES = ("cpu", "cuda")
 #: A layer set: every cached layer, the last one, or layer names joined by commas.
@@ -87,6 +89,7 @@ class GridSpec:
     shards: int
     batch_size: int
     chunk_images: int | None
+    precision: str
     report: bool
     weights: Mapping[str, str]
     datasets: tuple[DatasetEntry, ...]
@@ -97,6 +100,10 @@ class GridSpec:
         if device not in DEVICES:
             raise MidprobeError(f"device {device!r}: expected {' or '.join(DEVICES)}")
         return dataclasses.replace(self, device=device, probe_device=device)
+
+    def with_precision(self, precision: str) -> "GridSpec":
+        """The grid extracting and probing ``precision`` stores (``--precision`` / ``PRECISION=``)."""
+        return dataclasses.replace(self, precision=check_precision(precision))
 
 
 _KEY = re.compile(r'"([^"]*)"|\'([^\']*)\'|([A-Za-z0-9_-]+)')
@@ -196,7 +203,7 @@ def _kind(value: Any) -> str:
 
 
 GRID_KEYS = {"name": "", "protocol": "midprobe", "models": None, "seeds": [0], "device": "cpu", "probe_device": None,
-             "shards": 1, "batch_size": 16, "chunk_images": None, "report": True}
+             "shards": 1, "batch_size": 16, "chunk_images": None, "precision": "fp16", "report": True}
 DATASET_KEYS = {"tasks": None, "options": {}, "raw": None, "shards": None}
 TASK_KEYS = {"heads": None, "lrs": None, "layers": [], "overrides": {}, "options": {}}
 
@@ -244,6 +251,7 @@ def load_grid(path: str | Path) -> GridSpec:
                     batch_size=check.integer(grid["batch_size"], ("grid", "batch_size"), least=1),
                     chunk_images=None if grid["chunk_images"] is None else
                     check.integer(grid["chunk_images"], ("grid", "chunk_images"), least=1),
+                    precision=check.choice(grid["precision"], ("grid", "precision"), PRECISIONS),
                     report=grid["report"], datasets=datasets, tasks=tasks,
                     weights={m: str(Path(f).expanduser().resolve()) for m, f in weights.items()})
 

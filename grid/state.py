@@ -1,9 +1,10 @@
 """What is already done, read from the data root without loading anything heavy.
 
 Only attributes and file names are read: a dataset store's ``complete`` flag and recorded
-options, a feature split's ``complete`` flag, fingerprint and progress markers, the records'
-JSON (feature fingerprint and configuration) and the report's modification time. A grid task
-whose output passes these checks is skipped.
+options, a feature split's ``complete`` flag, fingerprint and progress markers (in the store of
+the grid's precision: ``<model>.zarr`` or ``<model>@int8.zarr``), the records' JSON (feature
+fingerprint, which names the precision, and configuration) and the report's modification time.
+A grid task whose output passes these checks is skipped.
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ def dataset_ready(root: DataRoot, store: str, options: Mapping[str, Any]) -> boo
 
 
 def features_ready(root: DataRoot, store: str, model: str, split: str, expect: Mapping[str, Any],
-                   shard: tuple[int, int] | None = None) -> bool:
-    """Feature split ``split`` of ``model`` has the ``expect`` fingerprint values and is complete
-    — or, with ``shard=(i, N)``, every chunk that shard owns is durable."""
-    path = root.feature_store(store, model)
+                   shard: tuple[int, int] | None = None, precision: str = "fp16") -> bool:
+    """Feature split ``split`` of ``model``'s ``precision`` store has the ``expect`` fingerprint
+    values and is complete — or, with ``shard=(i, N)``, every chunk that shard owns is durable."""
+    path = root.feature_store(store, model, precision)
     attrs = _attrs(path / split)
     if not attrs or any((attrs.get("fingerprint") or {}).get(k) != v for k, v in expect.items()):
         return False
@@ -63,20 +64,22 @@ def features_ready(root: DataRoot, store: str, model: str, split: str, expect: M
     return all((progress / str(c)).exists() for c in range((chunks * i) // n, (chunks * (i + 1)) // n))
 
 
-def feature_fingerprint(root: DataRoot, store: str, model: str, split: str) -> dict[str, Any] | None:
+def feature_fingerprint(root: DataRoot, store: str, model: str, split: str,
+                        precision: str = "fp16") -> dict[str, Any] | None:
     """The fingerprint of a complete feature split (``None`` if it is not complete)."""
-    attrs = _attrs(root.feature_store(store, model) / split)
+    attrs = _attrs(root.feature_store(store, model, precision) / split)
     return dict(attrs["fingerprint"]) if attrs and attrs.get("complete") else None
 
 
-def feature_layers(root: DataRoot, store: str, model: str, split: str) -> list[str]:
-    attrs = _attrs(root.feature_store(store, model) / split) or {}
+def feature_layers(root: DataRoot, store: str, model: str, split: str, precision: str = "fp16") -> list[str]:
+    attrs = _attrs(root.feature_store(store, model, precision) / split) or {}
     return list(attrs.get("layers") or [])
 
 
-def missing_chunks(root: DataRoot, store: str, model: str, split: str) -> list[int] | None:
+def missing_chunks(root: DataRoot, store: str, model: str, split: str,
+                   precision: str = "fp16") -> list[int] | None:
     """Chunk indices of ``split`` without a durable marker (``None`` if the split does not exist)."""
-    path = root.feature_store(store, model)
+    path = root.feature_store(store, model, precision)
     attrs = _attrs(path / split)
     if not attrs:
         return None

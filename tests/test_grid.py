@@ -1,6 +1,6 @@
 """The grid on dask.distributed: the smoke grid gives the records of a hand-written serial run, on a
-local cluster, after a worker is killed, and on an externally started scheduler; complete work is
-skipped; a failing model is contained; a malformed grid file is a one-line error."""
+local cluster, after a worker is killed, on an externally started scheduler and at int8; complete
+work is skipped; a failing model is contained; a malformed grid file is a one-line error."""
 
 from __future__ import annotations
 
@@ -36,8 +36,9 @@ def records(root) -> dict[str, dict]:
             for p in sorted(root.results().rglob("*.json"))}
 
 
-def serial_smoke_run(root) -> None:
-    """grids/smoke.toml written out by hand, in this process, one step after another."""
+def serial_smoke_run(root, precision: str = "fp16") -> None:
+    """grids/smoke.toml written out by hand, in this process, one step after another (as ``make
+    extract`` and ``make probe`` with ``PRECISION=precision``)."""
     from extract.datasets.synthetic import prepare_synthetic
     from extract.runner import extract
     from probe.run import run_task
@@ -50,13 +51,15 @@ def serial_smoke_run(root) -> None:
         small = {"epochs": 2, "batch_size": 8, "eval_batch_size": 8}
         for model, layers in (("pixels", ["patch"]), ("vit_b_random", ["block2", "block5", "block8", "block11"])):
             extract(model=model, dataset="synthetic", tasks=["depth", "segmentation", "similarity"], batch_size=8,
-                    chunk_images=4, root=root, progress=False)
+                    chunk_images=4, precision=precision, root=root, progress=False)
             run_task(task_name="depth", dataset="synthetic", models=[model], heads=["linear"], lrs=[1e-3],
-                     layer_sets=[layers], overrides={**small, "depth_bins": "grid"}, root=root, quiet=True)
+                     layer_sets=[layers], overrides={**small, "depth_bins": "grid"}, precision=precision, root=root,
+                     quiet=True)
             sets = [layers] + ([layers[-1:]] if len(layers) > 1 else [])
             run_task(task_name="segmentation", dataset="synthetic", models=[model], heads=["linear", "mlp"],
-                     layer_sets=sets, overrides=small, root=root, quiet=True)
-            run_task(task_name="similarity", dataset="synthetic", models=[model], root=root, quiet=True)
+                     layer_sets=sets, overrides=small, precision=precision, root=root, quiet=True)
+            run_task(task_name="similarity", dataset="synthetic", models=[model], precision=precision, root=root,
+                     quiet=True)
     finally:
         torch.set_num_threads(threads)
 
@@ -123,6 +126,50 @@ def test_local_cluster_matches_a_serial_run_and_resumes_only_what_is_missing(cli
     done = sorted(name for name, o in partial.outcomes.items() if o.status == "done")
     assert done == ["probe-segmentation-synthetic-pixels", "probe-segmentation-synthetic-vit_b_random", "report"]
     assert records(root) == reference
+
+
+def test_an_int8_grid_writes_int8_stores_with_the_records_of_a_serial_int8_run(client, tmp_path, capsys):
+    serial = data_root(tmp_path / "serial")
+    serial_smoke_run(serial, precision="int8")
+    root = data_root(tmp_path / "data")
+    assert grid_main([str(SMOKE), "--precision", "int8", "--scheduler", client.scheduler.address,
+                      "--data", str(root.root)]) == 0
+    out = capsys.readouterr().out
+    assert "extract vit_b_random@int8 on synthetic (shard 2/2)" in out and "0 failed, 0 blocked" in out
+    written = records(root)
+    assert written == records(serial) and len(written) == 10
+    assert {r["feature_fingerprint"]["precision"] for r in written.values()} == {"int8"}
+    for model in ("pixels", "vit_b_random"):
+        assert (root.feature_store("synthetic", model, "int8") / "zarr.json").is_file()
+        assert not root.feature_store("synthetic", model).exists()
+
+    # the file's key asks for the same grid: complete at int8, so a rerun runs nothing; at fp16 only
+    # the dataset and the report (newer than every record) are complete
+    grid = tmp_path / "smoke.toml"
+    grid.write_text(SMOKE.read_text().replace('device = "cpu"', 'device = "cpu"\nprecision = "int8"', 1))
+    stamps = {p: p.stat().st_mtime_ns for p in root.results().rglob("*.json")}
+    again = run_grid(load_grid(grid), root=root, client=client, out=io.StringIO())
+    assert again.count("skipped") == len(again.outcomes) == 14
+    assert {p: p.stat().st_mtime_ns for p in root.results().rglob("*.json")} == stamps
+    assert grid_main([str(grid), "--dry-run", "--data", str(root.root)]) == 0
+    assert "(14 already complete)" in capsys.readouterr().out
+    assert grid_main([str(grid), "--dry-run", "--precision", "fp16", "--data", str(root.root)]) == 0
+    assert "(2 already complete)" in capsys.readouterr().out
+
+
+def test_make_grid_passes_precision_only_when_given(tmp_path, capsys):
+    env = {k: v for k, v in os.environ.items() if k != "PRECISION"}
+
+    def make_grid(*args: str) -> list[str]:
+        out = subprocess.run(["make", "-n", "--no-print-directory", "grid", "GRID=grids/smoke.toml", "VENV=/venv",
+                              *args], cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+        return [line for line in out.replace("\\\n", " ").splitlines() if "/venv/bin/midprobe grid" in line]
+
+    assert "--precision" not in make_grid()[0].split()     # the grid file decides
+    assert make_grid("PRECISION=int8")[0].split()[-2:] == ["--precision", "int8"]
+    assert grid_main([str(SMOKE), "--dry-run", "--precision", "int4", "--data", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: precision 'int4': expected fp16 or int8"
 
 
 def test_a_worker_killed_mid_grid_is_retried_elsewhere(client, reference, tmp_path):
@@ -209,6 +256,8 @@ def _children(pid: int) -> list[int]:
     (('layers = ["all", "last"]', 'layers = ["all", "block 2"]'),
      r"smoke\.toml:24: tasks\.segmentation\.layers: layer set 'block 2': expected 'all', 'last' or layer names"),
     (("[tasks.depth]", "[tasks.normals]"), r"smoke\.toml:17: tasks\.normals: no dataset lists this task"),
+    (('device = "cpu"', 'device = "cpu"\nprecision = "int4"'),
+     r"smoke\.toml:9: grid\.precision: expected 'fp16' or 'int8', got 'int4'"),
 ])
 def test_a_malformed_grid_file_is_a_one_line_error_naming_the_key_and_line(tmp_path, capsys, edit, message):
     import re
