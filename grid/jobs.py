@@ -226,7 +226,8 @@ class ProbeStore:
         sets = [list(t) for t in dict.fromkeys(tuple(_layer_set(item, cached))
                                                for item in (s.layer_sets or (("all",) if dense else ())))]
         config: dict[str, Any] = {"protocol": protocol.name, "overrides": dict(s.overrides),
-                                  "extraction": dataclasses.asdict(extraction)}
+                                  "extraction": dataclasses.asdict(extraction),
+                                  **({} if self.precision == "fp16" else {"precision": self.precision})}
         args: dict[str, Any] = {"layer_sets": sets or None, "overrides": dict(s.overrides), "options": dict(s.options)}
         if dense:
             choices = dense_choices(protocol, s.task, s.overrides)

@@ -113,8 +113,8 @@ def records_ready(folder: Path, probes: Sequence[str], seed: int, *, fingerprint
     from probe.records import record_name
 
     return fingerprint is not None and all(
-        record_matches(folder / record_name(probe, seed, config.get("overrides")), fingerprint=fingerprint,
-                       config=config) for probe in probes)
+        record_matches(folder / record_name(probe, seed, config.get("overrides"), config.get("precision", "fp16")),
+                       fingerprint=fingerprint, config=config) for probe in probes)
 
 
 def report_current(root: DataRoot) -> bool:

@@ -40,17 +40,24 @@ def overrides_text(overrides: Mapping[str, Any] | None, *, sep: str = ", ") -> s
     return sep.join(f"{k}={v}" for k, v in sorted((overrides or {}).items()))
 
 
-def record_name(probe: str, seed: int, overrides: Mapping[str, Any] | None = None) -> str:
-    """``<probe>-seed<seed>[+k=v...].json``: a run that overrides protocol choices is another
-    experiment, so it never replaces the protocol's own record (``=`` is written ``_``)."""
-    tag = overrides_text(overrides, sep="+")
+def _variant(overrides: Mapping[str, Any] | None, precision: str, sep: str) -> str:
+    return sep.join(part for part in (overrides_text(overrides, sep=sep), "" if precision == "fp16" else precision)
+                    if part)
+
+
+def record_name(probe: str, seed: int, overrides: Mapping[str, Any] | None = None, precision: str = "fp16") -> str:
+    """``<probe>-seed<seed>[+k=v...][+int8].json``: a run that overrides protocol choices, or reads
+    an int8 store, is another experiment, so it never replaces the protocol's own float16 record
+    (``=`` is written ``_``)."""
+    tag = _variant(overrides, precision, "+")
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{probe}-seed{seed}" + (f"+{tag}" if tag else "")) + ".json"
 
 
 def column_of(record: Mapping[str, Any]) -> str:
-    """A record's leaderboard column: ``task (dataset)``, with ``[k=v ...]`` when it overrode
-    protocol choices — cells never mix runs of different choices."""
-    tag = overrides_text((record.get("config") or {}).get("overrides"), sep=" ")
+    """A record's leaderboard column: ``task (dataset)``, with ``[k=v ... int8]`` when it overrode
+    protocol choices or read an int8 store — cells never mix runs of different choices."""
+    config = record.get("config") or {}
+    tag = _variant(config.get("overrides"), config.get("precision", "fp16"), " ")
     return f"{record['task']} ({record['dataset']})" + (f" [{tag}]" if tag else "")
 
 
@@ -68,7 +75,7 @@ def write_record(root: DataRoot, *, task: str, dataset: str, model: str, probe: 
         "metrics": dict(metrics), "feature_fingerprint": dict(fingerprint), "wall_seconds": wall_seconds,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions(), **dict(extra or {}),
     }
-    path = folder / record_name(probe, seed, config.get("overrides"))
+    path = folder / record_name(probe, seed, config.get("overrides"), config.get("precision", "fp16"))
     with disk_errors(path):
         return atomic_write(path, json.dumps(record, indent=2, sort_keys=True, default=float))
 

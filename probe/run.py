@@ -222,7 +222,8 @@ def _run_models(task, store, models: Sequence[str], root: DataRoot, protocol: Pr
         for probe, metrics, fingerprint, config, extra, probe_seed in results:
             seconds = time.perf_counter() - started
             config = {**config, "protocol": protocol.name, "overrides": dict(overrides or {}),
-                      "extraction": dataclasses.asdict(extraction)}
+                      "extraction": dataclasses.asdict(extraction),
+                      **({} if precision == "fp16" else {"precision": precision})}
             path = write_record(root, task=task.name, dataset=store.name, model=model, probe=probe, config=config,
                                 metrics=metrics, headline=task.headline, fingerprint=fingerprint,
                                 wall_seconds=seconds, seed=probe_seed, protocol=protocol.name, extra=extra)

@@ -120,3 +120,13 @@ def test_probes_read_int8_stores_and_score_like_float16(synthetic_root):
                                   heads=["ridge"], precision=precision, root=root, quiet=True)[0]["iou"]
               for precision in ("fp16", "int8")}
     assert scores["int8"] == pytest.approx(scores["fp16"], abs=0.01)
+    # both records are kept, and the leaderboard never mixes them in one cell
+    from probe.records import load_records
+    from probe.report.tables import build_leaderboards
+
+    records = load_records(root)
+    assert sorted(r["path"].rsplit("/", 1)[1] for r in records) == ["ridge-block0+block1-seed0+int8.json",
+                                                                     "ridge-block0+block1-seed0.json"]
+    [board] = build_leaderboards(records).values()
+    assert board.columns == ["segmentation (synthetic)", "segmentation (synthetic) [int8]"]
+    assert board.mean["test_vit_tiny", "segmentation (synthetic) [int8]"] == pytest.approx(scores["int8"])
