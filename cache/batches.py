@@ -7,8 +7,9 @@ fixes both). float16 maps in raw chunk files are read image by image straight in
 (:func:`cache.chunks.read_rows_into`: a run of consecutive images is one ``preadv``); int8 maps,
 compressed arrays and targets are read as whole window blocks, in parallel threads
 (:mod:`cache.chunk_reader`), and gathered by index. Batches are built in a background thread two
-ahead of the caller, so at most a window of blocks plus three batches are in memory, whatever the
-store's size, and every image appears exactly once per epoch.
+ahead of the caller, so at most a window of blocks plus four batches (two queued, one being
+built, the caller's) are in memory, whatever the store's size, and every image appears exactly
+once per epoch.
 """
 
 from __future__ import annotations

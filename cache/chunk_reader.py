@@ -47,6 +47,16 @@ def reader_pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool object came along but none of its threads did (work
+    submitted to it would never run), so the child makes its own pool on first use."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def submit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
     return reader_pool().submit(fn, *args, **kwargs)
 

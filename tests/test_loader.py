@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -153,6 +154,21 @@ def test_rows_read_straight_into_a_batch_equal_zarr_reads_and_name_a_damaged_chu
         read_rows_into(arr, np.array([1, 10]), np.empty((2, 2, 2, 2), np.float16))
     with pytest.raises(MidprobeError, match=r"array 'a', chunk 3 \(images 9-11\) — truncated"):
         list(iterate_batches(split, layers=["a"], batch_size=4))
+
+
+def _epoch_order(store: str) -> list[list[int]]:
+    split = open_features("d", "m", "train", store=store)
+    return [b.index.tolist() for b in iterate_batches(split, layers=["a", "b"], batch_size=4)]
+
+
+def test_a_forked_child_reads_with_its_own_reader_pool(tmp_path):
+    # a process pool forked after the reader pool ran (make fidelity extracts, then forks its probe
+    # workers) must not wait forever on the parent's threads, which a fork does not copy
+    store = str(tmp_path / "m.zarr")
+    _store(tmp_path / "m.zarr", n=10, chunk=3)
+    expected = _epoch_order(store)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_epoch_order, (store,)).get(timeout=60) == expected
 
 
 def test_a_damaged_chunk_while_streaming_to_the_device_is_one_line_naming_it(tmp_path):
