@@ -30,29 +30,37 @@ def _say(quiet: bool) -> Callable[[str], None]:
 
 
 def resolve_layers(available: Sequence[str], layer_sets: Sequence[Sequence[str]] | None,
-                   features=None) -> list[tuple[str, ...]]:
+                   features=None, protocol: str = "midprobe") -> list[tuple[str, ...]]:
     """Layer sets to probe (default: all cached layers); a layer the split lacks is an error that
     names the ``make extract`` adding it (without rewriting the others)."""
     if not layer_sets:
         if not available:
-            raise MidprobeError(_add_hint(features, [], "holds only global vectors"))
+            raise MidprobeError(_add_hint(features, [], "holds only global vectors", protocol))
         return [tuple(available)]
     out = []
     for chosen in layer_sets:
         missing = [layer for layer in chosen if layer not in available]
         if missing:
-            raise MidprobeError(_add_hint(features, missing, f"has {', '.join(available) or 'only global vectors'}"))
+            raise MidprobeError(_add_hint(features, missing, f"has {', '.join(available) or 'only global vectors'}",
+                                          protocol))
         out.append(tuple(chosen))
     return out
 
 
-def _add_hint(features, missing: Sequence[str], has: str) -> str:
+def _add_hint(features, missing: Sequence[str], has: str, protocol: str) -> str:
     what = f"layers {', '.join(missing)} are not cached" if missing else "no layer is cached"
     if features is None:
         return f"{what}; the store {has}"
     fp = features.fingerprint
-    wanted = ",".join(missing) if missing else "<layers>"
+    # LAYERS=all: the layers the model taps by default (a split of global vectors has none to name)
+    wanted = ",".join(missing) if missing else "all"
     extra = "" if features.precision == "fp16" else f" PRECISION={features.precision}"
+    # the split a protocol reads (``train@input-none``, ``train@aug10-paper-nyu``) is written with the
+    # same PROTOCOL= (and AUGMENT= where the probe's protocol came from one)
+    base, _, variant = protocol.partition("+")
+    extra += "" if base == "midprobe" else f" PROTOCOL={base}"
+    augment = fp.get("augment")
+    extra += f" AUGMENT={augment['views']}:{augment['policy']}" if augment and variant.startswith("aug") else ""
     return (f"{what} in split {features.split!r} of {features.store} (it {has}); add them, without rewriting "
             f"the others, with `make extract MODEL={fp['model']} DATASET={fp['dataset']} "
             f"SPLIT={fp.get('source_split', features.split)} LAYERS={wanted}{extra}`")
@@ -277,9 +285,9 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
                                      training=False, protocol=protocol,
                                      expect={**expect, "weights": train.fingerprint["weights"]}, precision=precision)
              for corruption in ["", *corruptions]}
-    chosen_sets = resolve_layers(train.layers, layer_sets, train)
+    chosen_sets = resolve_layers(train.layers, layer_sets, train, protocol.name)
     for test in tests.values():
-        resolve_layers(test.layers, chosen_sets, test)
+        resolve_layers(test.layers, chosen_sets, test, protocol.name)
     used = sorted({layer for s in chosen_sets for layer in s}, key=train.layers.index)
     if choices.feature_norm == "train-stats":
         say(f"[probe] {model}: per-channel statistics of {', '.join(used)} over {train.num_images} train images")
@@ -362,9 +370,9 @@ def _zero_shot(task: ZeroShotTask, store, model: str, root: DataRoot, protocol: 
     task.check_dataset(data, absent=store.attrs.get("absent_targets") or {})
     features = _open_split(store, model, task.split, extraction, root, training=False, protocol=protocol,
                            expect={"dataset_fingerprint": store.fingerprint}, precision=precision)
-    layers = resolve_layers(features.layers, layer_sets, features)[0] if layer_sets else None
+    layers = resolve_layers(features.layers, layer_sets, features, protocol.name)[0] if layer_sets else None
     if task.name == "correspondence" and not layers:
-        resolve_layers(features.layers, None, features)
+        resolve_layers(features.layers, None, features, protocol.name)
     metrics, config = task.evaluate(features=features, data=data, dataset_attrs=store.attrs, layers=layers,
                                     protocol=protocol, overrides=overrides, quiet=quiet,
                                     name=f"[probe] {task.name}/{store.name}/{model}", **options)

@@ -107,8 +107,15 @@ def test_a_missing_layer_names_the_extract_that_adds_it_without_rewriting_the_ot
                     layer_sets=[["block0"]], root=root, quiet=True)
     assert rows[0]["probe"] == "correspondence-block0"
     triplets = open_features("synthetic", "test_vit_tiny", "triplets", root=root)
-    with pytest.raises(MidprobeError, match="no layer is cached in split 'triplets'.*LAYERS=<layers>"):
+    with pytest.raises(MidprobeError, match="no layer is cached in split 'triplets'.*SPLIT=triplets LAYERS=all`"):
         resolve_layers(triplets.layers, None, triplets)
+    extract(model="test_vit_tiny", dataset="synthetic", splits=["triplets"], layers=["all"], root=root,
+            progress=False)                                            # what the message says to run
+    grown = open_features("synthetic", "test_vit_tiny", "triplets", root=root)
+    assert grown.layers == ["block0", "block1"]                        # the tiny ViT's default layers
+    # a split another protocol reads names that protocol in the command
+    with pytest.raises(MidprobeError, match=r"SPLIT=triplets LAYERS=block7 PROTOCOL=paper`"):
+        resolve_layers(grown.layers, [["block7"]], grown, "paper")
 
 
 def test_probes_read_int8_stores_and_score_like_float16(synthetic_root):

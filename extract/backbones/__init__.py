@@ -159,8 +159,9 @@ def _layer_indices(family: str, layers: list[str], known: tuple[str, ...]) -> tu
 
 
 def select_layers(spec: BackboneSpec, layers: list[str] | None) -> BackboneSpec:
-    """Restrict ``spec`` to ``layers`` given as store names (``block5``) or indices (``5``)."""
-    if not layers:
+    """Restrict ``spec`` to ``layers`` given as store names (``block5``) or indices (``5``);
+    ``["all"]`` keeps every layer the model taps by default (``LAYERS=all``)."""
+    if not layers or layers == ["all"]:
         return spec
     if spec.family == "handcrafted":
         if layers != ["patch"]:
