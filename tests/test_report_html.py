@@ -182,7 +182,12 @@ def test_page_renders_without_errors_and_sorts_in_a_browser(browser, page):
     cell = browser.find_element("css selector", f"#{board} tbody tr:first-child td:nth-of-type(2) a")
     target = cell.get_attribute("href").split("#")[1]
     cell.click()
-    assert browser.execute_script("return document.getElementById(arguments[0]).open", target) is True
+    # the page opens the cell's records on the hashchange event, which the browser fires after the click
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    opened = WebDriverWait(browser, 5).until(
+        lambda b: b.execute_script("return document.getElementById(arguments[0]).open", target) or None)
+    assert opened is True
     severe = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert severe == []
     shot = save_screenshot(browser, page, page.with_name("report_screenshot.png"))
