@@ -122,6 +122,10 @@ def open_client(*, scheduler: str | None = None, cluster: str = "local", workers
                                 f"{timeout:.0f} s") from None
         yield client
     finally:
+        if started is not None:
+            # workers first: a worker outliving the scheduler logs a failed heartbeat as an error
+            with contextlib.suppress(Exception):
+                client.retire_workers(close_workers=True)
         client.close()
         if started is not None:
             started.close()
