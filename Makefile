@@ -57,6 +57,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests
 
 # The slow reliability soak (not in make test): 20 SIGKILLs at random points of an extraction.

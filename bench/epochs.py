@@ -13,6 +13,7 @@ All alternate (median of ``repeats``) in one run, with the one-time load of the 
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any, Iterator
 
@@ -70,7 +71,7 @@ def probe_epoch_vs_head_compute(*, images: int | None = None, epochs: int | None
 
             resident = FeatureLoader(train, layers=layers, targets=targets, device=dev)
             fixed = _InMemory(list(resident.batches(batch_size=batch_size, seed=0, epoch=0)))
-            runs = {"epoch": lambda: sweep(None), "head": lambda: sweep(loader=fixed),
+            runs = {"epoch": lambda: sweep(None), "head": functools.partial(sweep, loader=fixed),
                     "streamed": lambda: sweep(0),
                     "load": lambda: FeatureLoader(train, layers=layers, targets=targets, device=dev).resident}
             for run in runs.values():
@@ -83,7 +84,8 @@ def probe_epoch_vs_head_compute(*, images: int | None = None, epochs: int | None
                   file=sys.stderr)
             out[f"probe_epoch_vs_head_compute_{name}"] = seconds["epoch"] / seconds["head"]
             out[f"probe_epoch_streamed_vs_head_compute_{name}"] = seconds["streamed"] / seconds["head"]
-            del fixed, resident
+            # the resident batches (held by runs too) are freed before the next task loads its own
+            del runs, fixed, resident
     out["probe_epoch_vs_head_compute"] = max(out["probe_epoch_vs_head_compute_normals"],
                                              out["probe_epoch_vs_head_compute_depth"])
     return out

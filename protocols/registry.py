@@ -21,6 +21,7 @@ Two protocols are registered:
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from cache import MidprobeError
 from protocols.choices import (DEFAULT_LAYERS, DENSE_TASKS, CorrespondenceChoices, DenseChoices, Deviation,

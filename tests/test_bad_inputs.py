@@ -9,7 +9,6 @@ field; two extractions race into one store; and every command runs on a read-onl
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys

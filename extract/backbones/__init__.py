@@ -15,7 +15,7 @@ from extract.backbones.checkpoints import convert, load_checkpoint_file
 from extract.backbones.download import cached_path, fetch
 from extract.backbones.handcrafted import DenseHOG, PixelPatches
 from extract.backbones.spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, layer_name, layer_stride
-from extract.backbones.timm_models import GLOBAL_KINDS, TimmBackbone, check_global_kind, create_timm_model, family_of
+from extract.backbones.timm_models import TimmBackbone, check_global_kind, create_timm_model, family_of
 from extract.backbones.weights import file_sha256, load_strict, read_state_dict, state_sha256
 
 BACKBONES: dict[str, BackboneSpec] = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from probe.losses import masked_bce
 from probe.metrics import SegmentationMetrics
