@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 from cache import MidprobeError
-from extract.backbones.weights import file_sha256
 
 
 def hub_checkpoint_dir() -> Path:
@@ -21,14 +20,10 @@ def cached_path(filename: str) -> Path:
     return hub_checkpoint_dir() / filename
 
 
-def file_digest(path: Path, algorithm: str, block: int = 1 << 20) -> str:
-    if algorithm == "sha256":
-        return file_sha256(path)
-    digest = hashlib.new(algorithm)
+def file_digest(path: Path, algorithm: str) -> str:
+    """A file's digest by ``hashlib`` algorithm name (``sha256``, ``md5``, ...), as hex."""
     with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, algorithm).hexdigest()
 
 
 def verify(path: Path, checksum: tuple[str, str] | None) -> None:

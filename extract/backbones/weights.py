@@ -12,12 +12,10 @@ from cache import MidprobeError
 from extract.backbones.unpickle import describe, read_torch_file
 
 
-def file_sha256(path: Path, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, as hex."""
     with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def state_sha256(module: torch.nn.Module) -> str:
