@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import pickle
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import torch
 
 from cache import MidprobeError
 from extract.backbones import build_backbone, checkpoints as ck
+from extract import safe_pickle
 from extract.backbones import unpickle
 from extract.backbones.unpickle import Inert, read_torch_file
 from tests import checkpoint_formats as fmt
@@ -75,8 +75,7 @@ def gadget_module():
     del sys.modules[module.__name__]
 
 
-PAYLOADS = {
-    "posix.system": lambda s: _Reduces(os.system, f"touch {s}"),
+PAYLOADS = {      # posix.system is refused outright: tests/test_safe_pickle.py
     "builtins.eval": lambda s: _Reduces(eval, f"open({str(s)!r}, 'w').close()"),
     "builtins.exec": lambda s: _Reduces(exec, f"open({str(s)!r}, 'w').close()"),
     "subprocess.Popen": lambda s: _Reduces(subprocess.Popen, ["touch", str(s)]),
@@ -122,8 +121,8 @@ def test_calling_what_a_placeholder_returned_is_refused(tmp_path):
     with pytest.raises(MidprobeError, match="refusing to call a pickled builtins.getattr object"):
         read_torch_file(path)
     assert not sentinel.exists()
-    with pytest.raises(pickle.UnpicklingError, match="extension codes refused"):
-        unpickle.load(io.BytesIO(b"\x80\x02\x82\x01."))          # EXT1 1
+    with pytest.raises(safe_pickle.Refused, match="extension codes refused"):
+        safe_pickle.load_numpy(io.BytesIO(b"\x80\x02\x82\x01."))          # EXT1 1
 
 
 def test_a_pickled_module_is_a_placeholder_even_when_its_class_is_importable(tmp_path):
@@ -137,7 +136,7 @@ def test_a_pickled_module_is_a_placeholder_even_when_its_class_is_importable(tmp
         assert obj["state_dict"]._metadata == layer.state_dict()._metadata
 
 
-def test_weights_only_first_then_the_restricted_reader(monkeypatch, tmp_path):
+def test_zip_files_go_to_torchs_reader_and_legacy_or_protocol_4_ones_to_the_restricted_reader(monkeypatch, tmp_path):
     calls = []
     load = torch.load
 
@@ -146,18 +145,18 @@ def test_weights_only_first_then_the_restricted_reader(monkeypatch, tmp_path):
         return load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    tolerated = tmp_path / "args.pth"
-    torch.save({"model": {"w": torch.ones(1)}, "args": argparse.Namespace(lr=0.1), "seen": 2.0}, tolerated)
-    obj = read_torch_file(tolerated)
-    assert calls == [(True, None)]
-    assert obj["args"].global_name == "argparse.Namespace" and obj["args"].state == {"lr": 0.1}
-    calls.clear()
-    for name, extra in (("rng", np.random.default_rng(0)), ("numbers", np.arange(3))):
+    record = {"model": {"w": torch.ones(1)}, "args": argparse.Namespace(lr=0.1), "rng": np.random.default_rng(0),
+              "numbers": np.arange(3), "seen": 2.0}
+    restricted = (False, unpickle._RESTRICTED_PICKLE)
+    for options, expected in (({}, [(True, None)]), ({"_use_new_zipfile_serialization": False}, [restricted]),
+                              ({"pickle_protocol": 4}, [restricted])):       # torch's reader lacks FRAME
         calls.clear()
-        torch.save({"model": {"w": torch.ones(1)}, name: extra}, tmp_path / "second.pth")
-        obj = read_torch_file(tmp_path / "second.pth")      # numpy data is never left to torch's reader
-        assert calls == [(True, None), (False, unpickle)]
-    assert obj["numbers"].tolist() == [0, 1, 2]
+        torch.save(record, tmp_path / "ckpt.pth", **options)
+        obj = read_torch_file(tmp_path / "ckpt.pth")
+        assert calls == expected, options
+        assert obj["args"].global_name == "argparse.Namespace" and obj["args"].state == {"lr": 0.1}
+        assert obj["rng"].global_name == "numpy.random._pickle.__generator_ctor"
+        assert obj["numbers"].tolist() == [0, 1, 2] and torch.equal(obj["model"]["w"], torch.ones(1))
 
 
 def test_training_state_of_the_sources_loads_as_data_without_importing_their_packages(tmp_path):
@@ -197,7 +196,7 @@ def test_containers_arrays_and_newer_pickle_protocols(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "absent_package", types.ModuleType("absent_package"))
     monkeypatch.setitem(sys.modules, "absent_package.config", module)
     record = {"cfg": Config(lr=0.1), "history": History([1, 2]), "tags": {"a", "b"}, "frozen": frozenset({1}),
-              "names": np.array(["ab", "c"]), "mixed": np.array([1, "x", None], dtype=object),
+              "names": np.array(["ab", "c"]),
               "grid": np.arange(6, dtype=np.float32).reshape(2, 3).T, "flag": np.bool_(True),
               "blob": b"\x00\xff", "shape": torch.Size([2, 3]), "half": torch.arange(4, dtype=torch.float16),
               "param": torch.nn.Parameter(torch.ones(2))}
@@ -208,7 +207,7 @@ def test_containers_arrays_and_newer_pickle_protocols(tmp_path, monkeypatch):
         assert obj["cfg"].global_name == "absent_package.config.Config" and obj["cfg"].items == [("lr", 0.1)]
         assert obj["history"].items == [1, 2]
         assert obj["tags"] == {"a", "b"} and obj["frozen"] == frozenset({1}) and obj["blob"] == b"\x00\xff"
-        assert obj["names"].tolist() == ["ab", "c"] and obj["mixed"].tolist() == [1, "x", None]
+        assert obj["names"].tolist() == ["ab", "c"]
         np.testing.assert_array_equal(obj["grid"], record["grid"])
         assert obj["flag"] is np.True_ and obj["shape"] == torch.Size([2, 3])
         assert obj["half"].dtype == torch.float16 and isinstance(obj["param"], torch.nn.Parameter)
@@ -228,6 +227,8 @@ FORGED_NUMPY = {   # numpy trusts pickled state: these would read bytes of the f
     "fewer bytes than the shape": _Builds(_RECONSTRUCT, (np.ndarray, (0,), b"b"),
                                           (1, (4,), np.dtype("f8"), False, b"\x00" * 8)),
     "structured dtype": np.zeros(2, dtype=[("x", "<f4")]),
+    "object array": np.array([1, "x", None], dtype=object),
+    "object scalar dtype": np.dtype(object),
 }
 
 

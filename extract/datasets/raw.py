@@ -13,13 +13,13 @@ import gzip
 import hashlib
 import io
 import json
-import pickle
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
 from cache import MidprobeError
+from extract.safe_pickle import Refused, load_numpy
 
 SMALL_FILE = 32 << 20     # files up to this size are hashed whole; larger ones by size and both ends
 
@@ -197,27 +197,16 @@ def resize(array: np.ndarray, size: tuple[int, int], *, nearest: bool = False, r
     return np.stack(planes, axis=-1).reshape(h, w, *array.shape[2:]).astype(array.dtype)
 
 
-class _NumpyOnly(pickle.Unpickler):
-    """Unpickles containers, strings, numbers and numpy arrays; any other global is refused."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.ALLOWED or (module == "numpy.dtypes" and name.endswith("DType")):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
-
-
 def load_numpy_pickle(path: Path) -> Any:
-    """A (gzip) pickle of numpy arrays and plain containers, never arbitrary objects."""
+    """A (gzip) pickle of numpy arrays and plain containers, read by the restricted reader
+    (:mod:`extract.safe_pickle`): an object array, a dtype whose pickled flags disagree with
+    its type, or any global besides numpy's array reconstruction is a one-line error."""
     require(path, "a pickle of numpy arrays")
     opener = gzip.open if path.suffix in (".pklz", ".gz") else open
     try:
         with opener(path, "rb") as handle:
-            return _NumpyOnly(io.BufferedReader(handle)).load()
-    except pickle.UnpicklingError as exc:
+            return load_numpy(io.BufferedReader(handle))
+    except Refused as exc:
         raise MidprobeError(f"cannot read {path} ({exc}); expected a gzip pickle of numpy arrays") from None
-    except Exception as exc:        # truncated or corrupt: EOFError, zlib.error, gzip.BadGzipFile, ...
+    except Exception as exc:        # truncated or corrupt: EOFError, zlib.error, gzip.BadGzipFile, UnpicklingError, ...
         raise _cannot_read(path, exc, "a gzip pickle of numpy arrays") from None
