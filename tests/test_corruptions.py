@@ -103,7 +103,7 @@ def test_corrupted_test_splits_are_their_own_feature_splits(corrupted):
                                                "library": "imagecorruptions-imaug",
                                                "version": parse_corruption("fog:1").fingerprint()["version"]}
     assert "corruption" not in clean.fingerprint and noisy.fingerprint["source_split"] == "test"
-    with pytest.raises(MidprobeError):
+    with pytest.raises(MidprobeError, match=r"has no split 'train@corrupt-gaussian_noise-4'"):
         open_features("tiny", MODEL, "train@corrupt-gaussian_noise-4", root=corrupted)     # never training
 
 

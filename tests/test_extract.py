@@ -142,7 +142,7 @@ def test_interrupted_extraction_resumes_to_identical_bytes(root, monkeypatch):
         return original(self, index, layers, vectors)
 
     monkeypatch.setattr(FeatureWriter, "write_chunk", failing)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk went away"):
         extract(model="test_vit_tiny", dataset="tiny", root=other_root, chunk_images=2, progress=False)
     monkeypatch.setattr(FeatureWriter, "write_chunk", original)
     with pytest.raises(MidprobeError, match="incomplete"):

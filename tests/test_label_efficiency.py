@@ -67,7 +67,7 @@ def test_subset_batches_cover_the_subset_once_per_epoch_in_a_seeded_order(root):
     plain = [list(b.index) for b in iterate_batches(train, layers=["lin"], batch_size=3, seed=0, epoch=0,
                                                     window_chunks=2)]
     assert every == plain                                               # a subset of all = no subset
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"subset of 1 images must be non-empty, inside images 0:24"):
         epoch(0, members=np.array([24]))
 
 
@@ -76,7 +76,8 @@ def test_subset_sizes_from_counts_fractions_and_all():
     assert subset_sizes(None, 24) == [None]
     assert _train_images("16,0.1,all") == [16, 0.1, None]
     for bad in ([0], [25], [1.5], [0.0]):
-        with pytest.raises(MidprobeError):
+        with pytest.raises(MidprobeError, match=rf"train images {bad[0]:g}: (a fraction must be in \(0, 1\]|the train "
+                                                r"split has 24 images; ask for 1-24 or all)"):
             subset_sizes(bad, 24)
 
 

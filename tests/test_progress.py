@@ -47,7 +47,7 @@ def test_quiet_prints_nothing_and_a_failed_step_never_reads_as_done():
         bar.update(3)
         bar.write("a log line")
     assert stream.getvalue() == ""
-    with pytest.raises(RuntimeError), progress_bar(total=3, name="x", stream=stream, interval=0) as bar:
+    with pytest.raises(RuntimeError, match="disk full"), progress_bar(total=3, name="x", stream=stream, interval=0) as bar:
         bar.update(1)
         raise RuntimeError("disk full")
     assert "x: 1/3" in stream.getvalue() and " in " not in stream.getvalue()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import pickle
+import re
 import subprocess
 import sys
 import types
@@ -280,7 +281,7 @@ def test_no_message_passes_on_torchs_advice_to_turn_safety_off(gadget_module, tm
                 warnings.simplefilter("ignore")     # torch.jit's own deprecation notes while writing the fixture
                 write(path)
             for model in ("rn50_densecl", "test_vit_tiny"):
-                with pytest.raises(MidprobeError) as err:
+                with pytest.raises(MidprobeError, match=re.escape(str(path))) as err:     # each names the file
                     build_backbone(model, weights=str(path))
                 messages.append(str(err.value))
     messages += [str(w.message) for w in caught]
