@@ -288,3 +288,23 @@ def test_no_message_passes_on_torchs_advice_to_turn_safety_off(gadget_module, tm
     assert any("TorchScript archive" in m for m in messages) and any("refusing to call" in m for m in messages)
     assert len(messages) >= 2 * len(bad)
     assert not [m for m in messages if "weights_only" in m or "\n" in m]
+
+
+class _ForgedView:
+    """Pickles as a float tensor of 100000 elements over a storage of 4."""
+
+    def __reduce__(self):
+        storage = torch.storage.TypedStorage(wrap_storage=torch.arange(4.0).untyped_storage(), dtype=torch.float32,
+                                             _internal=True)
+        return torch._utils._rebuild_tensor_v2, (storage, 0, (100000,), (1,), False, {})
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_a_tensor_view_beyond_its_storage_is_refused(zip_format, tmp_path):
+    path = tmp_path / "view.pth"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")         # TypedStorage's deprecation note while writing the fixture
+        torch.save({"w": _ForgedView()}, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(MidprobeError, match=r"view.pth as a torch.save checkpoint \((tensor layout .* refused; "
+                                            r"expected a view inside its storage|Trying to resize storage)"):
+        read_torch_file(path)

@@ -58,10 +58,13 @@ def _rebuild_tensor_v3(storage: Any, storage_offset: Any, size: Any, stride: Any
 
 def _view(storage: torch.UntypedStorage, dtype: torch.dtype, offset: Any, size: Any, stride: Any,
           requires_grad: Any) -> torch.Tensor:
-    ints = (type(offset) is int and all(type(n) is int for n in (*size, *stride))
-            and isinstance(size, tuple) and isinstance(stride, tuple))
-    if not ints or type(requires_grad) is not bool:
-        raise Refused("tensor layout refused; expected an integer offset, sizes and strides")
+    ok = (isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride)
+          and all(type(n) is int and n >= 0 for n in (offset, *size, *stride)) and type(requires_grad) is bool)
+    # Tensor.set_ would grow a storage too small for the view: a forged layout is refused instead
+    last = offset + sum((n - 1) * st for n, st in zip(size, stride)) if ok and all(size) else -1
+    if not ok or (last + 1) * dtype.itemsize > storage.nbytes():
+        raise Refused(f"tensor layout (offset {offset!r}, size {size!r}, stride {stride!r}) refused; expected a "
+                      "view inside its storage")
     tensor = torch.empty((0,), dtype=dtype, device=storage.device).set_(storage, offset, size, stride)
     tensor.requires_grad_(requires_grad)
     return tensor
