@@ -194,6 +194,16 @@ def _build_array(state: Any) -> np.ndarray:
     return array
 
 
+def numpy_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    """numpy's ``_frombuffer`` (pickle protocol 5): a copy of exactly the bytes the shape holds."""
+    ok = (type(buf) in (bytes, bytearray) and type(dtype) is DtypeBuilder and order in ("C", "F")
+          and type(shape) is tuple and all(type(n) is int and n >= 0 for n in shape)
+          and len(buf) == math.prod(shape) * dtype.dtype.itemsize)
+    if not ok:
+        raise Refused("numpy buffer refused; expected a plain dtype, a shape and that many bytes")
+    return np.frombuffer(bytes(buf), dtype=dtype.dtype).reshape(shape, order=order).copy(order="K")
+
+
 def numpy_scalar(dtype: Any, data: Any = None) -> Any:
     """numpy's ``scalar``: a number or string from exactly its bytes (no object scalars)."""
     if type(dtype) is not DtypeBuilder or type(data) is not bytes or len(data) != dtype.dtype.itemsize:
@@ -212,6 +222,7 @@ def latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
 NUMPY_CALLABLE: dict[str, Callable[..., Any]] = {
     **{f"{m}.multiarray.{f}": fn for m in ("numpy.core", "numpy._core")
        for f, fn in (("_reconstruct", numpy_array), ("scalar", numpy_scalar))},
+    **{f"{m}.numeric._frombuffer": numpy_frombuffer for m in ("numpy.core", "numpy._core")},
     "numpy.dtype": numpy_dtype, "_codecs.encode": latin1_bytes,
 }
 #: ... and what may appear only as a value
