@@ -152,6 +152,7 @@ def test_interrupted_extraction_resumes_to_identical_bytes(root, monkeypatch):
     assert tree_bytes(other_root.feature_store("tiny", "test_vit_tiny")) == whole
 
 
+@pytest.mark.timeout(600)      # ~57 s, setup included, on 2 shared cores: headroom over the default 300 s
 def test_killed_process_resumes_to_identical_bytes(root):
     write_tiny_dataset(root, splits={"train": 48}, height=32, width=32)
     script = ("import sys; sys.path.insert(0, %r); import tests.conftest; from extract.cli import main; "
@@ -221,6 +222,7 @@ def test_cli_errors_are_one_line_with_exit_2(root, tmp_path, capsys):
     assert "vit_b_mae" in listing and "weight-free" in listing and "cc-by-nc-4.0" in listing
 
 
+@pytest.mark.timeout(600)      # ~52 s, setup included, on 2 shared cores: headroom over the default 300 s
 def test_offline_pretrained_download_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(MidprobeError, match="WEIGHTS="):

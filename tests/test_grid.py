@@ -102,6 +102,7 @@ def client():
     assert _dask_processes() <= before
 
 
+@pytest.mark.timeout(600)      # ~100 s, setup included, on 2 shared cores: headroom over the default 300 s
 def test_local_cluster_matches_a_serial_run_and_resumes_only_what_is_missing(client, reference, tmp_path):
     root = data_root(tmp_path / "data")
     spec = load_grid(SMOKE)
@@ -172,6 +173,7 @@ def test_make_grid_passes_precision_only_when_given(tmp_path, capsys):
     assert err == "error: precision 'int4': expected fp16 or int8"
 
 
+@pytest.mark.timeout(600)      # ~55 s, setup included, on 2 shared cores: headroom over the default 300 s
 def test_a_worker_killed_mid_grid_is_retried_elsewhere(client, reference, tmp_path):
     root = data_root(tmp_path / "data")
     result = {}
@@ -211,6 +213,7 @@ def test_a_failing_model_is_named_and_the_other_models_records_are_written(clien
     assert (root.reports() / "report.md").is_file()
 
 
+@pytest.mark.timeout(600)      # ~88 s, setup included, on 2 shared cores: headroom over the default 300 s
 def test_an_externally_started_scheduler_runs_the_smoke_grid(reference, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "MIDPROBE_THREADS": "1"}
     address_file = tmp_path / "scheduler.json"
