@@ -16,7 +16,7 @@ from cache import DataRoot, MidprobeError, data_root, list_feature_stores, open_
 from cache.loader import FeatureLoader
 from probe.features import Standardizer, channel_stats
 from probe.heads import CLOSED_FORM, check_head
-from protocols import (CORRUPTIBLE_TASKS, DenseChoices, ExtractionChoices, Protocol, corruption_list,
+from protocols import (CORRUPTIBLE_TASKS, DEFAULT_PROTOCOL, DenseChoices, ExtractionChoices, Protocol, corruption_list,
                        feature_split_name, get_protocol)
 from probe.records import format_table, write_record
 from probe.ridge import evaluate_ridge, fit_ridge
@@ -30,7 +30,7 @@ def _say(quiet: bool) -> Callable[[str], None]:
 
 
 def resolve_layers(available: Sequence[str], layer_sets: Sequence[Sequence[str]] | None,
-                   features=None, protocol: str = "midprobe") -> list[tuple[str, ...]]:
+                   features=None, protocol: str | Protocol | None = None) -> list[tuple[str, ...]]:
     """Layer sets to probe (default: all cached layers); a layer the split lacks is an error that
     names the ``make extract`` adding it (without rewriting the others)."""
     if not layer_sets:
@@ -47,7 +47,8 @@ def resolve_layers(available: Sequence[str], layer_sets: Sequence[Sequence[str]]
     return out
 
 
-def _add_hint(features, missing: Sequence[str], has: str, protocol: str) -> str:
+def _add_hint(features, missing: Sequence[str], has: str, protocol: str | Protocol | None) -> str:
+    protocol = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
     what = f"layers {', '.join(missing)} are not cached" if missing else "no layer is cached"
     if features is None:
         return f"{what}; the store {has}"
@@ -55,12 +56,11 @@ def _add_hint(features, missing: Sequence[str], has: str, protocol: str) -> str:
     # LAYERS=all: the layers the model taps by default (a split of global vectors has none to name)
     wanted = ",".join(missing) if missing else "all"
     extra = "" if features.precision == "fp16" else f" PRECISION={features.precision}"
-    # the split a protocol reads (``train@input-none``, ``train@aug10-paper-nyu``) is written with the
-    # same PROTOCOL= (and AUGMENT= where the probe's protocol came from one)
-    base, _, variant = protocol.partition("+")
-    extra += "" if base == "midprobe" else f" PROTOCOL={base}"
+    # the split a protocol reads (``train@input-none``, ``train@aug10-paper-nyu``) is written with its
+    # base's PROTOCOL= (and AUGMENT= where the probe's protocol came from one)
+    extra += "" if protocol.base in ("", DEFAULT_PROTOCOL) else f" PROTOCOL={protocol.base}"
     augment = fp.get("augment")
-    extra += f" AUGMENT={augment['views']}:{augment['policy']}" if augment and variant.startswith("aug") else ""
+    extra += f" AUGMENT={augment['views']}:{augment['policy']}" if augment and protocol.augment not in ("", "0") else ""
     return (f"{what} in split {features.split!r} of {features.store} (it {has}); add them, without rewriting "
             f"the others, with `make extract MODEL={fp['model']} DATASET={fp['dataset']} "
             f"SPLIT={fp.get('source_split', features.split)} LAYERS={wanted}{extra}`")
@@ -80,28 +80,29 @@ def protocol_models(store_name: str, protocol: Protocol, models: Sequence[str] |
                     precision: str = "fp16") -> list[str]:
     """The feature stores to probe: ``models`` (or every cached one) as the protocol names them.
 
-    A protocol with a ``model_option`` (``paper``) reads, for a model that offers paper options,
-    the store of its paper variant (its canonical name, e.g. ``vit_b_mae+hf+paper-layers+sincos``,
-    found by the store's own record of its base model), and the plain store of a model with none.
+    A protocol with a ``model_option`` (``paper``) reads, for a model that offers that option, the
+    store of that variant (its canonical name, e.g. ``vit_b_mae+hf+paper-layers+sincos``:
+    :func:`extract.sizing.feature_model_name`), and the plain store of a model without it.
     """
     cached = list_feature_stores(store_name, root=root, precision=precision)
     if not protocol.model_option:
         return list(models or cached)
-    attrs = {m: _store_attrs(store_name, m, root, precision) for m in cached}
+    from extract.runner import protocol_model
+    from extract.sizing import feature_model_name
 
     def variant(model: str) -> str:
-        if "+" in model:
-            return model
-        for name, a in attrs.items():
-            if a.get("base_model") == model and a.get("paper_variant"):
-                return name
-        # a model with paper options but no paper store: its +paper name makes the error say what to extract
-        return f"{model}+{protocol.model_option}" if attrs.get(model, {}).get("paper_options") else model
+        try:
+            name = feature_model_name(model, protocol)
+        except MidprobeError:
+            return model                      # not a model of this installation: the error names it
+        # a variant not extracted yet: its +option name makes the error say what to extract
+        return name if name in cached or name == model else protocol_model(model, protocol)
 
     if models:
         return [variant(m) for m in models]
+    attrs = {m: _store_attrs(store_name, m, root, precision) for m in cached}
     bases = list(dict.fromkeys(a.get("base_model") or m.split("+")[0] for m, a in attrs.items()))
-    return [v for v in map(variant, bases) if v in attrs]
+    return [v for v in map(variant, bases) if v in cached]
 
 
 def _store_attrs(dataset: str, model: str, root: DataRoot, precision: str) -> dict[str, Any]:
@@ -285,9 +286,9 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
                                      training=False, protocol=protocol,
                                      expect={**expect, "weights": train.fingerprint["weights"]}, precision=precision)
              for corruption in ["", *corruptions]}
-    chosen_sets = resolve_layers(train.layers, layer_sets, train, protocol.name)
+    chosen_sets = resolve_layers(train.layers, layer_sets, train, protocol)
     for test in tests.values():
-        resolve_layers(test.layers, chosen_sets, test, protocol.name)
+        resolve_layers(test.layers, chosen_sets, test, protocol)
     used = sorted({layer for s in chosen_sets for layer in s}, key=train.layers.index)
     if choices.feature_norm == "train-stats":
         say(f"[probe] {model}: per-channel statistics of {', '.join(used)} over {train.num_images} train images")
@@ -370,9 +371,9 @@ def _zero_shot(task: ZeroShotTask, store, model: str, root: DataRoot, protocol: 
     task.check_dataset(data, absent=store.attrs.get("absent_targets") or {})
     features = _open_split(store, model, task.split, extraction, root, training=False, protocol=protocol,
                            expect={"dataset_fingerprint": store.fingerprint}, precision=precision)
-    layers = resolve_layers(features.layers, layer_sets, features, protocol.name)[0] if layer_sets else None
+    layers = resolve_layers(features.layers, layer_sets, features, protocol)[0] if layer_sets else None
     if task.name == "correspondence" and not layers:
-        resolve_layers(features.layers, None, features, protocol.name)
+        resolve_layers(features.layers, None, features, protocol)
     metrics, config = task.evaluate(features=features, data=data, dataset_attrs=store.attrs, layers=layers,
                                     protocol=protocol, overrides=overrides, quiet=quiet,
                                     name=f"[probe] {task.name}/{store.name}/{model}", **options)

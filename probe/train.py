@@ -20,7 +20,7 @@ from cache.loader import FeatureLoader
 from cache.progress import progress_bar
 from probe.features import BatchInputs, Standardizer
 from probe.heads import LinearHead, Probe, build_head
-from protocols import DenseChoices
+from protocols import DENSE_DEFAULTS, DenseChoices
 from probe.tasks.base import DenseTask, subsample_raw
 
 
@@ -34,7 +34,7 @@ class ProbeConfig:
 
     head: str
     layers: tuple[str, ...]
-    lr: float = 5e-4
+    lr: float = DENSE_DEFAULTS.lr
 
     @property
     def key(self) -> str:
