@@ -20,6 +20,7 @@ from cache.loader import FeatureLoader
 from cache.progress import progress_bar
 from probe.features import BatchInputs, Standardizer
 from probe.heads import LinearHead, Probe, build_head
+from probe.plan import sgd_key
 from protocols import DENSE_DEFAULTS, DenseChoices
 from probe.tasks.base import DenseTask, subsample_raw
 
@@ -38,7 +39,7 @@ class ProbeConfig:
 
     @property
     def key(self) -> str:
-        return f"{self.head}-{'+'.join(self.layers)}-lr{self.lr:g}"
+        return sgd_key(self.head, self.layers, self.lr)
 
 
 @dataclass(frozen=True)
