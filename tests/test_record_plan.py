@@ -65,3 +65,28 @@ def test_a_grid_expects_exactly_the_records_its_probes_write(tmp_path, name, cha
     seen = _run_and_compare(spec, root)
     tasks = {t for d in spec.datasets for t in d.tasks}
     assert seen >= len(spec.models) * len(tasks) * len(spec.seeds)
+
+
+def test_the_paper_grid_plans_the_records_its_probes_write(tmp_path, monkeypatch):
+    """grids/paper.toml's protocol (DPT heads, augmented views, the raw CLS token, the paper's model
+    variants, ...) and task settings, on the synthetic set (it offers every task) with two tiny
+    models, one of them with paper options: its real backbones, weights and datasets cannot run
+    here. Training and evaluation are constants; what is checked is naming and configuration."""
+    import probe.run
+    from extract.backbones import register
+    from tests.conftest import TINY_VIT
+
+    register(dataclasses.replace(TINY_VIT, name="test_vit_paper", options={"half": {"mean": (0.5,) * 3}},
+                                 paper_options=("half",)))
+    monkeypatch.setattr(probe.run, "train_sweep",
+                        lambda task, *, configs, **_: ({c: None for c in configs}, {c: {"steps": 0} for c in configs}))
+    monkeypatch.setattr(probe.run, "evaluate_heads", lambda task, *, heads, **_: {c: {"constant": 1.0} for c in heads})
+    paper = load_grid(REPO / "grids" / "paper.toml")
+    tasks = tuple(dict.fromkeys(t for d in paper.datasets for t in d.tasks))
+    synthetic = dataclasses.replace(paper.datasets[0], loader="synthetic", tasks=tasks, raw=None)
+    spec = _tiny(dataclasses.replace(paper, models=("test_vit_tiny", "test_vit_paper"), datasets=(synthetic,),
+                                     device="cpu", probe_device="cpu", weights={}))
+    root = data_root(tmp_path / "data")
+    assert _run_and_compare(spec, root) == 2 * 5      # one DPT head on all layers per dense task, one per zero-shot
+    assert (root.results("depth", "synthetic", "test_vit_paper+half", "paper") / "dpt-block0+block1-lr0.0005-seed0.json"
+            ).is_file()
