@@ -90,3 +90,32 @@ def test_the_paper_grid_plans_the_records_its_probes_write(tmp_path, monkeypatch
     assert _run_and_compare(spec, root) == 2 * 5      # one DPT head on all layers per dense task, one per zero-shot
     assert (root.results("depth", "synthetic", "test_vit_paper+half", "paper") / "dpt-block0+block1-lr0.0005-seed0.json"
             ).is_file()
+
+
+def test_study_options_write_exactly_the_planned_records(synthetic_root, tmp_path):
+    """Seeds, nested training subsets, a corrupted test split and the ridge head: the runner's
+    records are the plan's, file for file (the grid files name none of these but seeds)."""
+    import shutil
+
+    from extract.runner import extract
+    from probe.plan import plan_records
+    from probe.run import run_task
+    from protocols import MIDPROBE
+
+    root = data_root(tmp_path / "data")
+    shutil.copytree(synthetic_root.dataset_store("synthetic"), root.dataset_store("synthetic"))
+    extract(model="test_vit_tiny", dataset="synthetic", tasks=["segmentation"], root=root, progress=False)
+    extract(model="test_vit_tiny", dataset="synthetic", tasks=["segmentation"], root=root, progress=False,
+            corruptions="gaussian_noise:2")
+    common = {"task_name": "segmentation", "dataset": "synthetic", "models": ["test_vit_tiny"], "root": root,
+              "quiet": True, "test_corruptions": "gaussian_noise:2", "overrides": {"epochs": 1, "batch_size": 8}}
+    run_task(**common, heads=["linear"], seeds=[0, 1], train_images=[4, None])
+    run_task(**common, heads=["ridge"])
+    attrs = json.loads((root.dataset_store("synthetic") / "zarr.json").read_text())["attributes"]
+    plan = dict(task="segmentation", dense=True, protocol=MIDPROBE, loader="synthetic", dataset_attrs=attrs,
+                layer_sets=[["block0", "block1"]], overrides=common["overrides"], corruptions=["gaussian_noise:2"])
+    planned = (plan_records(**plan, heads=["linear"], seeds=[0, 1], train_sizes=[4, None])
+               + plan_records(**plan, heads=["ridge"]))
+    assert len(planned) == 2 * 2 * 2 + 2
+    folder = root.results("segmentation", "synthetic", "test_vit_tiny", "midprobe")
+    assert _written(folder) == {p.file for p in planned}
