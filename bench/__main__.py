@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from functools import partial
@@ -39,11 +38,12 @@ ON_DEVICE = {"extract_overhead", "extract_limit", "cache_vs_recompute", "cache_v
 GPU_ONLY = {"probe_epoch"}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+def main(argv: list[str] | None = None, prog: str = "python -m bench") -> int:
+    from midprobe import options
+
+    p = options.command_parser(prog=prog, description=__doc__, raw=False, parents=[options.device_option(
+        help="run extraction and probe benchmarks on this device (cuda: backbones in bf16)")])
     p.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run only these")
-    p.add_argument("--device", default="cpu",
-                   help="run extraction and probe benchmarks on this device (cuda: backbones in bf16)")
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
     for name in args.only or BENCHMARKS:

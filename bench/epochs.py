@@ -29,6 +29,7 @@ from extract.runner import resolve_device
 from probe.features import Standardizer
 from probe.tasks import get_task
 from probe.train import ProbeConfig, TrainSettings, train_sweep
+from protocols import DENSE_DEFAULTS
 
 
 class _InMemory:
@@ -48,7 +49,7 @@ def probe_epoch_vs_head_compute(*, images: int | None = None, epochs: int | None
     images = images or (512 if cuda else 32)          # a CPU epoch costs 5-100 ms an image
     epochs = epochs or (10 if cuda else 1)
     layers = list(VIT_LAYERS)
-    config = ProbeConfig("linear", tuple(layers), 5e-4)
+    config = ProbeConfig("linear", tuple(layers), DENSE_DEFAULTS.lr)
     out: dict[str, float] = {}
     with temporary_root("epochs") as root:
         random_dataset(root, name="bench", splits={"train": images}, size=224)

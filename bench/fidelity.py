@@ -16,6 +16,7 @@ with the paper's; the deltas say which choices matter and in which direction.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
@@ -185,14 +186,15 @@ def write_readme(readme: Path, text: str) -> None:
 
 
 @exits_on_error
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.fidelity", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data/fidelity", help="data root of the study (default data/fidelity)")
+def main(argv: list[str] | None = None, prog: str = "python -m bench.fidelity") -> int:
+    from midprobe import options
+
+    p = options.command_parser(prog=prog, description=__doc__, parents=[
+        options.data_option(default="data/fidelity", help="data root of the study (default data/fidelity)"),
+        options.quiet_option()])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--only", help="comma-separated variant keys to run (with the baseline)")
     p.add_argument("--readme", help="README.md to write the table into (between its fidelity markers)")
-    p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     root = data_root(args.data)
     models = tuple(args.models.split(","))

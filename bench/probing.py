@@ -19,6 +19,7 @@ from probe.heads import build_head
 from probe.tasks import get_task
 from probe.tasks.base import subsample_raw
 from probe.train import ProbeConfig, TrainSettings, forward_heads, train_sweep
+from protocols import DENSE_DEFAULTS
 
 VIT_LAYERS = {f"block{i}": (768, 14, 14) for i in (2, 5, 8, 11)}
 
@@ -58,7 +59,7 @@ def cache_vs_recompute(*, images: int = 128, batch_size: int = 32, loss_stride: 
     dev = resolve_device(device)
     task = get_task("normals")
     settings = TrainSettings.make(epochs=1, batch_size=batch_size, device=str(dev), loss_stride=loss_stride)
-    config = ProbeConfig("linear", tuple(VIT_LAYERS), 5e-4)
+    config = ProbeConfig("linear", tuple(VIT_LAYERS), DENSE_DEFAULTS.lr)
     with temporary_root("cache") as root:
         random_dataset(root, name="bench", splits={"train": images}, size=224)
         backbone = build_backbone("vit_b_random")
@@ -78,7 +79,7 @@ def cache_vs_recompute(*, images: int = 128, batch_size: int = 32, loss_stride: 
         config_head = [(config, build_head("linear", in_channels=[768] * 4, out_channels=3).to(dev))]
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
                     else torch.autocast("cpu", enabled=False))
-        optimizer = torch.optim.AdamW(config_head[0][1].parameters(), lr=5e-4)
+        optimizer = torch.optim.AdamW(config_head[0][1].parameters(), lr=DENSE_DEFAULTS.lr)
         split = data.split("train")
 
         def recompute_batch(index: np.ndarray) -> None:

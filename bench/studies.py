@@ -13,7 +13,6 @@ not comparable with real datasets'.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from typing import Any, Sequence
@@ -86,14 +85,15 @@ def run_studies(*, root: DataRoot, models: Sequence[str] = MODELS, tasks: Sequen
 
 
 @exits_on_error
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.studies", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data/studies", help="data root of the study (default data/studies)")
+def main(argv: list[str] | None = None, prog: str = "python -m bench.studies") -> int:
+    from midprobe import options
+
+    p = options.command_parser(prog=prog, description=__doc__, parents=[
+        options.data_option(default="data/studies", help="data root of the study (default data/studies)"),
+        options.quiet_option()])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--workers", type=int, help="probe processes (default: one per core)")
-    p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     seconds = run_studies(root=data_root(args.data), models=tuple(args.models.split(",")),
                           tasks=tuple(args.tasks.split(",")), workers=args.workers, quiet=args.quiet)

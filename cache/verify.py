@@ -17,7 +17,6 @@ otherwise, 2 for bad usage.
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,9 +277,11 @@ def verify(root: DataRoot, *, repair: bool = False) -> Report:
 
 
 @exits_on_error
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cache.verify", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="data root (default $MIDPROBE_DATA or ./data)")
+def main(argv: list[str] | None = None, prog: str = "python -m cache.verify") -> int:
+    from midprobe import options
+
+    p = options.command_parser(prog=prog, description=__doc__.split("\n\n")[0], raw=False,
+                               parents=[options.data_option()])
     p.add_argument("--repair", action="store_true",
                    help="mark damaged feature chunks for re-extraction and damaged dataset stores for rebuilding")
     args = p.parse_args(argv)

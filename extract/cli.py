@@ -18,35 +18,36 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m extract", description=__doc__)
+def parser(prog: str = "python -m extract") -> argparse.ArgumentParser:
+    from midprobe import options
+
+    p = options.command_parser(prog=prog, description=__doc__, raw=False, parents=[
+        options.task_option(required=False, action="append",
+                            help="extract only what these tasks read (default: the dataset's tasks)"),
+        options.protocol_option(what="which extraction choices (input normalisation, global vector, augmented "
+                                     "views) and model variants the tasks read"),
+        options.device_option(),
+        options.precision_option(what="float16 features, or int8 with a float16 scale per image and channel "
+                                      "(about half the bytes; its own store, <model>@int8.zarr)"),
+        options.data_option(), options.quiet_option()])
     p.add_argument("--list", action="store_true", help="list the registered models and exit")
     p.add_argument("--model", help="registry name, or timm:<timm model name>")
     p.add_argument("--dataset", help="dataset store name under the data root")
     p.add_argument("--split", action="append", help="dataset split(s) to extract (default: every split the "
                    "dataset's tasks read)")
-    p.add_argument("--task", action="append", help="extract only what these tasks read (default: the dataset's tasks)")
-    p.add_argument("--protocol", default="midprobe", help="midprobe (default) or paper: which extraction choices "
-                   "(input normalisation, global vector, augmented views) and model variants the tasks read")
     p.add_argument("--layers", help="comma-separated layer names or indices (default: the layers the tasks read)")
     p.add_argument("--corrupt", help="<name>:<severity>[:<seed>], comma-separated (e.g. fog:3,occlusion:2): extract "
                    "instead the corrupted copies of the test split (and of correspondence pairs), each as its own "
                    "feature split test@corrupt-<name>-<severity>; severity 0-5, 0 = clean")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
     p.add_argument("--augment", metavar="K[:POLICY]",
                    help="dense probes train on K seeded augmented views of each training image (policy "
                         "paper-nyu, the default, or paper-navi; extract and probe with the same AUGMENT=)")
-    p.add_argument("--precision", default="fp16", choices=("fp16", "int8"),
-                   help="float16 features (default) or int8 with a float16 scale per image and channel "
-                        "(about half the bytes; its own store, <model>@int8.zarr)")
     p.add_argument("--shard", type=_shard, default=(0, 1), help="i/N: write only this shard's chunks")
     p.add_argument("--weights", help="local weights file (.safetensors or .pth) instead of a download")
     p.add_argument("--chunk-images", type=int, help="images per Zarr chunk (default: ~32 MiB chunks)")
-    p.add_argument("--data", help="data root (default $MIDPROBE_DATA or ./data)")
     p.add_argument("--dry-run", action="store_true", help="print the bytes each feature split would take "
                    "(split sizes from the prepared store, or the dataset's published counts) and exit")
-    p.add_argument("--quiet", action="store_true")
     return p
 
 
@@ -63,8 +64,8 @@ def list_models() -> str:
 
 
 @exits_on_error
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m extract") -> int:
+    args = parser(prog).parse_args(argv)
     if args.list:
         print(list_models())
         return 0

@@ -127,10 +127,11 @@ class ExtractionReport:
 
 
 def protocol_model(model: str, protocol: Protocol) -> str:
-    """``model`` as ``protocol`` names it (``paper``: ``<model>+paper`` for a model with paper options)."""
+    """``model`` as ``protocol`` names it (its ``model_option``, e.g. ``<model>+paper``, for a model
+    that offers it: :meth:`protocols.Protocol.model_name`)."""
     if "+" in model or model.startswith("timm:") or not protocol.model_option:
         return model
-    return protocol.model_name(model, get_spec(model).paper_options)
+    return protocol.model_name(model, get_spec(model).offered_options)
 
 
 def extract(*, model: str, dataset: str, splits: list[str] | None = None, layers: list[str] | None = None,

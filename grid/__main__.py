@@ -12,32 +12,35 @@ import sys
 
 from cache import data_root
 from cache.errors import exits_on_error
+from grid.spec import DEVICES
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m grid", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(prog: str = "python -m grid") -> argparse.ArgumentParser:
+    from midprobe import options
+
+    p = options.command_parser(prog=prog, description=__doc__, parents=[
+        options.precision_option(default=None, what="the feature stores' value type, extracted, probed and sized "
+                                 "(int8: <model>@int8.zarr, 1 byte and a scale per image and channel); default: "
+                                 "the grid file's precision, fp16 unless it says"),
+        options.device_option(default=None, choices=DEVICES, help="run extraction and probes here, whatever the "
+                              "grid says"),
+        options.data_option()])
     p.add_argument("grid", help="the grid file, e.g. grids/demo.toml")
     p.add_argument("--dry-run", action="store_true", help="print the plan: tasks by kind, feature-cache bytes per "
                    "dataset and model, estimated compute; run nothing")
     p.add_argument("--splits", action="store_true", help="with --dry-run: every model's feature splits too")
-    p.add_argument("--precision", help="the feature stores' value type, extracted, probed and sized: fp16 (2 bytes "
-                   "a value) or int8 (<model>@int8.zarr, 1 byte and a scale per image and channel); default: the "
-                   "grid file's precision, fp16 unless it says")
     p.add_argument("--scheduler", help="address of a running dask scheduler (tcp://host:8786) instead of a "
                    "cluster on this machine")
     p.add_argument("--cluster", default="local", help="local (default) or slurm (needs midprobe[slurm])")
     p.add_argument("--workers", type=int, help="local cluster: worker processes (default: one per GPU, or "
                    "sized to the cores)")
     p.add_argument("--jobs", type=int, default=1, help="slurm: how many one-GPU worker jobs to submit")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="run extraction and probes here, whatever the grid says")
-    p.add_argument("--data", help="data root (default $MIDPROBE_DATA or ./data)")
     return p
 
 
 @exits_on_error
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m grid") -> int:
+    args = parser(prog).parse_args(argv)
     from grid.spec import load_grid
 
     spec = load_grid(args.grid)

@@ -11,7 +11,6 @@ on another worker if this one died.
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import os
 import sys
@@ -206,76 +205,63 @@ class ProbeStore:
     def label(self) -> str:
         return f"probe {self.settings.task} on {self.store} with {tagged_model(self.feature_model, self.precision)}"
 
-    def _plan(self) -> tuple[dict[str, Any], list[str], dict[str, Any] | None, Any]:
-        """``(run_task arguments, record probe names, feature fingerprint, seed -> expected config)``."""
-        from probe.run import dense_choices
+    def _plan(self) -> tuple[dict[str, Any], list[Any]]:
+        """``(run_task arguments, the records the run writes)``: the records as
+        :func:`probe.plan.plan_records` names and configures them, for every seed."""
+        from probe.plan import plan_records
         from probe.tasks import DenseTask, get_task
-        from probe.train import ProbeConfig, TrainSettings
         from protocols import feature_split_name, get_protocol
 
         root, s = _root(self.root), self.settings
         protocol = get_protocol(self.protocol)
         task = get_task(s.task)
         attrs = state.dataset_attrs(root, self.store) or {}
-        extraction = protocol.extraction_choices(s.task, attrs.get("loader", self.store))
+        loader = attrs.get("loader", self.store)
         dense = isinstance(task, DenseTask)
-        split = feature_split_name("train" if dense else task.split, extraction, training=dense)
-        fingerprint = state.feature_fingerprint(root, self.store, self.feature_model, split, self.precision)
+        split = feature_split_name("train" if dense else task.split, protocol.extraction_choices(s.task, loader),
+                                   training=dense)
         cached = state.feature_layers(root, self.store, self.feature_model, split, self.precision)
         # "all" and "last" coincide on a one-layer store: each layer set is probed once
         sets = [list(t) for t in dict.fromkeys(tuple(_layer_set(item, cached))
                                                for item in (s.layer_sets or (("all",) if dense else ())))]
-        config: dict[str, Any] = {"protocol": protocol.name, "overrides": dict(s.overrides),
-                                  "extraction": dataclasses.asdict(extraction),
-                                  **({} if self.precision == "fp16" else {"precision": self.precision})}
         args: dict[str, Any] = {"layer_sets": sets or None, "overrides": dict(s.overrides), "options": dict(s.options)}
         if dense:
-            choices = dense_choices(protocol, s.task, s.overrides)
-            heads, lrs = list(s.heads or choices.heads), list(s.lrs or (choices.lr,))
-            probes = [ProbeConfig(h, tuple(layers), lr).key for h in heads if h != "ridge" for layers in sets
-                      for lr in lrs] + [f"ridge-{'+'.join(layers)}" for layers in sets if "ridge" in heads]
-            args.update(heads=heads, lrs=lrs)
+            args.update(heads=list(s.heads) if s.heads else None, lrs=list(s.lrs) if s.lrs else None)
+        # one plan per seed, as the grid runs each seed: run_task(seed=seed)
+        planned = [record for seed in self.seeds for record in plan_records(
+            task=s.task, dense=dense, protocol=protocol, loader=loader, dataset_attrs=attrs, layer_sets=sets or None,
+            heads=args.get("heads"), lrs=args.get("lrs"), overrides=s.overrides, seeds=[seed], device=self.device,
+            precision=self.precision, options=s.options, zero_shot_split="" if dense else task.split)]
+        return args, planned
 
-            def per_seed(seed: int) -> dict[str, Any]:
-                return {**config, "settings": TrainSettings(choices, seed, self.device).as_dict()}
-        else:
-            probes = [s.task if not sets else f"{s.task}-{'+'.join(sets[0])}"]
-            if s.task == "correspondence" and attrs:
-                from probe.tasks.correspondence import style_of
-
-                style = protocol.correspondence_choices(style_of(attrs).name)
-                config["bidirectional"] = style.bidirectional if s.options.get("bidirectional") else ""
-
-            def per_seed(seed: int) -> dict[str, Any]:
-                return config
-        return args, probes, fingerprint, per_seed
-
-    def _done(self, seed: int, probes: list[str], fingerprint, per_seed) -> bool:
-        folder = _root(self.root).results(self.settings.task, self.store, self.feature_model, self.protocol)
-        return state.records_ready(folder, probes, seed, fingerprint=fingerprint, config=per_seed(seed))
+    def _done(self, seed: int, planned: list[Any]) -> bool:
+        root = _root(self.root)
+        folder = root.results(self.settings.task, self.store, self.feature_model, self.protocol)
+        return state.records_ready(root, self.store, self.feature_model, folder,
+                                   [p for p in planned if p.seed == seed], precision=self.precision)
 
     def complete(self) -> bool:
         if state.dataset_attrs(_root(self.root), self.store) is None:
             return False
         try:
-            _, probes, fingerprint, per_seed = self._plan()
+            _, planned = self._plan()
         except MidprobeError:
             return False                        # e.g. a layer set the store lacks: run() says so
-        return all(self._done(seed, probes, fingerprint, per_seed) for seed in self.seeds)
+        return all(self._done(seed, planned) for seed in self.seeds)
 
     def run(self) -> str:
         from probe.run import run_task
 
-        args, probes, fingerprint, per_seed = self._plan()
+        args, planned = self._plan()
         ran = []
         for seed in self.seeds:
-            if self._done(seed, probes, fingerprint, per_seed):
+            if self._done(seed, planned):
                 continue
             run_task(task_name=self.settings.task, dataset=self.store, models=[self.feature_model],
                      protocol=self.protocol, seed=seed, device=self.device, precision=self.precision,
                      root=_root(self.root), quiet=False, **args)
             ran.append(seed)
-        return f"{len(probes)} probe(s) x seeds {', '.join(map(str, ran))}"
+        return f"{len(planned) // len(self.seeds)} record(s) x seeds {', '.join(map(str, ran))}"
 
 
 def _layer_set(item: str, cached: list[str]) -> list[str]:

@@ -125,7 +125,7 @@ class Estimator:
     def _probe(self, task) -> Costs:
         """Dense: every seed reads the train split once per epoch (one view of each image) and the
         test split once; a sweep's heads share the reads. Zero-shot: its split once per seed."""
-        from probe.run import dense_choices
+        from probe.plan import dense_choices
         from probe.tasks import DenseTask, get_task
         from protocols import feature_split_name
 

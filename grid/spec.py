@@ -364,32 +364,13 @@ def _layer_sets(check: _Checker, value: Any, key: tuple, dense: bool) -> tuple[s
 
 
 def _overrides(check: _Checker, task: str, value: Any, key: tuple) -> dict[str, Any]:
-    from protocols import CorrespondenceChoices, DenseChoices
-    from protocols.choices import DENSE_TASKS
+    from protocols.overrides import OverrideError, check_overrides
 
     key = (*key, "overrides")
-    overrides = check.table(value, key)
-    kind = DenseChoices if task in DENSE_TASKS else CorrespondenceChoices if task == "correspondence" else None
-    if overrides and kind is None:
-        raise check.fail(key, f"{task} has no protocol choices to override")
-    fields = {f.name: f.default for f in dataclasses.fields(kind)} if kind else {}
-    for name, setting in overrides.items():
-        if name in ("heads", "lr"):
-            raise check.fail((*key, name), f"use tasks.{task}.{name}{'s' if name == 'lr' else ''} instead")
-        if name not in fields or dataclasses.is_dataclass(fields[name]):
-            choices = [n for n, d in fields.items() if not dataclasses.is_dataclass(d) and n not in ("heads", "lr")]
-            raise check.fail((*key, name), f"unknown choice; {task} has {', '.join(choices)}")
-        default = fields[name]
-        fits = (isinstance(setting, type(default)) and not (isinstance(setting, bool) and not isinstance(default, bool))
-                or isinstance(default, float) and isinstance(setting, int) and not isinstance(setting, bool))
-        if not fits:
-            raise check.fail((*key, name), f"expected {_kind(default)} like {default!r}, got {setting!r}")
-        if isinstance(default, int) and not isinstance(default, bool) and setting < 1:
-            raise check.fail((*key, name), f"expected a value >= 1, got {setting!r}")
-    out = {k: float(v) if isinstance(fields[k], float) else v for k, v in overrides.items()}
-    if "batch_size" in out and "eval_batch_size" not in out:
-        out["eval_batch_size"] = out["batch_size"]   # as --batch-size does
-    return out
+    try:
+        return check_overrides(task, check.table(value, key))
+    except OverrideError as exc:
+        raise check.fail((*key, exc.name), exc.problem) from None
 
 
 def _options(check: _Checker, task: str, value: Any, key: tuple, dense: bool) -> dict[str, Any]:

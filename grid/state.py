@@ -107,14 +107,20 @@ def record_matches(path: Path, *, fingerprint: Mapping[str, Any], config: Mappin
             and all(stored.get(k) == _plain(v) for k, v in config.items()))
 
 
-def records_ready(folder: Path, probes: Sequence[str], seed: int, *, fingerprint: Mapping[str, Any] | None,
-                  config: Mapping[str, Any]) -> bool:
-    """Every probe's record for ``seed`` in ``folder`` matches ``fingerprint`` and ``config``."""
-    from probe.records import record_name
-
-    return fingerprint is not None and all(
-        record_matches(folder / record_name(probe, seed, config.get("overrides"), config.get("precision", "fp16")),
-                       fingerprint=fingerprint, config=config) for probe in probes)
+def records_ready(root: DataRoot, store: str, model: str, folder: Path, planned: Sequence[Any], *,
+                  precision: str = "fp16") -> bool:
+    """Every planned record (:class:`probe.plan.PlannedRecord`: its ``file``, ``split`` and
+    ``config``) is in ``folder``, computed from the complete feature split it names (by
+    fingerprint) and with every identifying ``config`` entry."""
+    fingerprints: dict[str, dict[str, Any] | None] = {}
+    for record in planned:
+        if record.split not in fingerprints:
+            fingerprints[record.split] = feature_fingerprint(root, store, model, record.split, precision)
+        fingerprint = fingerprints[record.split]
+        if fingerprint is None or not record_matches(folder / record.file, fingerprint=fingerprint,
+                                                     config=record.config):
+            return False
+    return True
 
 
 def report_current(root: DataRoot) -> bool:

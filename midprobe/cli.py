@@ -8,11 +8,10 @@ A command whose module is not part of this installation is not listed.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import importlib
 import importlib.util
-import io
+import inspect
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -45,6 +44,13 @@ class Command:
             return importlib.import_module(self.module).main
         except ImportError as exc:
             raise MidprobeError(f"command {self.name!r} cannot load {self.module}: {exc}") from None
+
+    def run(self, argv: list[str]) -> int:
+        """Its ``main`` on ``argv``, its parser named ``midprobe <name>`` (every stage's ``main`` takes
+        ``prog``; one that does not is run as it is)."""
+        main = self.entry()
+        takes_prog = "prog" in inspect.signature(main).parameters
+        return main(argv, prog=f"midprobe {self.name}") if takes_prog else main(argv)
 
 
 COMMANDS = {c.name: c for c in (
@@ -104,26 +110,13 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def renamed(text: str, old: str, new: str) -> str:
-    """argparse help with program name ``old`` shown as ``new``, usage continuation lines realigned."""
-    old_indent, new_indent = " " * len(f"usage: {old} "), " " * len(f"usage: {new} ")
-    lines, in_usage = [], False
-    for line in text.replace(old, new).splitlines():
-        in_usage = line.startswith("usage:") or (in_usage and line.startswith(old_indent))
-        lines.append(new_indent + line[len(old_indent):] if in_usage and line.startswith(old_indent) else line)
-    return "\n".join(lines) + "\n"
-
-
 def command_help(command: Command, argv: list[str]) -> int:
-    """The module's own help, named as this command, then the command's examples."""
-    buffer = io.StringIO()
+    """The module's own help, its parser named for this command, then the command's examples."""
     status = 0
-    with contextlib.redirect_stdout(buffer):
-        try:
-            status = command.entry()(argv)
-        except SystemExit as exc:
-            status = exc.code if isinstance(exc.code, int) else 0
-    print(renamed(buffer.getvalue(), f"python -m {command.runs_as}", f"midprobe {command.name}").rstrip("\n"))
+    try:
+        status = command.run(argv)
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 0
     print(f"\nThe same code as {command.make} (options as make variables) and python -m {command.runs_as}.")
     if command.examples:
         print("\nexamples:\n" + "\n".join(f"  {e}" for e in command.examples))
@@ -148,5 +141,5 @@ def main(argv: list[str] | None = None) -> int:
     command = commands[name]
     if any(a in ("-h", "--help") for a in rest):
         return command_help(command, rest)
-    status = command.entry()(rest)
+    status = command.run(rest)
     return status if isinstance(status, int) else 0

@@ -39,12 +39,15 @@ def _train_images(text: str) -> list[int | float | None]:
     return out
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m probe", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, help="depth, normals, segmentation, correspondence, similarity")
+def parser(prog: str = "python -m probe") -> argparse.ArgumentParser:
+    from midprobe import options
+
+    p = options.command_parser(prog=prog, description=__doc__, parents=[
+        options.task_option(), options.protocol_option(what="every choice the probes are trained and scored with"),
+        options.device_option(),
+        options.precision_option(what="which feature store to read (int8: PRECISION=int8 at extraction)"),
+        options.data_option(), options.quiet_option(help="no progress and no log lines, only the result table")])
     p.add_argument("--dataset", default="synthetic")
-    p.add_argument("--protocol", default="midprobe", help="midprobe (default) or paper")
     p.add_argument("--model", help="comma-separated models (default: every model cached for the dataset)")
     p.add_argument("--head", help="comma-separated heads: linear, mlp, dpt, ridge (default: the protocol's)")
     p.add_argument("--layers", help="layer sets: 'block2,block11;block11' (default: all cached layers)")
@@ -62,7 +65,6 @@ def parser() -> argparse.ArgumentParser:
                         "16,64,256,all or 0.1,0.5,all (counts, fractions, all)")
     p.add_argument("--test-corrupt", help="robustness: also score every head on these corrupted test splits "
                    "(<name>:<severity>[:<seed>], comma-separated; extracted with make extract CORRUPT=...)")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--cache-budget", metavar="BYTES",
                    help="memory the training split may take to be held on the device for the whole sweep, in "
                         "bytes with a k/M/G suffix (powers of 1024); 0 streams it from the store every epoch "
@@ -71,8 +73,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", metavar="K[:POLICY]",
                    help="dense probes train on K seeded augmented views of each training image (policy "
                         "paper-nyu, the default, or paper-navi; extract and probe with the same AUGMENT=)")
-    p.add_argument("--precision", default="fp16", choices=("fp16", "int8"),
-                   help="which feature store to read: float16 (default) or int8 (PRECISION=int8 at extraction)")
     p.add_argument("--uncertainty-aware", action="store_true", help="normals: the uncertainty-aware angular loss")
     p.add_argument("--depth-bins", choices=("quarter", "grid"),
                    help="depth: resolve the 256 bins at 1/4 target resolution or at the feature grid")
@@ -80,11 +80,9 @@ def parser() -> argparse.ArgumentParser:
                    help="compute the training loss at every n-th target pixel (1 = all)")
     p.add_argument("--bidirectional", action="store_true", help="correspondence: match both ways "
                    "(the protocol says how: mutual nearest neighbours, or the paper's halves)")
-    p.add_argument("--data", help="data root (default $MIDPROBE_DATA or ./data)")
     p.add_argument("--log", choices=sorted(LOGGERS), help="also log each probe's loss curve and final metrics: "
                    "tensorboard -> <data>/logs/tensorboard/<protocol>/<task>/<dataset>/<model>/<probe> "
                    "(needs midprobe[tensorboard])")
-    p.add_argument("--quiet", action="store_true", help="no progress and no log lines, only the result table")
     return p
 
 
@@ -94,14 +92,14 @@ def overrides_of(args: argparse.Namespace) -> dict:
              "weight_decay": args.weight_decay, "hidden": args.hidden, "depth_bins": args.depth_bins,
              "loss_stride": args.loss_stride}
     out = {k: v for k, v in named.items() if v is not None}
-    for key in ("epochs", "batch_size", "loss_stride", "hidden"):
-        if key in out and out[key] < 1:
-            raise MidprobeError(f"--{key.replace('_', '-')} must be >= 1, got {out[key]}")
-    if "batch_size" in out:
-        out["eval_batch_size"] = out["batch_size"]
     if args.uncertainty_aware:
         out["normals_loss"] = "uncertainty-aware"
-    return out
+    from protocols.overrides import OverrideError, check_overrides
+
+    try:
+        return check_overrides(args.task, out)
+    except OverrideError as exc:
+        raise MidprobeError(f"--{exc.name.replace('_', '-')}: {exc.problem}") from None
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -118,8 +116,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 @exits_on_error
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m probe") -> int:
+    args = parser(prog).parse_args(argv)
     from probe.run import print_table, run_task
     from probe.tasks import DenseTask, get_task
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cache import MidprobeError
-from protocols import DPTChoices
+from protocols import DENSE_DEFAULTS, DPTChoices
 
 HEADS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -40,11 +40,12 @@ class LinearHead(nn.Module):
 
 
 class MLPHead(nn.Module):
-    """1x1 conv -> GELU -> 1x1 conv (hidden 512 by default)."""
+    """1x1 conv -> GELU -> 1x1 conv (hidden width: the protocols' default, 512)."""
 
     input_kind = "concat"
 
-    def __init__(self, *, in_channels: list[int], out_channels: int, hidden: int = 512, **_: object) -> None:
+    def __init__(self, *, in_channels: list[int], out_channels: int, hidden: int = DENSE_DEFAULTS.hidden,
+                 **_: object) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(sum(in_channels), hidden, 1), nn.GELU(), nn.Conv2d(hidden, out_channels, 1))
 
@@ -97,7 +98,7 @@ class DPTHead(nn.Module):
 
     input_kind = "pyramid"
 
-    def __init__(self, *, in_channels: list[int], out_channels: int, hidden: int = 512,
+    def __init__(self, *, in_channels: list[int], out_channels: int, hidden: int = DENSE_DEFAULTS.hidden,
                  equal_grids: bool = True, dpt: DPTChoices = DPTChoices(), **_: object) -> None:
         super().__init__()
         if len(in_channels) not in (1, 4):
@@ -155,7 +156,7 @@ def dpt(**kwargs: object) -> nn.Module:
 CLOSED_FORM = ("ridge",)
 
 
-def build_head(name: str, *, in_channels: list[int], out_channels: int, hidden: int = 512,
+def build_head(name: str, *, in_channels: list[int], out_channels: int, hidden: int = DENSE_DEFAULTS.hidden,
                equal_grids: bool = True, dpt: DPTChoices = DPTChoices()) -> nn.Module:
     check_head(name)
     return HEADS[name](in_channels=in_channels, out_channels=out_channels, hidden=hidden, equal_grids=equal_grids,

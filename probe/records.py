@@ -64,9 +64,10 @@ def column_of(record: Mapping[str, Any]) -> str:
 def write_record(root: DataRoot, *, task: str, dataset: str, model: str, probe: str, config: Mapping[str, Any],
                  metrics: Mapping[str, float], headline: str, fingerprint: Mapping[str, Any],
                  wall_seconds: float, seed: int, protocol: str = "midprobe",
-                 extra: Mapping[str, Any] | None = None) -> Path:
+                 extra: Mapping[str, Any] | None = None, name: str | None = None) -> Path:
     """Write one record atomically and durably (a reader, or a rerun after a crash, sees the whole
-    record or none; never half a file); returns its path."""
+    record or none; never half a file); returns its path. ``name``: its file name as planned
+    (:func:`probe.plan.plan_records`; default :func:`record_name` of its key, seed and config)."""
     folder = root.ensure_writable(root.results(task, dataset, model, protocol))
     record = {
         "record_version": RECORD_VERSION, "task": task, "dataset": dataset, "model": model, "probe": probe,
@@ -75,7 +76,7 @@ def write_record(root: DataRoot, *, task: str, dataset: str, model: str, probe: 
         "metrics": dict(metrics), "feature_fingerprint": dict(fingerprint), "wall_seconds": wall_seconds,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions(), **dict(extra or {}),
     }
-    path = folder / record_name(probe, seed, config.get("overrides"), config.get("precision", "fp16"))
+    path = folder / (name or record_name(probe, seed, config.get("overrides"), config.get("precision", "fp16")))
     with disk_errors(path):
         return atomic_write(path, json.dumps(record, indent=2, sort_keys=True, default=float))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import itertools
 import sys
 import time
@@ -16,8 +16,9 @@ from cache import DataRoot, MidprobeError, data_root, list_feature_stores, open_
 from cache.loader import FeatureLoader
 from probe.features import Standardizer, channel_stats
 from probe.heads import CLOSED_FORM, check_head
-from protocols import (CORRUPTIBLE_TASKS, DenseChoices, ExtractionChoices, Protocol, corruption_list,
+from protocols import (CORRUPTIBLE_TASKS, DEFAULT_PROTOCOL, ExtractionChoices, Protocol, corruption_list,
                        feature_split_name, get_protocol)
+from probe.plan import PlannedRecord, condition_key, dense_choices, plan_records, ridge_key, zero_shot_key
 from probe.records import format_table, write_record
 from probe.ridge import evaluate_ridge, fit_ridge
 from probe.tasks import DenseTask, ZeroShotTask, get_task
@@ -30,7 +31,7 @@ def _say(quiet: bool) -> Callable[[str], None]:
 
 
 def resolve_layers(available: Sequence[str], layer_sets: Sequence[Sequence[str]] | None,
-                   features=None, protocol: str = "midprobe") -> list[tuple[str, ...]]:
+                   features=None, protocol: str | Protocol | None = None) -> list[tuple[str, ...]]:
     """Layer sets to probe (default: all cached layers); a layer the split lacks is an error that
     names the ``make extract`` adding it (without rewriting the others)."""
     if not layer_sets:
@@ -47,7 +48,8 @@ def resolve_layers(available: Sequence[str], layer_sets: Sequence[Sequence[str]]
     return out
 
 
-def _add_hint(features, missing: Sequence[str], has: str, protocol: str) -> str:
+def _add_hint(features, missing: Sequence[str], has: str, protocol: str | Protocol | None) -> str:
+    protocol = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
     what = f"layers {', '.join(missing)} are not cached" if missing else "no layer is cached"
     if features is None:
         return f"{what}; the store {has}"
@@ -55,53 +57,43 @@ def _add_hint(features, missing: Sequence[str], has: str, protocol: str) -> str:
     # LAYERS=all: the layers the model taps by default (a split of global vectors has none to name)
     wanted = ",".join(missing) if missing else "all"
     extra = "" if features.precision == "fp16" else f" PRECISION={features.precision}"
-    # the split a protocol reads (``train@input-none``, ``train@aug10-paper-nyu``) is written with the
-    # same PROTOCOL= (and AUGMENT= where the probe's protocol came from one)
-    base, _, variant = protocol.partition("+")
-    extra += "" if base == "midprobe" else f" PROTOCOL={base}"
+    # the split a protocol reads (``train@input-none``, ``train@aug10-paper-nyu``) is written with its
+    # base's PROTOCOL= (and AUGMENT= where the probe's protocol came from one)
+    extra += "" if protocol.base in ("", DEFAULT_PROTOCOL) else f" PROTOCOL={protocol.base}"
     augment = fp.get("augment")
-    extra += f" AUGMENT={augment['views']}:{augment['policy']}" if augment and variant.startswith("aug") else ""
+    extra += f" AUGMENT={augment['views']}:{augment['policy']}" if augment and protocol.augment not in ("", "0") else ""
     return (f"{what} in split {features.split!r} of {features.store} (it {has}); add them, without rewriting "
             f"the others, with `make extract MODEL={fp['model']} DATASET={fp['dataset']} "
             f"SPLIT={fp.get('source_split', features.split)} LAYERS={wanted}{extra}`")
-
-
-def dense_choices(protocol: Protocol, task: str, overrides: Mapping[str, Any] | None) -> DenseChoices:
-    """The protocol's choices for ``task`` with the named fields overridden (unknown names are an error)."""
-    base = protocol.dense_choices(task)
-    overrides = dict(overrides or {})
-    unknown = [k for k in overrides if k not in {f.name for f in dataclasses.fields(DenseChoices)}]
-    if unknown:
-        raise MidprobeError(f"unknown probe setting {', '.join(unknown)}")
-    return replace(base, **overrides)
 
 
 def protocol_models(store_name: str, protocol: Protocol, models: Sequence[str] | None, root: DataRoot,
                     precision: str = "fp16") -> list[str]:
     """The feature stores to probe: ``models`` (or every cached one) as the protocol names them.
 
-    A protocol with a ``model_option`` (``paper``) reads, for a model that offers paper options,
-    the store of its paper variant (its canonical name, e.g. ``vit_b_mae+hf+paper-layers+sincos``,
-    found by the store's own record of its base model), and the plain store of a model with none.
+    A protocol with a ``model_option`` (``paper``) reads, for a model that offers that option, the
+    store of that variant (its canonical name, e.g. ``vit_b_mae+hf+paper-layers+sincos``:
+    :func:`extract.sizing.feature_model_name`), and the plain store of a model without it.
     """
     cached = list_feature_stores(store_name, root=root, precision=precision)
     if not protocol.model_option:
         return list(models or cached)
-    attrs = {m: _store_attrs(store_name, m, root, precision) for m in cached}
+    from extract.runner import protocol_model
+    from extract.sizing import feature_model_name
 
     def variant(model: str) -> str:
-        if "+" in model:
-            return model
-        for name, a in attrs.items():
-            if a.get("base_model") == model and a.get("paper_variant"):
-                return name
-        # a model with paper options but no paper store: its +paper name makes the error say what to extract
-        return f"{model}+{protocol.model_option}" if attrs.get(model, {}).get("paper_options") else model
+        try:
+            name = feature_model_name(model, protocol)
+        except MidprobeError:
+            return model                      # not a model of this installation: the error names it
+        # a variant not extracted yet: its +option name makes the error say what to extract
+        return name if name in cached or name == model else protocol_model(model, protocol)
 
     if models:
         return [variant(m) for m in models]
+    attrs = {m: _store_attrs(store_name, m, root, precision) for m in cached}
     bases = list(dict.fromkeys(a.get("base_model") or m.split("+")[0] for m, a in attrs.items()))
-    return [v for v in map(variant, bases) if v in attrs]
+    return [v for v in map(variant, bases) if v in cached]
 
 
 def _store_attrs(dataset: str, model: str, root: DataRoot, precision: str) -> dict[str, Any]:
@@ -133,13 +125,6 @@ def subset_sizes(specs: Sequence[int | float | None] | None, num_images: int) ->
         if size not in out:
             out.append(size)
     return out
-
-
-def condition_key(probe: str, *, train_images: int | None = None, corruption: str = "") -> str:
-    """A probe's key under a study's conditions: ``-n<images>`` for a training subset,
-    ``@corrupt-<name>-<severity>`` for a corrupted test split (none for the full, clean run)."""
-    tag = ExtractionChoices(corruption=corruption).split_tag()
-    return probe + (f"-n{train_images}" if train_images else "") + (f"@{tag}" if tag else "")
 
 
 def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = None,
@@ -210,9 +195,16 @@ def _run_models(task, store, models: Sequence[str], root: DataRoot, protocol: Pr
                 quiet: bool, options, tracker: TensorBoardLog | None, precision: str,
                 study: Mapping[str, Any], cache_budget: int | None = None) -> list[dict[str, Any]]:
     rows = []
+    # the records each model's run writes, named and configured by the one planning function the grid uses too
+    plan = functools.partial(plan_records, task=task.name, dense=not isinstance(task, ZeroShotTask),
+                             protocol=protocol, loader=store.attrs.get("loader", store.name),
+                             dataset_attrs=store.attrs, heads=heads, lrs=lrs, overrides=overrides,
+                             device=device, precision=precision, corruptions=study["corruptions"],
+                             options=options, zero_shot_split=getattr(task, "split", ""))
     for model in models:
         started = time.perf_counter()
         if isinstance(task, ZeroShotTask):
+            planned = plan(layer_sets=layer_sets, seeds=[seed])
             results = [(*_zero_shot(task, store, model, root, protocol, replace(extraction, corruption=corruption),
                                     dict(overrides or {}), options or {}, layer_sets, quiet=quiet,
                                     precision=precision), seed)
@@ -223,18 +215,19 @@ def _run_models(task, store, models: Sequence[str], root: DataRoot, protocol: Pr
             on_step = None if tracker is None else (
                 lambda key, seed, step, loss, lr, model=model: tracker.step(
                     ProbeId(protocol.name, task.name, store.name, model, key, seed), step, loss, lr))
-            results = _dense(task, store, model, root, list(heads or choices.heads), list(lrs or [choices.lr]),
-                             layer_sets, settings, protocol, extraction, say, precision, seeds=study["seeds"],
-                             train_images=study["train_images"], corruptions=study["corruptions"], quiet=quiet,
-                             on_step=on_step)
-        for probe, metrics, fingerprint, config, extra, probe_seed in results:
+            results, planned = _dense(task, store, model, root, list(heads or choices.heads),
+                                      list(lrs or [choices.lr]), layer_sets, settings, protocol, extraction, say,
+                                      precision, seeds=study["seeds"], train_images=study["train_images"],
+                                      corruptions=study["corruptions"], quiet=quiet, on_step=on_step,
+                                      plan=functools.partial(plan, seeds=study["seeds"]))
+        entries = _as_planned(results, planned, model)
+        for (probe, metrics, fingerprint, config, extra, probe_seed), entry in zip(results, entries):
             seconds = time.perf_counter() - started
-            config = {**config, "protocol": protocol.name, "overrides": dict(overrides or {}),
-                      "extraction": dataclasses.asdict(extraction),
-                      **({} if precision == "fp16" else {"precision": precision})}
+            config = {**config, **entry.config}
             path = write_record(root, task=task.name, dataset=store.name, model=model, probe=probe, config=config,
                                 metrics=metrics, headline=task.headline, fingerprint=fingerprint,
-                                wall_seconds=seconds, seed=probe_seed, protocol=protocol.name, extra=extra)
+                                wall_seconds=seconds, seed=probe_seed, protocol=protocol.name, extra=extra,
+                                name=entry.file)
             rows.append({"task": task.name, "dataset": store.name, "model": model, "probe": probe,
                          task.headline: metrics.get(task.headline), "record": str(path.relative_to(root.root))})
             if tracker is not None:
@@ -243,6 +236,19 @@ def _run_models(task, store, models: Sequence[str], root: DataRoot, protocol: Pr
             say(f"[probe] {protocol.name}: {task.name}/{store.name}/{model}/{probe}: "
                 f"{task.headline} = {metrics.get(task.headline)}")
     return rows
+
+
+def _as_planned(results: Sequence[tuple], planned: Sequence[PlannedRecord], model: str) -> list[PlannedRecord]:
+    """The planned record of each result, in order; a result the plan lacks, or a planned record no
+    result fills, is an error before anything is written (the grid would never see it complete)."""
+    by_key = {(p.probe, p.seed): p for p in planned}
+    entries = [by_key.pop((r[0], r[5]), None) for r in results]
+    stray = [f"{r[0]} (seed {r[5]})" for r, e in zip(results, entries) if e is None]
+    if stray or by_key:
+        raise MidprobeError(f"{model}: the probes' records differ from their plan (probe.plan.plan_records): "
+                            f"unplanned {', '.join(stray) or 'none'}; missing "
+                            f"{', '.join(f'{p} (seed {s})' for p, s in by_key) or 'none'}")
+    return entries
 
 
 def _open_split(store, model: str, split: str, extraction: ExtractionChoices, root: DataRoot, *, training: bool,
@@ -271,7 +277,8 @@ def _step_hook(on_step: Callable[..., None], seed: int, size: int | None) -> Cal
 def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[str], lrs: Sequence[float],
            layer_sets, settings: TrainSettings, protocol: Protocol, extraction: ExtractionChoices,
            say, precision: str = "fp16", *, seeds: Sequence[int] = (), train_images=None,
-           corruptions: Sequence[str] = (), quiet: bool = True, on_step=None) -> list[tuple]:
+           corruptions: Sequence[str] = (), quiet: bool = True, on_step=None,
+           plan: Callable[..., list[PlannedRecord]]) -> tuple[list[tuple], list[PlannedRecord]]:
     choices = settings.choices
     train_data, test_data = store.split("train"), store.split("test")
     absent = store.attrs.get("absent_targets") or {}
@@ -285,9 +292,9 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
                                      training=False, protocol=protocol,
                                      expect={**expect, "weights": train.fingerprint["weights"]}, precision=precision)
              for corruption in ["", *corruptions]}
-    chosen_sets = resolve_layers(train.layers, layer_sets, train, protocol.name)
+    chosen_sets = resolve_layers(train.layers, layer_sets, train, protocol)
     for test in tests.values():
-        resolve_layers(test.layers, chosen_sets, test, protocol.name)
+        resolve_layers(test.layers, chosen_sets, test, protocol)
     used = sorted({layer for s in chosen_sets for layer in s}, key=train.layers.index)
     if choices.feature_norm == "train-stats":
         say(f"[probe] {model}: per-channel statistics of {', '.join(used)} over {train.num_images} train images")
@@ -344,14 +351,14 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
                         standardizer=standardizer, choices=choices, device=settings.device)
         head_config = {**base, "settings": settings.as_dict(), "head": "ridge", "layers": list(layers)}
         for corruption in tests:
-            key, full = condition(f"ridge-{'+'.join(layers)}", head_config, None, settings.seed, corruption)
+            key, full = condition(ridge_key(layers), head_config, None, settings.seed, corruption)
             metrics = evaluate_ridge(task, fit, test=tests[corruption], test_data=test_data, dataset_attrs=attrs,
                                      layers=layers, standardizer=standardizer, choices=choices, device=settings.device)
             results.append((key, metrics, train.fingerprint, full,
                             {"ridge": {"penalty": fit.penalty, "rows": fit.rows,
                                        "heldout_mse": {f"{k:g}": v for k, v in fit.heldout_mse.items()}},
                              **_test_of(tests[corruption], corruption)}, settings.seed))
-    return results
+    return results, plan(layer_sets=chosen_sets, train_sizes=sizes)
 
 
 def _test_of(test, corruption: str) -> dict[str, Any]:
@@ -370,13 +377,13 @@ def _zero_shot(task: ZeroShotTask, store, model: str, root: DataRoot, protocol: 
     task.check_dataset(data, absent=store.attrs.get("absent_targets") or {})
     features = _open_split(store, model, task.split, extraction, root, training=False, protocol=protocol,
                            expect={"dataset_fingerprint": store.fingerprint}, precision=precision)
-    layers = resolve_layers(features.layers, layer_sets, features, protocol.name)[0] if layer_sets else None
+    layers = resolve_layers(features.layers, layer_sets, features, protocol)[0] if layer_sets else None
     if task.name == "correspondence" and not layers:
-        resolve_layers(features.layers, None, features, protocol.name)
+        resolve_layers(features.layers, None, features, protocol)
     metrics, config = task.evaluate(features=features, data=data, dataset_attrs=store.attrs, layers=layers,
                                     protocol=protocol, overrides=overrides, quiet=quiet,
                                     name=f"[probe] {task.name}/{store.name}/{model}", **options)
-    key = task.name if not layers else f"{task.name}-{'+'.join(layers)}"
+    key = zero_shot_key(task.name, layers)
     if extraction.corruption:
         config = {**config, "test_corruption": extraction.corruption}
     return condition_key(key, corruption=extraction.corruption), metrics, features.fingerprint, config, {}

@@ -20,7 +20,8 @@ from cache.loader import FeatureLoader
 from cache.progress import progress_bar
 from probe.features import BatchInputs, Standardizer
 from probe.heads import LinearHead, Probe, build_head
-from protocols import DenseChoices
+from probe.plan import sgd_key
+from protocols import DENSE_DEFAULTS, DenseChoices
 from probe.tasks.base import DenseTask, subsample_raw
 
 
@@ -34,11 +35,11 @@ class ProbeConfig:
 
     head: str
     layers: tuple[str, ...]
-    lr: float = 5e-4
+    lr: float = DENSE_DEFAULTS.lr
 
     @property
     def key(self) -> str:
-        return f"{self.head}-{'+'.join(self.layers)}-lr{self.lr:g}"
+        return sgd_key(self.head, self.layers, self.lr)
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,17 @@ here, so this package imports nothing but ``cache``; code asks a protocol for a 
 never branches on its name.
 """
 
-from protocols.choices import (CORRUPTIBLE_TASKS, DEFAULT_LAYERS, DENSE_TASKS, TASK_SPLITS, CorrespondenceChoices, DenseChoices,
-                               Deviation, DPTChoices, ExtractionChoices, Protocol, apply, canonical_corruption,
-                               corruption_list, corruption_parts, feature_split_name)
-from protocols.registry import (DEVIATIONS, MIDPROBE, PAPER, PROTOCOLS, deviation, get_protocol, register_protocol,
-                                with_augment, with_deviation)
+from protocols.choices import (CORRUPTIBLE_TASKS, DEFAULT_LAYERS, DENSE_DEFAULTS, DENSE_TASKS, LOADER_STYLES, NAVI_STYLE,
+                               SCANNET_STYLE, TASK_SPLITS, CorrespondenceChoices, CorrespondenceStyle, DenseChoices,
+                               Deviation, DPTChoices, ExtractionChoices, Protocol, SimilarityChoices, apply,
+                               canonical_corruption, correspondence_style, corruption_list, corruption_parts,
+                               feature_split_name)
+from protocols.registry import (DEFAULT_PROTOCOL, DEVIATIONS, MIDPROBE, PAPER, PROTOCOLS, deviation, get_protocol,
+                                register_protocol, with_augment, with_deviation)
 
-__all__ = ["CORRUPTIBLE_TASKS", "DEFAULT_LAYERS", "DENSE_TASKS", "TASK_SPLITS", "feature_split_name", "CorrespondenceChoices", "DenseChoices", "Deviation", "DPTChoices",
-           "ExtractionChoices", "Protocol", "apply", "canonical_corruption", "corruption_list", "corruption_parts", "DEVIATIONS", "MIDPROBE", "PAPER", "PROTOCOLS",
-           "deviation", "get_protocol", "register_protocol", "with_augment", "with_deviation"]
+__all__ = ["CORRUPTIBLE_TASKS", "DEFAULT_LAYERS", "DENSE_DEFAULTS", "DENSE_TASKS", "LOADER_STYLES", "NAVI_STYLE",
+           "SCANNET_STYLE", "TASK_SPLITS", "CorrespondenceChoices", "CorrespondenceStyle", "DenseChoices", "Deviation",
+           "DPTChoices", "ExtractionChoices", "Protocol", "SimilarityChoices", "apply", "canonical_corruption",
+           "correspondence_style", "corruption_list", "corruption_parts", "feature_split_name", "DEFAULT_PROTOCOL",
+           "DEVIATIONS", "MIDPROBE", "PAPER", "PROTOCOLS", "deviation", "get_protocol", "register_protocol",
+           "with_augment", "with_deviation"]

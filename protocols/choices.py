@@ -80,6 +80,53 @@ class DenseChoices:
     dpt: DPTChoices = DPTChoices()
 
 
+#: The dense choices' defaults, the one place probe code and benchmarks take a default head width or
+#: learning rate from.
+DENSE_DEFAULTS = DenseChoices()
+
+
+@dataclass(frozen=True)
+class CorrespondenceStyle:
+    """How a dataset's correspondence errors are measured and reported.
+
+    ``name``: the style (``"navi"``: midvision-probe's NAVI script, full-resolution pixels, 3-D
+    recall; ``"probe3d-scannet"``: Probe3D's ScanNet script, 1/4-resolution pixels).
+    ``pixel_scale``: 2-D errors are in pixels of the image scaled by this factor.
+    ``thresholds_px`` / ``thresholds_m``: recall thresholds, pixels (after scaling) and metres.
+    ``ray_offset`` / ``sample_offset``: where, in pixels from a candidate's full-resolution
+    pixel ``(4i, 4j)``, its ray is cast and its feature is read (Probe3D's ScanNet script works
+    on the 1/4 grid's cell centres). ``padding``: bilinear reads outside the map.
+    ``rotation_bins``: edges in degrees, each bin ``[lo, hi)``; ``binned``: the per-pair
+    metric binned (a 2-D one when the split has no metric depth); ``bin_2d``: every 2-D recall
+    is binned too.
+    """
+
+    name: str = "navi"
+    pixel_scale: float = 1.0
+    thresholds_px: tuple[float, ...] = (5, 25, 50)
+    thresholds_m: tuple[float, ...] = (0.01, 0.02, 0.05)
+    rotation_bins: tuple[float, ...] = (0, 30, 60, 90, 120)
+    binned: str = "recall_3d_2cm"
+    ray_offset: float = 0.0
+    sample_offset: float = 0.0
+    padding: str = "border"
+    bin_2d: bool = True
+
+
+#: The two evaluation styles: NAVI's (midvision-probe) and ScanNet-1500's (Probe3D).
+NAVI_STYLE = CorrespondenceStyle()
+SCANNET_STYLE = CorrespondenceStyle("probe3d-scannet", 0.25, (5, 10, 20), (), (0, 15, 30, 60, 180), "recall_2d_10px",
+                                    ray_offset=2.0, sample_offset=1.5, padding="zeros", bin_2d=False)
+#: The style of a dataset that names none, by its loader (default ``navi``).
+LOADER_STYLES: Mapping[str, str] = MappingProxyType({"scannet1500": "probe3d-scannet"})
+
+
+def correspondence_style(attrs: Mapping[str, Any]) -> str:
+    """A dataset store's correspondence style: its ``correspondence_style`` attribute, else by its
+    loader, else ``navi``."""
+    return attrs.get("correspondence_style") or LOADER_STYLES.get(attrs.get("loader", attrs.get("name", "")), "navi")
+
+
 @dataclass(frozen=True)
 class CorrespondenceChoices:
     """Matching choices of one correspondence evaluation style.
@@ -91,6 +138,7 @@ class CorrespondenceChoices:
     ``"bicubic-grid"`` (maps resized bicubically to the candidates' 1/4 grid, read at the
     cell). ``bidirectional``: what ``--bidirectional`` does, ``"mutual"`` (mutual nearest
     neighbours only) or ``"halves"`` (the best ``top/2`` each way, concatenated).
+    ``style``: how errors are measured and reported (:class:`CorrespondenceStyle`).
     """
 
     feature_norm: str = "none"
@@ -98,6 +146,16 @@ class CorrespondenceChoices:
     sampling: str = "bilinear"
     bidirectional: str = "mutual"
     top: int = 1000
+    style: CorrespondenceStyle = NAVI_STYLE
+
+
+@dataclass(frozen=True)
+class SimilarityChoices:
+    """Choices of the 2AFC similarity task. ``ties``: which candidate a tie of cosine similarities
+    picks, ``"candidate 1"`` (the paper's ``torch.where(sim_left > sim_right, 0, 1)``) or
+    ``"candidate 0"``."""
+
+    ties: str = "candidate 1"
 
 
 @dataclass(frozen=True)
@@ -218,10 +276,16 @@ class Protocol:
     """A complete set of choices.
 
     ``dense`` per dense task; ``correspondence`` per evaluation style (``"navi"``,
-    ``"probe3d-scannet"``); ``extraction`` per task, with ``"<task>:<loader>"`` entries for
-    one dataset loader overriding ``"<task>"``; ``data`` loader options per loader (a
-    non-empty entry gives that protocol its own dataset store ``<loader>@<protocol>``);
-    ``model_option`` the ``+option`` applied to every model that has it (``""`` = none).
+    ``"probe3d-scannet"``: :func:`correspondence_style`); ``similarity`` the 2AFC choices;
+    ``extraction`` per task, with ``"<task>:<loader>"`` entries for one dataset loader
+    overriding ``"<task>"``; ``data`` loader options per loader (a non-empty entry gives that
+    protocol its own dataset store ``<loader>@<protocol>``); ``model_option`` the ``+option``
+    applied to every model that offers it (``""`` = none).
+
+    ``base``: the registered protocol this one was built from (itself when registered, ``""``
+    until then), whose ``PROTOCOL=`` prepares and extracts what it reads; ``variants``: what was
+    applied on top, in order (``aug10-paper-nyu``, deviation keys), which its ``name`` spells
+    out; ``augment``: the ``AUGMENT=`` it trains on (``"<views>:<policy>"``, ``""`` = the base's).
     """
 
     name: str
@@ -231,6 +295,10 @@ class Protocol:
     extraction: Mapping[str, ExtractionChoices] = field(default_factory=lambda: _frozen({}))
     data: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _frozen({}))
     model_option: str = ""
+    similarity: SimilarityChoices = SimilarityChoices()
+    base: str = ""
+    variants: tuple[str, ...] = ()
+    augment: str = ""
 
     def dense_choices(self, task: str) -> DenseChoices:
         if task not in self.dense:
@@ -242,6 +310,10 @@ class Protocol:
             raise MidprobeError(f"protocol {self.name!r} has no correspondence style {style!r}; "
                                 f"it has {', '.join(self.correspondence)}")
         return self.correspondence[style]
+
+    def correspondence_of(self, dataset_attrs: Mapping[str, Any]) -> CorrespondenceChoices:
+        """The correspondence choices for a dataset store with ``dataset_attrs`` (by its style)."""
+        return self.correspondence_choices(correspondence_style(dataset_attrs))
 
     def extraction_choices(self, task: str, loader: str = "") -> ExtractionChoices:
         """The most specific entry: ``task:loader``, then ``task``, then the defaults."""
@@ -263,16 +335,20 @@ class Protocol:
         """The dataset store this protocol reads for ``loader``: its own when its options differ."""
         return f"{loader}@{self.name}" if self.data.get(loader) else loader
 
-    def model_name(self, model: str, options: tuple[str, ...] = ()) -> str:
-        """``model`` with this protocol's variant when the model offers it (``options``: its ``+options``)."""
-        if not self.model_option or "+" in model:
+    def model_name(self, model: str, offered: tuple[str, ...] = ()) -> str:
+        """``model`` with this protocol's ``+model_option`` when the model offers that option
+        (``offered``: the option names it takes, ``paper`` among them when it has paper options);
+        a name that already carries options is taken as it is."""
+        if not self.model_option or "+" in model or self.model_option not in offered:
             return model
-        return f"{model}+{self.model_option}" if self.model_option == "paper" and options else model
+        return f"{model}+{self.model_option}"
 
     def as_dict(self) -> dict[str, Any]:
-        """Every choice as plain JSON-able data (what a record stores)."""
+        """Its name and every choice as plain JSON-able data (``base``/``variants`` only say how it
+        was built)."""
         return {"name": self.name, "dense": {k: dataclasses.asdict(v) for k, v in self.dense.items()},
                 "correspondence": {k: dataclasses.asdict(v) for k, v in self.correspondence.items()},
+                "similarity": dataclasses.asdict(self.similarity),
                 "extraction": {k: dataclasses.asdict(v) for k, v in self.extraction.items()},
                 "data": {k: dict(v) for k, v in self.data.items()}, "model_option": self.model_option}
 
@@ -302,12 +378,16 @@ class Deviation:
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
-def apply(protocol: Protocol, changes: tuple[tuple[tuple[str, ...], Any], ...], *, name: str) -> Protocol:
-    """``protocol`` with each ``(path, value)`` set, renamed ``name``."""
+def apply(protocol: Protocol, changes: tuple[tuple[tuple[str, ...], Any], ...], *, name: str,
+          variants: tuple[str, ...] = ()) -> Protocol:
+    """``protocol`` with each ``(path, value)`` set, renamed ``name``: with ``variants``, a variant of
+    ``protocol``'s base (they are appended to its ``variants``); without, a new base."""
     out = protocol
     for path, value in changes:
         out = _set(out, path, value)
-    return replace(out, name=name)
+    if variants:
+        return replace(out, name=name, base=protocol.base or protocol.name, variants=(*protocol.variants, *variants))
+    return replace(out, name=name, base=name, variants=())
 
 
 def _set(node: Any, path: tuple[str, ...], value: Any) -> Any:

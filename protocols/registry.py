@@ -24,8 +24,13 @@ from dataclasses import replace
 from typing import Any
 
 from cache import MidprobeError
-from protocols.choices import (DEFAULT_LAYERS, DENSE_TASKS, CorrespondenceChoices, DenseChoices, Deviation,
-                               ExtractionChoices, Protocol, _frozen, apply)
+from typing import Any
+
+from protocols.choices import (DEFAULT_LAYERS, DENSE_TASKS, NAVI_STYLE, SCANNET_STYLE, CorrespondenceChoices,
+                               DenseChoices, Deviation, ExtractionChoices, Protocol, SimilarityChoices, _frozen, apply)
+
+#: The protocol a run reads when it names none.
+DEFAULT_PROTOCOL = "midprobe"
 
 MIDPROBE = Protocol(
     name="midprobe",
@@ -33,8 +38,11 @@ MIDPROBE = Protocol(
                  "loss, linear and MLP heads; the paper's LR schedule, Probe3D's ScanNet correspondence and "
                  "NAVI's rotation bins on 3-D recall"),
     dense=_frozen({task: DenseChoices() for task in DENSE_TASKS}),
-    correspondence=_frozen({"navi": CorrespondenceChoices(), "probe3d-scannet": CorrespondenceChoices()}),
+    correspondence=_frozen({"navi": CorrespondenceChoices(style=NAVI_STYLE),
+                            "probe3d-scannet": CorrespondenceChoices(style=SCANNET_STYLE)}),
     extraction=_frozen(DEFAULT_LAYERS),
+    similarity=SimilarityChoices(),
+    base="midprobe",
 )
 
 
@@ -164,6 +172,9 @@ PROTOCOLS: dict[str, Protocol] = {}
 
 
 def register_protocol(protocol: Protocol) -> Protocol:
+    """Register ``protocol`` under its name, as a base of its own (``PROTOCOL=<name>`` reads it)."""
+    if protocol.base != protocol.name or protocol.variants:
+        protocol = replace(protocol, base=protocol.name, variants=())
     PROTOCOLS[protocol.name] = protocol
     return protocol
 
@@ -174,7 +185,7 @@ register_protocol(PAPER)
 
 def get_protocol(name: str | None) -> Protocol:
     """The registered protocol ``name`` (default ``midprobe``); an unknown name lists the known ones."""
-    name = name or "midprobe"
+    name = name or DEFAULT_PROTOCOL
     if name not in PROTOCOLS:
         raise MidprobeError(f"unknown protocol {name!r}; known protocols: {', '.join(sorted(PROTOCOLS))}")
     return PROTOCOLS[name]
@@ -192,7 +203,7 @@ def with_deviation(key: str, base: Protocol = MIDPROBE, *, prerequisites: bool =
     ``prerequisites``, also the deviations it requires (named ``<base>+<required>+<key>``)."""
     keys = [*deviation(key).requires, key] if prerequisites else [key]
     changes = tuple(c for k in keys for c in deviation(k).changes)
-    return apply(base, changes, name="+".join([base.name, *keys]))
+    return apply(base, changes, name="+".join([base.name, *keys]), variants=tuple(keys))
 
 
 def with_augment(protocol: Protocol, spec: str | None) -> Protocol:
@@ -221,5 +232,6 @@ def with_augment(protocol: Protocol, spec: str | None) -> Protocol:
     changes = tuple((("extraction", key), replace(protocol.extraction_choices(*key.split(":", 1)),
                                                   augment_views=views, augment_policy=policy if views else ""))
                     for key in sorted(keys))
-    suffix = f"+aug{views}-{policy}" if views else "+no-aug"
-    return apply(protocol, changes, name=protocol.name + suffix)
+    variant = f"aug{views}-{policy}" if views else "no-aug"
+    return replace(apply(protocol, changes, name=f"{protocol.name}+{variant}", variants=(variant,)),
+                   augment=f"{views}:{policy}" if views else "0")

@@ -21,7 +21,8 @@ from probe.report.tables import build_leaderboards
 from probe.run import run_task
 from protocols import feature_split_name as feature_split
 from probe.tasks import get_task
-from probe.tasks.correspondence import STYLES, _pair_row, batch_standardise
+from probe.tasks.correspondence import _pair_row, batch_standardise
+from protocols import NAVI_STYLE, SCANNET_STYLE
 from probe.train import lr_multiplier
 from tests.conftest import write_features
 
@@ -161,9 +162,9 @@ def test_dpt_paper_details_change_the_vit_path():
 
 def test_scannet_errors_are_quarter_resolution_pixels():
     e2 = np.array([8.0, 8.0])                                          # full-resolution pixels
-    scannet = _pair_row(e2, None, STYLES["probe3d-scannet"])
+    scannet = _pair_row(e2, None, SCANNET_STYLE)
     assert scannet == {"recall_2d_5px": 1.0, "recall_2d_10px": 1.0, "recall_2d_20px": 1.0}   # 8 px = 2 quarter px
-    navi = _pair_row(e2, np.array([0.015, 0.03]), STYLES["navi"])
+    navi = _pair_row(e2, np.array([0.015, 0.03]), NAVI_STYLE)
     assert navi["recall_2d_5px"] == 0.0 and navi["recall_2d_25px"] == 1.0 and navi["recall_3d_2cm"] == 0.5
 
 

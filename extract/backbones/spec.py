@@ -47,6 +47,12 @@ class BackboneSpec:
     paper_options: tuple[str, ...] = ()       # the options that reproduce the paper's code
     notes: str = ""                 # where the paper's code differs
 
+    @property
+    def offered_options(self) -> tuple[str, ...]:
+        """The ``+option`` names this model takes: ``paper`` (its paper options at once) when it has
+        paper options, then each of its own."""
+        return (("paper",) if self.paper_options else ()) + tuple(self.options)
+
     def with_layers(self, indices: tuple[int, ...]) -> "BackboneSpec":
         """The same model tapping other layers (names and strides follow the family)."""
         names = tuple(layer_name(self.family, i) for i in indices)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 
 from cache import MidprobeError, data_root
 from cache.errors import exits_on_error
@@ -24,15 +23,20 @@ def protocol_options(dataset: str, protocol_name: str, given: dict) -> dict:
 
 
 @exits_on_error
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m extract.datasets", description=__doc__)
+def main(argv: list[str] | None = None, prog: str = "python -m extract.datasets") -> int:
+    from midprobe import options
+
+    p = options.command_parser(prog=prog, description=__doc__, raw=False, parents=[
+        options.data_option(), options.quiet_option(),
+        options.protocol_option(default="", what="prepare the dataset as this protocol reads it (paper: the "
+                                "paper's loader options, into the store <dataset>@paper when they differ from the "
+                                "defaults)")])
     p.add_argument("--dataset", required=True)
     p.add_argument("--raw", help="folder of the original files (default data/raw/<dataset>)")
     p.add_argument("--name", help="the store's name (default: the dataset's; folder: the folder's name; "
                    "with --protocol: <dataset>@<protocol> when its options differ)")
     p.add_argument("--check", action="store_true",
                    help="folder: read and check every file, write nothing")
-    p.add_argument("--data", help="data root (default $MIDPROBE_DATA or ./data)")
     p.add_argument("--train", type=int, help="synthetic: train images (default 1024)")
     p.add_argument("--test", type=int, help="synthetic: test images (default 256)")
     p.add_argument("--pairs", type=int, help="synthetic: correspondence pairs (default 64)")
@@ -44,9 +48,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="a loader option, e.g. test_depth=rawDepths (nyuv2), split_source=sn40 (nyuv2), "
                         "geonet=true (nyuv2), void_as_foreground=true (voc), depth_scale=0.001 (folder); "
                         "see the README")
-    p.add_argument("--protocol", help="prepare the dataset as this protocol reads it (paper: the paper's loader "
-                   "options, into the store <dataset>@paper when they differ from the defaults)")
-    p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     options = {k: v for k, v in vars(args).items()
                if k in {"train", "test", "pairs", "triplets", "size", "seed", "workers", "name"} and v is not None}

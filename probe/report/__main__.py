@@ -61,18 +61,18 @@ def root_to_report(root: DataRoot) -> tuple[DataRoot, str | None]:
                         "then `make report`) first")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m probe.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="data root (default $MIDPROBE_DATA or ./data)")
+def parser(prog: str = "python -m probe.report") -> argparse.ArgumentParser:
+    from midprobe import options
+
+    p = options.command_parser(prog=prog, description=__doc__, parents=[
+        options.data_option(), options.quiet_option(help="print nothing but errors")])
     p.add_argument("--imagenet", help="CSV of ImageNet accuracies (model,imagenet_top1,...) to use instead")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p
 
 
 @exits_on_error
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m probe.report") -> int:
+    args = parser(prog).parse_args(argv)
     root, notice = root_to_report(data_root(args.data))
     if notice and not args.quiet:
         print(notice, file=sys.stderr)

@@ -7,11 +7,12 @@ image are matched to the second's by cosine nearest neighbour with the ratio tes
 distance (metres) between the source point's true position and the matched point; 2-D
 distance between their projections into the second image.
 
-How errors are measured is the dataset's evaluation *style* (:data:`STYLES`): ``navi``
+How errors are measured is the dataset's evaluation *style*, and the style's thresholds, pixel
+scale and rotation bins are the protocol's (:class:`~protocols.CorrespondenceStyle`): ``navi``
 (midvision-probe's NAVI script: full-resolution pixels, 3-D recall, rotation bins on 3-D
 recall @ 2 cm) or ``probe3d-scannet`` (Probe3D's ScanNet script: 1/4-resolution pixels,
 5/10/20 px, bins on recall @ 10 px). How features are normalised, read and matched is the
-protocol's (:class:`~protocols.CorrespondenceChoices`).
+protocol's too (:class:`~protocols.CorrespondenceChoices`).
 """
 
 from __future__ import annotations
@@ -27,55 +28,12 @@ import torch.nn.functional as F
 from cache import FeatureSplit, MidprobeError, SplitView
 from cache.camera import project, relative_rotation_deg, unproject
 from cache.progress import progress_bar
-from protocols import CorrespondenceChoices, Protocol, get_protocol
+from protocols import CorrespondenceChoices, CorrespondenceStyle, Protocol, get_protocol
 from probe.tasks import register_task
 from probe.tasks.base import ZeroShotTask
 
 DOWNSAMPLE = 4
 BN_EPS = 1e-5
-
-
-@dataclass(frozen=True)
-class CorrespondenceStyle:
-    """How a dataset's correspondence errors are measured and reported.
-
-    ``pixel_scale``: 2-D errors are in pixels of the image scaled by this factor.
-    ``ray_offset`` / ``sample_offset``: where, in pixels from a candidate's full-resolution
-    pixel ``(4i, 4j)``, its ray is cast and its feature is read (Probe3D's ScanNet script works
-    on the 1/4 grid's cell centres). ``padding``: bilinear reads outside the map.
-    ``rotation_bins``: edges in degrees, each bin ``[lo, hi)``; ``binned``: the per-pair
-    metric binned (a 2-D one when the split has no metric depth).
-    """
-
-    name: str
-    pixel_scale: float
-    thresholds_px: tuple[float, ...]
-    thresholds_m: tuple[float, ...]
-    rotation_bins: tuple[float, ...]
-    binned: str
-    ray_offset: float = 0.0
-    sample_offset: float = 0.0
-    padding: str = "border"
-    bin_2d: bool = True
-
-
-STYLES = {
-    "navi": CorrespondenceStyle("navi", 1.0, (5, 25, 50), (0.01, 0.02, 0.05), (0, 30, 60, 90, 120),
-                                "recall_3d_2cm"),
-    "probe3d-scannet": CorrespondenceStyle("probe3d-scannet", 0.25, (5, 10, 20), (), (0, 15, 30, 60, 180),
-                                           "recall_2d_10px", ray_offset=2.0, sample_offset=1.5, padding="zeros",
-                                           bin_2d=False),
-}
-#: Styles of the datasets that are not NAVI-like (by their loader).
-LOADER_STYLES = {"scannet1500": "probe3d-scannet"}
-
-
-def style_of(attrs: Mapping[str, Any]) -> CorrespondenceStyle:
-    """The dataset's style: its ``correspondence_style`` attribute, else by its loader, else ``navi``."""
-    name = attrs.get("correspondence_style") or LOADER_STYLES.get(attrs.get("loader", attrs.get("name", "")), "navi")
-    if name not in STYLES:
-        raise MidprobeError(f"unknown correspondence style {name!r}; known: {', '.join(STYLES)}")
-    return STYLES[name]
 
 
 class _ImageCache:
@@ -221,10 +179,10 @@ class CorrespondenceTask(ZeroShotTask):
                  overrides: Mapping[str, Any] | None = None, bidirectional: bool = False, quiet: bool = True,
                  name: str = "correspondence", **_: Any) -> tuple[dict[str, float], dict[str, Any]]:
         """Match every pair (progress over pairs, ``name``, unless ``quiet``); returns metrics and config."""
-        style = style_of(dataset_attrs)
-        choices = (protocol or get_protocol(None)).correspondence_choices(style.name)
+        choices = (protocol or get_protocol(None)).correspondence_of(dataset_attrs)
         choices = replace(choices, **{k: v for k, v in (overrides or {}).items()
                                       if k in {f.name for f in dataclasses.fields(CorrespondenceChoices)}})
+        style = choices.style
         layers = list(layers or features.layers[-1:])
         strides = [features.stride(layer) for layer in layers]
         pairs = data.read("pairs").astype(np.int64)

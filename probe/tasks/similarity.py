@@ -7,9 +7,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cache import FeatureSplit, SplitView
+from cache import FeatureSplit, MidprobeError, SplitView
 from cache.progress import progress_bar
 from probe.tasks import register_task
+from protocols import Protocol, get_protocol
 from probe.tasks.base import ZeroShotTask
 
 
@@ -53,19 +54,22 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class SimilarityTask(ZeroShotTask):
     def evaluate(self, *, features: FeatureSplit, data: SplitView, dataset_attrs: Mapping[str, Any],
-                 layers: Sequence[str] | None = None, quiet: bool = True, name: str = "similarity",
-                 **_: Any) -> tuple[dict[str, float], dict[str, Any]]:
-        """Choose the closer candidate of every triplet; returns metrics and config."""
+                 layers: Sequence[str] | None = None, protocol: Protocol | None = None, quiet: bool = True,
+                 name: str = "similarity", **_: Any) -> tuple[dict[str, float], dict[str, Any]]:
+        """Choose the closer candidate of every triplet (a tie as ``protocol``'s
+        :class:`~protocols.SimilarityChoices` says); returns metrics and config."""
+        ties = (protocol or get_protocol(None)).similarity.ties
         vectors = pooled_vectors(features, layers, quiet=quiet, name=name).astype(np.float64)
         triplets = data.read("triplets").astype(np.int64)
         answer = data.read("triplet_answer").astype(np.int64)
         sim0 = cosine(vectors[triplets[:, 0]], vectors[triplets[:, 1]])
         sim1 = cosine(vectors[triplets[:, 0]], vectors[triplets[:, 2]])
-        # a tie goes to candidate 1, as the paper's torch.where(sim_left > sim_right, 0, 1) decides
-        choice = (sim1 >= sim0).astype(int)
+        if ties not in ("candidate 0", "candidate 1"):
+            raise MidprobeError(f"similarity ties {ties!r}: expected 'candidate 0' or 'candidate 1'")
+        choice = ((sim1 >= sim0) if ties == "candidate 1" else (sim1 > sim0)).astype(int)
         config = {"task": self.name, "representation": "global" if not layers else f"mean of {'+'.join(layers)}",
                   "global_kind": features.fingerprint.get("global_kind", "default"),
-                  "positive_class": "candidate 1 closer", "ties": "candidate 1"}
+                  "positive_class": "candidate 1 closer", "ties": ties}
         return two_afc_metrics(choice, answer), config
 
 
