@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Callable
 
 
+#: the exit status of a command stopped by Ctrl-C (128 + SIGINT, as a shell reports it)
+INTERRUPTED = 130
+INTERRUPTED_LINE = "interrupted; rerun the same command to resume (complete work is kept)"
+
+
 class MidprobeError(Exception):
     """Bad input or state a user can fix: what was wrong and what was expected.
 
@@ -13,7 +18,10 @@ class MidprobeError(Exception):
 
 
 def exits_on_error(main: "Callable[..., int]") -> "Callable[..., int]":
-    """Wrap a command-line ``main``: a :class:`MidprobeError` becomes ``error: ...`` on stderr, exit 2."""
+    """Wrap a command-line ``main``: a :class:`MidprobeError` becomes ``error: ...`` on stderr, exit 2;
+    Ctrl-C (``KeyboardInterrupt``) becomes one line, exit 130. Every store, record and report is
+    written to a temporary name and renamed when whole, so what an interrupt leaves is either
+    complete or resumed by the same command."""
     import functools
     import sys
 
@@ -24,5 +32,9 @@ def exits_on_error(main: "Callable[..., int]") -> "Callable[..., int]":
         except MidprobeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print(INTERRUPTED_LINE, file=sys.stderr)
+            return INTERRUPTED
 
     return wrapped
+

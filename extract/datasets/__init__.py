@@ -30,8 +30,15 @@ def _synthetic(*, root: DataRoot, raw: str | None = None, **options: Any):
     unknown = [k for k in options if k not in known and k != "progress"]
     if unknown:
         raise MidprobeError(f"dataset 'synthetic' has no option {', '.join(unknown)}; its options: {', '.join(known)}")
-    if not isinstance(options.get("size", 0), int):
+    if isinstance(options.get("size"), str) and not options["size"].strip().isdigit():
         raise MidprobeError(f"size {options['size']!r}: the synthetic dataset renders square images, expected --size S")
+    params = inspect.signature(prepare_synthetic).parameters
+    # --option values arrive as text: typed like the renderer's defaults (workers defaults to None)
+    options = {k: _coerce(k, v, 0 if k == "workers" else params[k].default) if k in params else v
+               for k, v in options.items()}
+    for key, least in (("train", 1), ("test", 1), ("pairs", 1), ("triplets", 1), ("size", 16), ("workers", 1)):
+        if key in options and options[key] is not None and options[key] < least:
+            raise MidprobeError(f"option {key}={options[key]}: expected an integer >= {least}")
     return prepare_synthetic(root=root, **options)
 
 
@@ -46,7 +53,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     try:
         return type(default)(value)
     except (TypeError, ValueError):
-        raise MidprobeError(f"option {key}={value!r}: expected a {type(default).__name__}") from None
+        kind = {int: "an integer", float: "a number"}.get(type(default), f"a {type(default).__name__}")
+        raise MidprobeError(f"option {key}={value!r}: expected {kind}") from None
 
 
 #: a store name: ``stores/datasets/<name>.zarr``, e.g. ``navi`` or ``navi@paper``
