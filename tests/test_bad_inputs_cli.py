@@ -223,6 +223,7 @@ def test_ctrl_c_to_the_process_group_during_data_is_one_line_exit_130_and_no_han
     assert not (root / "stores" / "datasets" / "synthetic.zarr").exists()   # nothing presented as complete
 
 
+@pytest.mark.slow                 # a local cluster's start: a minute or two on a busy 2-core machine
 def test_ctrl_c_to_the_process_group_during_a_grid_is_one_line_exit_130(tmp_path):
     grid = tmp_path / "tiny.toml"
     grid.write_text('[grid]\nname = "tiny"\nmodels = ["pixels"]\n[datasets.synthetic]\ntasks = ["depth"]\n'
@@ -231,7 +232,8 @@ def test_ctrl_c_to_the_process_group_during_a_grid_is_one_line_exit_130(tmp_path
     stderr = tmp_path / "stderr"
     code, err = _interrupt_group(["grid", str(grid), "--data", str(tmp_path / "data")],
                                  lambda: stderr.exists() and "worker(s)" in stderr.read_text(), tmp_path, timeout=120)
-    lines = [line for line in err.splitlines() if not line.startswith("[grid] ") or "interrupted" in line]
     assert code == INTERRUPTED, err
-    assert "Traceback" not in err and lines == ["[grid] interrupted: rerun the same command to resume (complete "
-                                                "work is skipped)"], err
+    # (a dashboard port taken by another cluster on this machine is dask's warning at start, not ours)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "WARNING" not in err, err
+    assert err.strip().splitlines()[-1] == ("[grid] interrupted: rerun the same command to resume (complete work is "
+                                            "skipped)"), err
