@@ -237,3 +237,33 @@ def test_ctrl_c_to_the_process_group_during_a_grid_is_one_line_exit_130(tmp_path
     assert "Traceback" not in err and "KeyboardInterrupt" not in err and "WARNING" not in err, err
     assert err.strip().splitlines()[-1] == ("[grid] interrupted: rerun the same command to resume (complete work is "
                                             "skipped)"), err
+
+
+def test_report_names_every_record_file_it_skips_and_why(features, tmp_path, capsys):
+    import json
+
+    from probe.report.__main__ import main as report_main
+
+    root = tmp_path / "data"
+    shutil.copytree(features, root)
+    assert probe_main([*PROBE, "--data", str(root)]) == 0
+    good = next((root / "results").rglob("*.json"))
+    record = json.loads(good.read_text())
+    folder = good.parent
+    (folder / "truncated.json").write_text(good.read_text()[:100])
+    (folder / "empty.json").write_text("")
+    (folder / "list.json").write_text("[]")
+    (folder / "no-headline.json").write_text(json.dumps({k: v for k, v in record.items() if k != "headline"}))
+    (folder / "string.json").write_text(json.dumps({**record, "headline": "0.5"}))
+    (folder / "nan.json").write_text(json.dumps({**record, "headline": float("nan")}))
+    capsys.readouterr()
+    assert report_main(["--data", str(root)]) == 0
+    err = capsys.readouterr().err
+    page = (root / "reports" / "report.md").read_text()
+    assert "from 2 result records" in page             # the linear and MLP heads' own
+    for name, why in (("truncated", "truncated or not JSON"), ("empty", "empty"), ("list", "holds list"),
+                      ("no-headline", "no 'headline'"), ("string", "'headline' is str '0.5'"),
+                      ("nan", "headline .* is nan \\(the probe diverged\\?\\)")):
+        assert re.search(f"`[^`]*{name}.json` \\({why}", page), name
+        assert re.search(f"{name}.json` \\({why}", err), name
+    assert "Skipped 6 result file(s)" in page and "Traceback" not in err
