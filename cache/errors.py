@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 
 #: the exit status of a command stopped by Ctrl-C (128 + SIGINT, as a shell reports it)
@@ -38,3 +40,22 @@ def exits_on_error(main: "Callable[..., int]") -> "Callable[..., int]":
 
     return wrapped
 
+
+
+def metadata_errors(what: "Callable[..., object]") -> "Callable[[Callable[..., T]], Callable[..., T]]":
+    """Decorate a function that opens a store: a damaged (truncated, garbled) ``zarr.json`` in it
+    becomes a one-line error naming the store (``what(*args, **kwargs)``) and ``make verify``,
+    which names the file and the rebuild."""
+    import functools
+    import json
+
+    def wrap(fn: "Callable[..., T]") -> "Callable[..., T]":
+        @functools.wraps(fn)
+        def wrapped(*args: object, **kwargs: object) -> T:
+            try:
+                return fn(*args, **kwargs)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise MidprobeError(f"{what(*args, **kwargs)} has a damaged zarr.json ({type(exc).__name__}: {exc}); "
+                                    "run `make verify` to see which and how to rebuild it") from None
+        return wrapped
+    return wrap

@@ -16,7 +16,7 @@ import zarr
 
 from cache.chunks import CHECKSUMS, record_chunks
 from cache.durable import disk_errors, fsync_dir, fsync_tree
-from cache.errors import MidprobeError
+from cache.errors import MidprobeError, metadata_errors
 from cache.feature_store import FLOAT16_MAX, GLOBAL, choose_chunk_images, scale_array
 from cache.fingerprint import FORMAT_VERSION, check_fingerprint
 from cache.locks import FileLock
@@ -200,6 +200,7 @@ class FeatureWriter:
         return True
 
 
+@metadata_errors(lambda store, **kw: f"feature store {store}")
 def open_feature_writer(store: Path, *, split: str, fingerprint: Mapping[str, Any], num_images: int,
                         layer_shapes: Mapping[str, tuple[int, int, int]], strides: Mapping[str, int],
                         global_dim: int, chunk_images: int | None = None,

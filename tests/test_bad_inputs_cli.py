@@ -267,3 +267,66 @@ def test_report_names_every_record_file_it_skips_and_why(features, tmp_path, cap
         assert re.search(f"`[^`]*{name}.json` \\({why}", page), name
         assert re.search(f"{name}.json` \\({why}", err), name
     assert "Skipped 6 result file(s)" in page and "Traceback" not in err
+
+
+def _run_make(target: str, words: str, data: Path) -> int:
+    """Run a suggested ``make`` command through the recipe's own argv (make -n), in this process."""
+    import shlex
+
+    from midprobe.cli import main as midprobe_main
+
+    (argv,) = [a for a in make_dry_run(target, *shlex.split(words)) if a[0].endswith("/midprobe")]
+    return midprobe_main([*argv[1:], "--data", str(data)])
+
+
+def test_a_damaged_zarr_json_is_one_line_everywhere_and_verify_names_the_rebuild(features, tmp_path, capsys):
+    from cache.verify import main as verify_main
+
+    root = tmp_path / "data"
+    shutil.copytree(features, root)
+    split = root / "stores/features/tiny/pixels.zarr/train"
+    (split / "zarr.json").write_bytes((split / "zarr.json").read_bytes()[:50])
+    same = unchanged(root)
+    capsys.readouterr()
+    for run in (lambda: probe_main([*PROBE, "--data", str(root)]),
+                lambda: extract_main(["--model", "pixels", "--dataset", "tiny", "--quiet", "--data", str(root)])):
+        one_line(run(), capsys.readouterr().err, "^error: .*feature store .* has a damaged zarr.json \\(JSONDecodeError: "
+                 ".*run `make verify` to see which")
+    assert verify_main(["--data", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert same()
+    match = re.search(r"train/zarr.json is damaged .*; delete (\S+) and rerun `make extract (.*)` to extract", out)
+    assert match, out
+    shutil.rmtree(match.group(1))
+    assert _run_make("extract", match.group(2) + " DRY=", root) == 0          # the suggested command, run
+    assert verify_main(["--data", str(root)]) == 0
+    assert probe_main([*PROBE, "--data", str(root)]) == 0
+    dataset = root / "stores/datasets/tiny.zarr/zarr.json"
+    dataset.write_bytes(dataset.read_bytes()[:50])
+    capsys.readouterr()
+    one_line(probe_main([*PROBE, "--data", str(root)]), capsys.readouterr().err,
+             "^error: dataset store .*tiny.zarr has a damaged zarr.json")
+
+
+def test_verify_repair_suggests_rebuilding_a_dataset_store_with_its_own_options(tmp_path, capsys):
+    from cache import open_dataset
+    from cache.verify import main as verify_main
+
+    root = tmp_path / "data"
+    assert data_main(["--dataset", "synthetic", "--train", "4", "--test", "2", "--pairs", "1", "--triplets", "1",
+                      "--size", "32", "--workers", "1", "--quiet", "--data", str(root)]) == 0
+    store = root / "stores/datasets/synthetic.zarr"
+    fingerprint = open_dataset(store).fingerprint if hasattr(open_dataset(store), "fingerprint") else None
+    chunk = next(p for p in (store / "train" / "depth" / "c").rglob("*") if p.is_file())
+    chunk.write_bytes(b"x")
+    capsys.readouterr()
+    assert verify_main(["--repair", "--data", str(root)]) == 0             # found and repaired
+    out = capsys.readouterr().out
+    match = re.search(r"rebuild it as it was with `make data (.*)`", out)
+    assert match and "train=4 test=2 pairs=1 triplets=1 size=32" in match.group(1), out
+    assert _run_make("data", match.group(1) + " CHECK=", root) == 0
+    assert verify_main(["--data", str(root)]) == 0
+    rebuilt = open_dataset(store)
+    assert rebuilt.split("train").num_images == 4 and rebuilt.split("test").num_images == 2
+    if fingerprint is not None:
+        assert rebuilt.fingerprint == fingerprint
