@@ -330,3 +330,16 @@ def test_verify_repair_suggests_rebuilding_a_dataset_store_with_its_own_options(
     assert rebuilt.split("train").num_images == 4 and rebuilt.split("test").num_images == 2
     if fingerprint is not None:
         assert rebuilt.fingerprint == fingerprint
+
+
+@pytest.mark.parametrize("cli", ["probe", "extract", "data", "verify", "report"])
+def test_a_data_root_that_is_a_file_is_one_line(cli, tmp_path, capsys):
+    from midprobe.cli import main as midprobe_main
+
+    file = tmp_path / "data"
+    file.write_text("not a folder")
+    args = {"probe": PROBE, "extract": ("--model", "pixels", "--dataset", "tiny", "--quiet"),
+            "data": ("--dataset", "synthetic", "--quiet"), "verify": (), "report": ("--quiet",)}[cli]
+    one_line(midprobe_main([cli, *args, "--data", str(file)]), capsys.readouterr().err,
+             f"^error: data root {re.escape(str(file))} is a file; expected a folder")
+    assert file.read_text() == "not a folder"
