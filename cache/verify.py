@@ -149,7 +149,7 @@ def verify_dataset_store(path: Path, report: Report, *, repair: bool) -> None:
             zarr.open_group(str(path), mode="r+").attrs["complete"] = False
         for problem in found:
             problem.repaired = True
-        report.repaired.append(f"{path}: marked incomplete; rebuild it as it was with `{command}`")
+        report.repaired.append(f"{path}: marked incomplete; rebuild it with `{command}` (its own options)")
 
 
 def rebuild_command(attrs: dict[str, Any], stem: str) -> str:

@@ -93,9 +93,10 @@ def test_cuda_without_a_gpu_is_one_line(features, capsys):
              "no CUDA GPU is visible; use DEVICE=cpu")
 
 
-def test_repeated_seeds_models_heads_lrs_and_layers_train_once(features, capsys):
+def test_repeated_seeds_models_heads_lrs_and_layers_train_once(features, tmp_path, capsys):
+    shutil.copytree(features, tmp_path / "data")
     args = ["--seeds", "0,0", "--model", "pixels,pixels", "--head", "linear,linear", "--lr", "1e-3,1e-3",
-            "--layers", "patch,patch;patch", "--data", str(features)]
+            "--layers", "patch,patch;patch", "--data", str(tmp_path / "data")]
     assert probe_main([*PROBE, *args]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if "pixels" in line]
     assert len(rows) == 1, rows
@@ -247,6 +248,7 @@ def test_report_names_every_record_file_it_skips_and_why(features, tmp_path, cap
     root = tmp_path / "data"
     shutil.copytree(features, root)
     assert probe_main([*PROBE, "--data", str(root)]) == 0
+    whole = len(list((root / "results").rglob("*.json")))
     good = next((root / "results").rglob("*.json"))
     record = json.loads(good.read_text())
     folder = good.parent
@@ -260,7 +262,7 @@ def test_report_names_every_record_file_it_skips_and_why(features, tmp_path, cap
     assert report_main(["--data", str(root)]) == 0
     err = capsys.readouterr().err
     page = (root / "reports" / "report.md").read_text()
-    assert "from 2 result records" in page             # the linear and MLP heads' own
+    assert f"from {whole} result records" in page
     for name, why in (("truncated", "truncated or not JSON"), ("empty", "empty"), ("list", "holds list"),
                       ("no-headline", "no 'headline'"), ("string", "'headline' is str '0.5'"),
                       ("nan", "headline .* is nan \\(the probe diverged\\?\\)")):
@@ -322,7 +324,7 @@ def test_verify_repair_suggests_rebuilding_a_dataset_store_with_its_own_options(
     capsys.readouterr()
     assert verify_main(["--repair", "--data", str(root)]) == 0             # found and repaired
     out = capsys.readouterr().out
-    match = re.search(r"rebuild it as it was with `make data (.*)`", out)
+    match = re.search(r"rebuild it with `make data (.*)` \(its own options\)", out)
     assert match and "train=4 test=2 pairs=1 triplets=1 size=32" in match.group(1), out
     assert _run_make("data", match.group(1) + " CHECK=", root) == 0
     assert verify_main(["--data", str(root)]) == 0
@@ -343,3 +345,18 @@ def test_a_data_root_that_is_a_file_is_one_line(cli, tmp_path, capsys):
     one_line(midprobe_main([cli, *args, "--data", str(file)]), capsys.readouterr().err,
              f"^error: data root {re.escape(str(file))} is a file; expected a folder")
     assert file.read_text() == "not a folder"
+
+
+def test_a_missing_corrupted_split_reads_as_english(features, tmp_path, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(features, root)
+    code = probe_main([*PROBE, "--test-corrupt", "fog:1", "--data", str(root)])
+    one_line(code, capsys.readouterr().err, "^error: feature store of 'pixels' for 'tiny' lacks the corrupted split "
+             "'test@corrupt-fog-1'; run `make extract MODEL=pixels DATASET=tiny PROTOCOL=midprobe CORRUPT=fog:1`")
+
+
+def test_disk_sizes_are_said_in_a_unit_that_shows_them():
+    from extract.runner import _bytes
+
+    assert [_bytes(n) for n in (0, 300, 5 * 2**10, 3 * 2**20 / 2, 2**31)] == [
+        "0 bytes", "300 bytes", "5.0 KiB", "1.5 MiB", "2.0 GiB"]
