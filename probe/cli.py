@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     budget = None if args.cache_budget is None else parse_bytes(args.cache_budget)
     task = get_task(args.task)
     overrides = overrides_of(args) if isinstance(task, DenseTask) else {}
+    if not isinstance(task, DenseTask) and (args.head or args.lr is not None):
+        raise MidprobeError(f"task {args.task!r} is zero-shot: it trains no head, so "
+                            f"{'--head' if args.head else '--lr'} does not apply; drop HEAD= and LR=")
     layer_sets = values.layer_sets(args.layers)
     zero_shot = {"bidirectional": True} if args.bidirectional else {}
     from protocols import get_protocol, with_augment

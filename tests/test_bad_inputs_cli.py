@@ -360,3 +360,27 @@ def test_disk_sizes_are_said_in_a_unit_that_shows_them():
 
     assert [_bytes(n) for n in (0, 300, 5 * 2**10, 3 * 2**20 / 2, 2**31)] == [
         "0 bytes", "300 bytes", "5.0 KiB", "1.5 MiB", "2.0 GiB"]
+
+
+def test_a_deleted_chunk_of_a_complete_store_is_found_by_extract_and_the_suggested_repair_works(features, tmp_path,
+                                                                                               capsys):
+    from cache.verify import main as verify_main
+
+    root = tmp_path / "data"
+    shutil.copytree(features, root)
+    chunk = next(p for p in (root / "stores/features/tiny/pixels.zarr/train/patch/c").rglob("*") if p.is_file())
+    chunk.unlink()
+    extract_args = ["--model", "pixels", "--dataset", "tiny", "--quiet", "--data", str(root)]
+    capsys.readouterr()
+    one_line(extract_main(extract_args), capsys.readouterr().err,
+             "^error: feature store .*pixels.zarr/train is marked complete but its chunk file train/patch/c/.* is "
+             "missing; run `make verify REPAIR=1` to mark it for re-extraction, then rerun this `make extract`$")
+    assert verify_main(["--repair", "--data", str(root)]) == 0
+    assert extract_main(extract_args) == 0 and chunk.exists()
+    assert verify_main(["--data", str(root)]) == 0
+
+
+def test_head_for_a_zero_shot_task_is_one_line(features, capsys):
+    one_line(probe_main(["--task", "similarity", "--dataset", "tiny", "--head", "mlp", "--data", str(features)]),
+             capsys.readouterr().err, "^error: task 'similarity' is zero-shot: it trains no head, so --head does not "
+             "apply; drop HEAD= and LR=$")
