@@ -40,6 +40,10 @@ CLUSTER  ?= local
 JOBS     ?= 1
 export MIDPROBE_DATA := $(DATA)
 
+# $(call q,VALUE): VALUE as one single-quoted shell word, whatever it holds (spaces, ; " ' $ …),
+# so every variable reaches the program as exactly one argument and nothing of it runs as shell
+q = '$(subst ','\'',$(1))'
+
 STAMP := $(VENV)/.installed
 
 .PHONY: setup test soak data example-folder extract probe grid demo bench bench-gpu fidelity studies report verify clean-data help
@@ -65,29 +69,29 @@ soak: setup
 	$(PY) -m pytest tests -m slow
 
 data: setup
-	$(MIDPROBE) data --dataset $(DATASET) $(if $(RAW),--raw $(RAW)) $(if $(NAME),--name $(NAME)) \
-		$(if $(SIZE),--size $(SIZE)) $(if $(DEPTH_SCALE),--option depth_scale=$(DEPTH_SCALE)) $(if $(CHECK),--check) \
-		$(foreach o,$(OPTIONS),--option $(o)) $(if $(filter-out midprobe,$(PROTOCOL)),--protocol $(PROTOCOL))
+	$(MIDPROBE) data --dataset $(call q,$(DATASET)) $(if $(RAW),--raw $(call q,$(RAW))) $(if $(NAME),--name $(call q,$(NAME))) \
+		$(if $(SIZE),--size $(call q,$(SIZE))) $(if $(DEPTH_SCALE),--option $(call q,depth_scale=$(DEPTH_SCALE))) $(if $(CHECK),--check) \
+		$(foreach o,$(OPTIONS),--option $(call q,$(o))) $(if $(filter-out midprobe,$(PROTOCOL)),--protocol $(call q,$(PROTOCOL)))
 
 # A small folder in the layout of "Probe your own data" (README), rendered in seconds.
 example-folder: setup
-	$(PY) -m extract.datasets.folder_example $(EXAMPLE)
+	$(PY) -m extract.datasets.folder_example $(call q,$(EXAMPLE))
 
 extract: setup
-	@test -n "$(MODEL)" || { echo "error: MODEL is required, e.g. make extract MODEL=vit_b_mae DATASET=synthetic" >&2; exit 2; }
-	$(MIDPROBE) extract --model $(MODEL) --dataset $(DATASET) --protocol $(PROTOCOL) --precision $(PRECISION) \
-		--device $(DEVICE) --shard $(SHARD) $(if $(AUGMENT),--augment $(AUGMENT)) \
-		$(if $(LAYERS),--layers $(LAYERS)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(SPLIT),--split $(SPLIT)) \
-		$(if $(CORRUPT),--corrupt $(CORRUPT)) $(if $(DRY),--dry-run)
+	@test -n $(call q,$(MODEL)) || { echo "error: MODEL is required, e.g. make extract MODEL=vit_b_mae DATASET=synthetic" >&2; exit 2; }
+	$(MIDPROBE) extract --model $(call q,$(MODEL)) --dataset $(call q,$(DATASET)) --protocol $(call q,$(PROTOCOL)) --precision $(call q,$(PRECISION)) \
+		--device $(call q,$(DEVICE)) --shard $(call q,$(SHARD)) $(if $(AUGMENT),--augment $(call q,$(AUGMENT))) \
+		$(if $(LAYERS),--layers $(call q,$(LAYERS))) $(if $(WEIGHTS),--weights $(call q,$(WEIGHTS))) $(if $(SPLIT),--split $(call q,$(SPLIT))) \
+		$(if $(CORRUPT),--corrupt $(call q,$(CORRUPT))) $(if $(DRY),--dry-run)
 
 probe: setup
-	@test -n "$(TASK)" || { echo "error: TASK is required, e.g. make probe TASK=normals" >&2; exit 2; }
-	$(MIDPROBE) probe --task $(TASK) --dataset $(DATASET) --protocol $(PROTOCOL) --precision $(PRECISION) --device $(DEVICE) \
-		$(if $(AUGMENT),--augment $(AUGMENT)) \
-		$(if $(HEAD),--head $(HEAD)) $(if $(LR),--lr $(LR)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
-		$(if $(MODEL),--model $(MODEL)) $(if $(LAYERS),--layers "$(LAYERS)") $(if $(LOG),--log $(LOG)) \
-		$(if $(TRAIN_IMAGES),--train-images $(TRAIN_IMAGES)) $(if $(SEEDS),--seeds $(SEEDS)) \
-		$(if $(TEST_CORRUPT),--test-corrupt $(TEST_CORRUPT)) $(if $(CACHE_BUDGET),--cache-budget $(CACHE_BUDGET))
+	@test -n $(call q,$(TASK)) || { echo "error: TASK is required, e.g. make probe TASK=normals" >&2; exit 2; }
+	$(MIDPROBE) probe --task $(call q,$(TASK)) --dataset $(call q,$(DATASET)) --protocol $(call q,$(PROTOCOL)) --precision $(call q,$(PRECISION)) --device $(call q,$(DEVICE)) \
+		$(if $(AUGMENT),--augment $(call q,$(AUGMENT))) \
+		$(if $(HEAD),--head $(call q,$(HEAD))) $(if $(LR),--lr $(call q,$(LR))) $(if $(EPOCHS),--epochs $(call q,$(EPOCHS))) \
+		$(if $(MODEL),--model $(call q,$(MODEL))) $(if $(LAYERS),--layers $(call q,$(LAYERS))) $(if $(LOG),--log $(call q,$(LOG))) \
+		$(if $(TRAIN_IMAGES),--train-images $(call q,$(TRAIN_IMAGES))) $(if $(SEEDS),--seeds $(call q,$(SEEDS))) \
+		$(if $(TEST_CORRUPT),--test-corrupt $(call q,$(TEST_CORRUPT))) $(if $(CACHE_BUDGET),--cache-budget $(call q,$(CACHE_BUDGET)))
 
 # With no records under DATA but the demo's (data/demo), reports the demo and says so.
 report: setup
@@ -103,17 +107,17 @@ verify: setup
 # DEVICE= and PRECISION= (fp16 or int8) given on the command line or in the environment override
 # the grid file's device and precision; left unset, the file decides (not the defaults above).
 grid: setup
-	@test -n "$(GRID)" || { echo "error: GRID is required, e.g. make grid GRID=grids/paper.toml DRY=1" >&2; exit 2; }
-	$(MIDPROBE) grid $(GRID) $(if $(DRY),--dry-run) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) --cluster $(CLUSTER) \
-		$(if $(filter slurm,$(CLUSTER)),--jobs $(JOBS)) $(if $(filter command line environment,$(origin DEVICE)),--device $(DEVICE)) \
-		$(if $(and $(PRECISION),$(filter command line environment,$(origin PRECISION))),--precision $(PRECISION))
+	@test -n $(call q,$(GRID)) || { echo "error: GRID is required, e.g. make grid GRID=grids/paper.toml DRY=1" >&2; exit 2; }
+	$(MIDPROBE) grid $(call q,$(GRID)) $(if $(DRY),--dry-run) $(if $(SCHEDULER),--scheduler $(call q,$(SCHEDULER))) --cluster $(call q,$(CLUSTER)) \
+		$(if $(filter slurm,$(CLUSTER)),--jobs $(call q,$(JOBS))) $(if $(filter command line environment,$(origin DEVICE)),--device $(call q,$(DEVICE))) \
+		$(if $(and $(PRECISION),$(filter command line environment,$(origin PRECISION))),--precision $(call q,$(PRECISION)))
 
 # The demo is grids/demo.toml in its own data root: a small synthetic set (256 train / 64 test at
 # 224 px, 16 pairs, 16 triplets), three weight-free backbones, linear and MLP heads on every dense
 # task, both zero-shot tasks, the report.
 DEMO_DATA ?= $(DATA)/demo
 demo: setup
-	$(MIDPROBE) grid grids/demo.toml --data $(DEMO_DATA) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+	$(MIDPROBE) grid grids/demo.toml --data $(call q,$(DEMO_DATA)) $(if $(SCHEDULER),--scheduler $(call q,$(SCHEDULER)))
 
 bench: setup
 	$(MIDPROBE) bench
@@ -125,13 +129,13 @@ bench-gpu: setup
 # How much each of the paper's choices moves the numbers (synthetic set, weight-free and random
 # backbones); rewrites the table between the README's fidelity markers.
 fidelity: setup
-	$(MIDPROBE) fidelity --data $(DATA)/fidelity --readme README.md
+	$(MIDPROBE) fidelity --data $(call q,$(DATA)/fidelity) --readme README.md
 
 # Label efficiency and robustness on a small synthetic set (weight-free and random backbones):
 # a labels-vs-headline curve, two corruptions at three severities, and their report.
 STUDIES_DATA ?= $(DATA)/studies
 studies: setup
-	$(PY) -m bench.studies --data $(STUDIES_DATA)
+	$(PY) -m bench.studies --data $(call q,$(STUDIES_DATA))
 
 clean-data:
-	rm -rf $(DATA)
+	rm -rf $(call q,$(DATA))

@@ -15,8 +15,6 @@ with the paper's; the deltas say which choices matter and in which direction.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field

@@ -44,7 +44,7 @@ import zarr
 
 from cache.chunks import CHECKSUMS, chunk_count, read_checked, record_chunks
 from cache.durable import disk_errors, fsync_dir, fsync_file, fsync_tree
-from cache.errors import MidprobeError
+from cache.errors import MidprobeError, metadata_errors
 from cache.fingerprint import FORMAT_VERSION
 from cache.locks import FileLock
 from cache.paths import DataRoot, data_root
@@ -282,6 +282,7 @@ class SplitView:
 class DatasetStore:
     """A complete dataset store opened for reading."""
 
+    @metadata_errors(lambda self, path: f"dataset store {path}")
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         if not (self.path / "zarr.json").exists():

@@ -37,7 +37,7 @@ import numpy as np
 import zarr
 
 from cache.chunks import read_checked
-from cache.errors import MidprobeError
+from cache.errors import MidprobeError, metadata_errors
 from cache.fingerprint import FORMAT_VERSION, check_fingerprint
 from cache.paths import DataRoot, data_root
 from cache.quantize import Quantized, bytes_per_value
@@ -178,6 +178,7 @@ class _ChunkReader:
         return self.split.read(self.layer, lo, hi)[(slice(None), *key[1:])]
 
 
+@metadata_errors(lambda dataset, model, split, **kw: f"the feature store of model {model!r} for dataset {dataset!r}")
 def open_features(dataset: str, model: str, split: str, *, expect: Mapping[str, Any] | None = None,
                   root: DataRoot | None = None, store: Path | None = None, precision: str = "fp16") -> FeatureSplit:
     """Open a complete split of a feature store; ``expect`` pins fingerprint fields."""

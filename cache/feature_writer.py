@@ -16,7 +16,7 @@ import zarr
 
 from cache.chunks import CHECKSUMS, record_chunks
 from cache.durable import disk_errors, fsync_dir, fsync_tree
-from cache.errors import MidprobeError
+from cache.errors import MidprobeError, metadata_errors
 from cache.feature_store import FLOAT16_MAX, GLOBAL, choose_chunk_images, scale_array
 from cache.fingerprint import FORMAT_VERSION, check_fingerprint
 from cache.locks import FileLock
@@ -200,6 +200,25 @@ class FeatureWriter:
         return True
 
 
+def _check_chunk_files(store: Path, split: str, group: zarr.Group) -> None:
+    """A split that claims to be complete has every chunk file (a stat each): one deleted since was
+    otherwise a silent "wrote 0 images (complete)" and a read error later."""
+    from cache.chunks import chunk_count, chunk_file
+
+    if not group.attrs.get("complete"):
+        return
+    for name in [*group.attrs["layers"], GLOBAL]:
+        if name not in group:
+            continue
+        arr = group[name]
+        for index in range(chunk_count(arr)):
+            if not chunk_file(arr, index).exists():
+                raise MidprobeError(f"feature store {store}/{split} is marked complete but its chunk file "
+                                    f"{chunk_file(arr, index).relative_to(store)} is missing; run `make verify "
+                                    "REPAIR=1` to mark it for re-extraction, then rerun this `make extract`")
+
+
+@metadata_errors(lambda store, **kw: f"feature store {store}")
 def open_feature_writer(store: Path, *, split: str, fingerprint: Mapping[str, Any], num_images: int,
                         layer_shapes: Mapping[str, tuple[int, int, int]], strides: Mapping[str, int],
                         global_dim: int, chunk_images: int | None = None,
@@ -246,6 +265,7 @@ def open_feature_writer(store: Path, *, split: str, fingerprint: Mapping[str, An
             if int(group.attrs["num_images"]) != num_images:
                 raise MidprobeError(f"feature store {store}/{split} holds {group.attrs['num_images']} images, not "
                                     f"{num_images}; re-extract into a fresh store")
+            _check_chunk_files(store, split, group)
             _add_layers(store, split, group, layer_shapes, strides)
             for name, shape in layer_shapes.items():
                 if tuple(group[name].shape) != (num_images, *shape):

@@ -75,4 +75,9 @@ def _safe(name: str) -> str:
 def data_root(root: str | os.PathLike | None = None) -> DataRoot:
     """The data root: ``root`` if given, else ``$MIDPROBE_DATA``, else ``./data``."""
     chosen = root if root is not None else os.environ.get(ENV_VAR, "data")
-    return DataRoot(Path(chosen).expanduser().resolve())
+    path = Path(chosen).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        from cache.errors import MidprobeError
+
+        raise MidprobeError(f"data root {path} is a file; expected a folder (DATA= / --data / $MIDPROBE_DATA)")
+    return DataRoot(path)

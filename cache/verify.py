@@ -118,7 +118,6 @@ def verify_dataset_store(path: Path, report: Report, *, repair: bool) -> None:
         return
     before = len(report.problems)
     attrs = dict(group.attrs)
-    name = attrs.get("name", path.stem)
     try:
         expected = dataset_fingerprint(name=attrs["name"], source=attrs["source"], options=attrs.get("options", {}))
     except KeyError as exc:
@@ -127,9 +126,10 @@ def verify_dataset_store(path: Path, report: Report, *, repair: bool) -> None:
     if expected is not None and attrs.get("fingerprint") != expected:
         report.problems.append(Problem(path, "fingerprint does not match the store's name, source and options "
                                              "(metadata edited or damaged)"))
+    command = rebuild_command(attrs, path.stem)
     if not attrs.get("complete"):
-        report.problems.append(Problem(path, f"incomplete; rerun `make data DATASET={name}`"))
-    for split, sub in sorted(group.groups()):
+        report.problems.append(Problem(path, f"incomplete; rerun `{command}`"))
+    for split, sub in _readable_splits(path, group, report, command):
         sattrs = dict(sub.attrs)
         names = [*sattrs.get("per_image", []), *sattrs.get("relations", [])]
         for key in sattrs.get("per_image", []):
@@ -147,7 +147,28 @@ def verify_dataset_store(path: Path, report: Report, *, repair: bool) -> None:
             zarr.open_group(str(path), mode="r+").attrs["complete"] = False
         for problem in found:
             problem.repaired = True
-        report.repaired.append(f"{path}: marked incomplete; rebuild it with `make data DATASET={name}`")
+        report.repaired.append(f"{path}: marked incomplete; rebuild it with `{command}` (its own options)")
+
+
+def rebuild_command(attrs: dict[str, Any], stem: str) -> str:
+    """The ``make data`` that rebuilds a dataset store as it was: its loader, its name and the options
+    it records that differ from the loader's defaults (a plain ``make data DATASET=synthetic`` would
+    render the default 1024/256 images at 224 px, and every feature store would go stale)."""
+    import shlex
+
+    from extract.datasets import LOADERS, option_defaults
+
+    name = str(attrs.get("name", stem))
+    loader = str(attrs.get("loader") or name.split("@")[0])
+    if loader not in LOADERS:
+        return f"make data DATASET={shlex.quote(loader)}"
+    defaults = option_defaults(loader)
+    options = {k: v for k, v in (attrs.get("options") or {}).items() if k in defaults and v != defaults[k]}
+    words = [f"DATASET={loader}", *([f"NAME={name}"] if name != loader else [])]
+    if options:
+        text = " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items())
+        words.append(f"OPTIONS={text}")
+    return "make data " + " ".join(shlex.quote(w) for w in words)
 
 
 def _fingerprint_problems(path: Path, split: str, fp: Any, root_attrs: dict[str, Any],
@@ -181,13 +202,33 @@ def _markers(progress: Path, num_chunks: int) -> dict[int, dict[str, Any]]:
     return out
 
 
+def _readable_splits(path: Path, group: Any, report: Report, command: str) -> list[tuple[str, Any]]:
+    """The splits of a feature store whose metadata parses; each other one is a problem naming its
+    damaged ``zarr.json`` and the commands that rebuild that split alone."""
+    import json
+
+    out = []
+    for folder in sorted(p for p in path.iterdir() if p.is_dir() and (p / "zarr.json").is_file()):
+        for meta in [folder / "zarr.json", *sorted(folder.glob("*/zarr.json"))]:
+            try:
+                json.loads(meta.read_bytes())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                report.problems.append(Problem(path, f"{meta.relative_to(path)} is damaged ({type(exc).__name__}: "
+                                                     f"{exc}); delete {folder} and rerun `{command} "
+                                                     f"SPLIT={folder.name}` to extract that split again", folder.name))
+                break
+        else:
+            out.append((folder.name, group[folder.name]))
+    return out
+
+
 def verify_feature_store(path: Path, report: Report, dataset_fps: dict[str, str | None], *, repair: bool) -> None:
     group = _open(path, report, "features")
     if group is None:
         return
     root_attrs = dict(group.attrs)
     command = f"make extract MODEL={root_attrs.get('model')} DATASET={root_attrs.get('dataset')}"
-    for split, sub in sorted(group.groups()):
+    for split, sub in _readable_splits(path, group, report, command):
         before = len(report.problems)
         attrs = dict(sub.attrs)
         for what in _fingerprint_problems(path, split, attrs.get("fingerprint"), root_attrs, dataset_fps):

@@ -6,6 +6,7 @@ import argparse
 
 from cache import MidprobeError, data_root
 from cache.errors import exits_on_error
+from midprobe import values
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m extract") -> int:
     if args.batch_size < 1 or (args.chunk_images is not None and args.chunk_images < 1):
         raise MidprobeError(f"--batch-size and --chunk-images must be >= 1, got {args.batch_size} and "
                             f"{args.chunk_images}")
+    if args.layers is not None and not values.name_list(args.layers):
+        raise MidprobeError(f"--layers {args.layers!r} names no layer; expected layer names or indices joined by "
+                            "commas (e.g. block2,block11), or all")
     if args.dry_run:
         from extract.sizing import dataset_layout, feature_model_name, format_sizes, size_extraction
         from protocols import get_protocol, with_augment
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m extract") -> int:
         protocol = with_augment(get_protocol(args.protocol), args.augment)
         layout = dataset_layout(args.dataset, protocol=protocol, root=data_root(args.data))
         sizes = size_extraction(model=args.model, layout=layout, protocol=protocol, tasks=args.task,
-                                only_splits=args.split, layers=args.layers.split(",") if args.layers else None,
+                                only_splits=args.split, layers=values.name_list(args.layers) or None,
                                 precision=args.precision)
         print(format_sizes(feature_model_name(args.model, protocol), layout, sizes))
         return 0
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m extract") -> int:
     protocol = with_augment(get_protocol(args.protocol), args.augment)
     extract(model=args.model, dataset=args.dataset, splits=args.split, tasks=args.task, protocol=protocol,
             precision=args.precision,
-            layers=args.layers.split(",") if args.layers else None, batch_size=args.batch_size,
+            layers=values.name_list(args.layers) or None, batch_size=args.batch_size,
             device=args.device, shard=args.shard, weights=args.weights, chunk_images=args.chunk_images,
             root=data_root(args.data), progress=not args.quiet, corruptions=args.corrupt)
     return 0

@@ -34,6 +34,14 @@ GLOBAL_CHUNK = 256
 AUGMENT_SEED = 0
 
 
+def _bytes(n: float) -> str:
+    """A size in the largest unit that keeps it >= 1 (``~0 MiB`` told a user nothing)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} bytes"
+
+
 def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise MidprobeError(f"device {name!r} was asked for but no CUDA GPU is visible; use DEVICE=cpu")
@@ -233,8 +241,8 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
                    f"{height}x{width}, layers {', '.join(f'{k}{list(v)}' for k, v in shapes.items()) or 'none'} "
                    f"+ global, store ~{need / 2**20:.1f} MiB ({free / 2**30:.1f} GiB free)")
     if need > free:
-        raise MidprobeError(f"not enough disk for the feature store at {path}: needs ~{need / 2**20:.0f} MiB, "
-                            f"{free / 2**20:.0f} MiB free; free space or set DATA= to another disk")
+        raise MidprobeError(f"not enough disk for the feature store at {path}: needs ~{_bytes(need)}, "
+                            f"{_bytes(free)} free; free space or set DATA= to another disk")
     strides = dict(zip(backbone.spec.layer_names, backbone.spec.strides))
     writer = open_feature_writer(path, split=job.name,
                                  fingerprint=fingerprint_of(backbone, split, dataset_name, dataset_fp, job=job,

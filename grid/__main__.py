@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cache import data_root
+from cache import MidprobeError, data_root
 from cache.errors import exits_on_error
 from grid.spec import DEVICES
 
@@ -55,8 +55,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m grid") -> int:
 
         print(describe(spec, root, plan_jobs(spec, root), splits=args.splits))
         return 0
-    from grid.cluster import open_client
+    from grid.cluster import open_client, visible_gpus
     from grid.run import run_grid
+
+    if "cuda" in (spec.device, spec.probe_device) and not args.scheduler and args.cluster == "local" \
+            and not visible_gpus():
+        # before a cluster starts: its workers' teardown would print tracebacks ahead of this line
+        raise MidprobeError(f"grid {spec.name} runs on cuda but this machine has no visible CUDA GPU; set "
+                            "device = \"cpu\" in the grid file or run it with DEVICE=cpu")
 
     try:
         with open_client(scheduler=args.scheduler, cluster=args.cluster, workers=args.workers,

@@ -15,6 +15,7 @@ Worker processes read ``MIDPROBE_THREADS`` for the torch threads of each task, a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ctypes
 import os
 import sys
@@ -63,8 +64,12 @@ class PatientNanny(Nanny):
     imported torch and timm takes seconds to tear down on a busy machine, and being killed
     meanwhile only produces alarming warnings."""
 
-    async def close(self, timeout: float = 30, reason: str = "nanny-close") -> str:
-        return await super().close(timeout=timeout, reason=reason)
+    #: seconds a worker gets to exit; a Ctrl-C'd grid sets 2: its stores and records are written
+    #: atomically, so a worker killed mid-task leaves nothing half-written
+    patience = 30.0
+
+    async def close(self, timeout: float | None = None, reason: str = "nanny-close") -> str:
+        return await super().close(timeout=PatientNanny.patience if timeout is None else timeout, reason=reason)
 
 
 def local_cluster(*, workers: int | None = None, threads: int | None = None, dashboard: str | None = ":8787") -> Any:
@@ -112,7 +117,11 @@ def open_client(*, scheduler: str | None = None, cluster: str = "local", workers
                                 "`dask scheduler` and workers with `dask worker <address>`") from None
         started = None
     else:
-        started = slurm_cluster(jobs=jobs) if cluster == "slurm" else local_cluster(workers=workers)
+        if cluster == "slurm":
+            started = slurm_cluster(jobs=jobs)
+        else:
+            with interrupts_ignored():
+                started = local_cluster(workers=workers)
         client = Client(started)
     try:
         try:
@@ -121,14 +130,37 @@ def open_client(*, scheduler: str | None = None, cluster: str = "local", workers
             raise MidprobeError(f"no dask worker joined the scheduler {client.scheduler.address} within "
                                 f"{timeout:.0f} s") from None
         yield client
+    except KeyboardInterrupt:
+        # Ctrl-C: the grid's one line, not dask's teardown warnings from a cluster stopped mid-task
+        PatientNanny.patience = 2.0
+        with contextlib.suppress(Exception):
+            client.run(_silence_dask)
+        _silence_dask()
+        started = None if started is None else _Closing(started)
+        raise
     finally:
-        if started is not None:
+        if isinstance(started, _Closing):
+            started = started.cluster
+        elif started is not None:
             # workers first: a worker outliving the scheduler logs a failed heartbeat as an error
             with contextlib.suppress(Exception):
                 client.retire_workers(close_workers=True)
         client.close()
         if started is not None:
             started.close()
+
+
+@dataclasses.dataclass
+class _Closing:
+    """A cluster being closed after Ctrl-C: its busy workers are not retired one by one."""
+
+    cluster: Any
+
+
+def _silence_dask() -> None:
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
 
 #: glibc ``mallopt`` parameters, and the values glibc's own adaptive thresholds reach at most.
@@ -158,6 +190,21 @@ class HeapSettings(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         restore_heap()
+
+
+@contextlib.contextmanager
+def interrupts_ignored() -> Iterator[None]:
+    """SIGINT ignored while a local cluster's worker processes start, so they inherit that and leave
+    Ctrl-C to the grid's own process: they share the terminal's process group, and each one
+    interrupted printed a KeyboardInterrupt traceback before the grid's one line (the grid closes
+    them itself). Workers of a user's own scheduler are left alone."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def gpu_workers(client: Any) -> int:

@@ -212,9 +212,13 @@ def load_grid(path: str | Path) -> GridSpec:
     """Read and check the grid file at ``path``; every problem is a one-line ``MidprobeError``."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise MidprobeError(f"cannot read grid file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        hint = " (it looks like UTF-16: save it as UTF-8)" if path.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise MidprobeError(f"cannot read grid file {path}: byte {exc.start} is not UTF-8{hint}; TOML files are "
+                            "UTF-8 text") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -283,7 +287,7 @@ def _check_model(check: _Checker, model: str, key: tuple) -> None:
 
 
 def _datasets(check: _Checker, value: Any, shards: int) -> tuple[DatasetEntry, ...]:
-    from extract.datasets import DATASETS
+    from extract.datasets import DATASETS, check_options
     from extract.sizing import PUBLISHED_TASKS, SYNTHETIC_TASKS
     from protocols import TASK_SPLITS
 
@@ -305,7 +309,13 @@ def _datasets(check: _Checker, value: Any, shards: int) -> tuple[DatasetEntry, .
         raw = entry["raw"]
         if raw is not None and (not isinstance(raw, str) or not raw):
             raise check.fail((*key, "raw"), f"expected a folder path, got {raw!r}")
-        out.append(DatasetEntry(loader, tasks, dict(check.table(entry["options"], (*key, "options"))),
+        options = check.table(entry["options"], (*key, "options"))
+        for name, setting in options.items():
+            try:
+                check_options(loader, {name: setting})
+            except MidprobeError as exc:
+                raise check.fail((*key, "options", name), str(exc)) from None
+        out.append(DatasetEntry(loader, tasks, dict(options),
                                 str(Path(raw).expanduser().resolve()) if raw else None,
                                 shards if entry["shards"] is None else
                                 check.integer(entry["shards"], (*key, "shards"), least=1)))

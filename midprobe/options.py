@@ -76,7 +76,12 @@ def quiet_option(*, help: str | None = "no progress lines") -> argparse.Argument
 def device_option(*, default: str | None = "cpu", choices: Sequence[str] | None = None,
                   help: str | None = "cpu (default) or cuda (cuda:<i> for one of several GPUs)") -> argparse.ArgumentParser:
     p = _parent()
-    p.add_argument("--device", default=default, choices=list(choices) if choices else None, help=help)
+    if choices:
+        p.add_argument("--device", default=default, choices=list(choices), help=help)
+    else:  # checked against the GPUs this machine has, in one line (midprobe.values)
+        from midprobe import values
+
+        p.add_argument("--device", default=default, type=values.device, help=help)
     return p
 
 

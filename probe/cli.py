@@ -10,6 +10,7 @@ import argparse
 
 from cache import MidprobeError, data_root
 from cache.errors import exits_on_error
+from midprobe import values
 from probe.tracking import LOGGERS
 
 
@@ -18,13 +19,6 @@ def _floats(text: str) -> list[float]:
         return [float(v) for v in text.split(",") if v]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
 
 
 def _train_images(text: str) -> list[int | float | None]:
@@ -57,8 +51,8 @@ def parser(prog: str = "python -m probe") -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--hidden", type=int, help="hidden width of the MLP and DPT heads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=_ints, help="comma-separated seeds (e.g. 0,1,2): every head trained once per "
+    p.add_argument("--seed", type=values.seed, default=0)
+    p.add_argument("--seeds", type=values.seeds, help="comma-separated seeds (e.g. 0,1,2): every head trained once per "
                    "seed; with --train-images each seed also draws its own subsets")
     p.add_argument("--train-images", type=_train_images,
                    help="label efficiency: also train on nested seeded subsets of the train split, e.g. "
@@ -127,14 +121,17 @@ def main(argv: list[str] | None = None, prog: str = "python -m probe") -> int:
     budget = None if args.cache_budget is None else parse_bytes(args.cache_budget)
     task = get_task(args.task)
     overrides = overrides_of(args) if isinstance(task, DenseTask) else {}
-    layer_sets = [s.split(",") for s in args.layers.split(";") if s] if args.layers else None
+    if not isinstance(task, DenseTask) and (args.head or args.lr is not None):
+        raise MidprobeError(f"task {args.task!r} is zero-shot: it trains no head, so "
+                            f"{'--head' if args.head else '--lr'} does not apply; drop HEAD= and LR=")
+    layer_sets = values.layer_sets(args.layers)
     zero_shot = {"bidirectional": True} if args.bidirectional else {}
     from protocols import get_protocol, with_augment
 
     protocol = with_augment(get_protocol(args.protocol), args.augment)
     rows = run_task(task_name=args.task, dataset=args.dataset, protocol=protocol,
-                    models=args.model.split(",") if args.model else None,
-                    heads=[h for h in args.head.split(",") if h] if args.head else None, lrs=args.lr,
+                    models=values.name_list(args.model) or None, heads=values.name_list(args.head) or None,
+                    lrs=values.unique(args.lr) if args.lr is not None else None,
                     layer_sets=layer_sets, overrides=overrides, seed=args.seed, device=args.device,
                     precision=args.precision, seeds=args.seeds, train_images=args.train_images,
                     test_corruptions=args.test_corrupt, cache_budget=budget,

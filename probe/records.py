@@ -81,17 +81,54 @@ def write_record(root: DataRoot, *, task: str, dataset: str, model: str, probe: 
         return atomic_write(path, json.dumps(record, indent=2, sort_keys=True, default=float))
 
 
-def load_records(root: DataRoot) -> list[dict[str, Any]]:
-    """Every record under the data root, each with its ``path``."""
-    records = []
+#: what every record holds, by type (a record missing one, or of another type, is skipped and named)
+RECORD_FIELDS = {"task": str, "dataset": str, "model": str, "probe": str, "protocol": str, "seed": int,
+                 "config": dict, "headline_metric": str, "headline": (int, float), "metrics": dict,
+                 "feature_fingerprint": dict}
+
+
+def record_problem(record: Any) -> str | None:
+    """Why ``record`` (parsed JSON) cannot be reported, or ``None`` when it can."""
+    import math
+
+    if not isinstance(record, dict):
+        return f"holds {type(record).__name__ if record is not None else 'null'}, not a record object"
+    if record.get("record_version") != RECORD_VERSION:
+        return f"record_version {record.get('record_version')!r}, expected {RECORD_VERSION}"
+    for key, kind in RECORD_FIELDS.items():
+        if key not in record:
+            return f"no {key!r}"
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
+            return f"{key!r} is {type(record[key]).__name__} {record[key]!r}"
+    if not math.isfinite(record["headline"]):
+        return f"headline {record['headline_metric']} is {record['headline']} (the probe diverged?)"
+    return None
+
+
+def read_records(root: DataRoot) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+    """Every reportable record under the data root (each with its ``path``), and every other
+    ``.json`` file there with the reason it was skipped (unreadable, truncated, empty, missing keys)."""
+    records, skipped = [], []
     for path in sorted(root.results().rglob("*.json")):
         try:
             record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except OSError as exc:
+            skipped.append((path, f"unreadable: {exc.strerror}"))
             continue
-        if isinstance(record, dict) and record.get("record_version") == RECORD_VERSION:
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            skipped.append((path, "empty" if not path.stat().st_size else "truncated or not JSON"))
+            continue
+        problem = record_problem(record)
+        if problem:
+            skipped.append((path, problem))
+        else:
             records.append({**record, "path": str(path)})
-    return records
+    return records, skipped
+
+
+def load_records(root: DataRoot) -> list[dict[str, Any]]:
+    """Every reportable record under the data root, each with its ``path`` (see :func:`read_records`)."""
+    return read_records(root)[0]
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:

@@ -263,7 +263,7 @@ def _open_split(store, model: str, split: str, extraction: ExtractionChoices, ro
         reads = (f"the corrupted split {name!r}" if corrupt else
                  f"split {name!r}, which protocol {protocol.name!r} reads")
         extra = "" if precision == "fp16" else f" PRECISION={precision}"
-        raise MidprobeError(f"feature store of {model!r} for {store.name!r} has no {reads}; run `make extract "
+        raise MidprobeError(f"feature store of {model!r} for {store.name!r} lacks {reads}; run `make extract "
                             f"MODEL={model} DATASET={store.name} PROTOCOL={protocol.name}"
                             f"{f' CORRUPT={extraction.corruption}' if corrupt else ''}{extra}`") from None
 

@@ -24,7 +24,6 @@ from dataclasses import replace
 from typing import Any
 
 from cache import MidprobeError
-from typing import Any
 
 from protocols.choices import (DEFAULT_LAYERS, DENSE_TASKS, NAVI_STYLE, SCANNET_STYLE, CorrespondenceChoices,
                                DenseChoices, Deviation, ExtractionChoices, Protocol, SimilarityChoices, _frozen, apply)

@@ -237,7 +237,7 @@ def test_unknown_options_and_missing_raw_folders_are_one_line_errors(root, capsy
     with pytest.raises(MidprobeError, match=r"store name '../voc': expected letters, digits"):
         prepare("voc", root=root, progress=False, name="../voc")
     assert data_main(["--dataset", "nights", "--data", str(root.root), "--option", "min_votes=six"]) == 2
-    assert "option min_votes='six': expected a int" in capsys.readouterr().err
+    assert "option min_votes='six': expected an integer" in capsys.readouterr().err
 
 
 def test_the_store_fingerprint_follows_the_raw_files(root):

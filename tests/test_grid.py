@@ -166,8 +166,10 @@ def test_make_grid_passes_precision_only_when_given(tmp_path, capsys):
                               *args], cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
         return [line for line in out.replace("\\\n", " ").splitlines() if "/venv/bin/midprobe grid" in line]
 
-    assert "--precision" not in make_grid()[0].split()     # the grid file decides
-    assert make_grid("PRECISION=int8")[0].split()[-2:] == ["--precision", "int8"]
+    import shlex                                           # the recipe quotes every value: its argv, as a shell parses it
+
+    assert "--precision" not in shlex.split(make_grid()[0])     # the grid file decides
+    assert shlex.split(make_grid("PRECISION=int8")[0])[-2:] == ["--precision", "int8"]
     assert grid_main([str(SMOKE), "--dry-run", "--precision", "int4", "--data", str(tmp_path / "data")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: precision 'int4': expected fp16 or int8"

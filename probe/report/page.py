@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from cache import DataRoot
 from cache.durable import disk_errors, fsync_dir, fsync_tree
 from cache.progress import progress_bar
-from probe.records import load_records
+from probe.records import read_records
 from probe.report.figures import draw_board, figure_count
 from probe.report.html import markdown_section, write_html
 from probe.report.studies import is_study_record, study_sections
@@ -46,12 +47,18 @@ def build_report(root: DataRoot, *, imagenet_csv: str | None = None,
         shutil.rmtree(_staging(root), ignore_errors=True)
 
 
+def skipped_line(root: DataRoot, skipped: list[tuple[Path, str]]) -> str:
+    """One line naming every result file left out of the report, and why."""
+    return (f"Skipped {len(skipped)} result file(s): " +
+            "; ".join(f"`{path.relative_to(root.root)}` ({why})" for path, why in skipped) + ".")
+
+
 def _staging(root: DataRoot) -> Path:
     return root.reports() / f".staging-{os.getpid()}"
 
 
 def _build_report(root: DataRoot, *, imagenet_csv: str | None, quiet: bool) -> tuple[Path, dict[str, str]]:
-    records = load_records(root)
+    records, skipped = read_records(root)
     # study records (training subsets, corrupted test splits) have their own sections, not leaderboard cells
     plain = [r for r in records if not is_study_record(r)]
     boards = build_leaderboards(plain) if plain or not records else {}
@@ -63,7 +70,9 @@ def _build_report(root: DataRoot, *, imagenet_csv: str | None, quiet: bool) -> t
     figures = root.ensure_writable(folder / "figures")
     built = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
     lines = ["# midprobe report", "", f"Built {built} from {len(records)} result records under `{root.root}`.", "",
-             HEADLINES, ""]
+             *([skipped_line(root, skipped), ""] if skipped else []), HEADLINES, ""]
+    if skipped and not quiet:
+        print(f"[report] {skipped_line(root, skipped)}", file=sys.stderr)
     texts = {}
     drawn = []
     with progress_bar(total=sum(figure_count(b) for b in boards.values()), name="[report] figures", unit="fig",

@@ -33,6 +33,14 @@ def _stack(views: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return out
 
 
+def _ignore_interrupts() -> None:
+    """Pool workers leave Ctrl-C to the parent: a worker that died of it took its task with it, and
+    the parent's ``pool.join()`` then waited for that task forever (Ctrl-C to the process group)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run(pool: Any, fn: Callable, items: Iterable[int]) -> Iterable[Any]:
     return pool.imap(fn, items, chunksize=4) if pool is not None else map(fn, items)
 
@@ -52,10 +60,11 @@ def prepare_synthetic(*, root: DataRoot, train: int = DEFAULTS["train"], test: i
         attrs={"depth_kind": "metric", "depth_range": [0.001, 10.0], "tasks":
                ["depth", "normals", "segmentation", "correspondence", "similarity"], "proxy_note": PROXY_NOTE})
     workers = workers or min(2, os.cpu_count() or 1)
-    pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
+    pool = mp.get_context("fork").Pool(workers, initializer=_ignore_interrupts) if workers > 1 else None
     total = train + test + 2 * pairs + 3 * triplets
     bar = tqdm(total=total, unit="img", desc="synthetic", disable=not progress, file=sys.stderr)
     started = time.perf_counter()
+    whole = False
     try:
         for split, count in (("train", train), ("test", test)):
             out = writer.split(split, num_images=count, height=size, width=size, fields=_fields(size))
@@ -79,10 +88,12 @@ def prepare_synthetic(*, root: DataRoot, train: int = DEFAULTS["train"], test: i
             bar.update(3)
         out.put_relation("triplets", np.arange(3 * triplets, dtype=np.int32).reshape(triplets, 3))
         out.put_relation("triplet_answer", answers, meaning="index (0 or 1) of the candidate closer to the reference")
+        whole = True
     finally:
         bar.close()
         if pool is not None:
-            pool.close()
+            # on an error or Ctrl-C the outstanding renders are not wanted: stop, do not wait
+            pool.close() if whole else pool.terminate()
             pool.join()
     store = writer.finish()
     seconds = time.perf_counter() - started

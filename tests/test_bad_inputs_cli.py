@@ -1,0 +1,386 @@
+"""The bad-input matrix, continued (issue #30): option values, dataset and grid options, grid files,
+the Makefile's quoting and Ctrl-C. Every row: one line starting ``error:`` (or the interrupted line),
+a non-zero exit, and no store, record or report presented as complete."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cache import data_root
+from cache.errors import INTERRUPTED, INTERRUPTED_LINE
+from extract.cli import main as extract_main
+from extract.datasets.__main__ import main as data_main
+from extract.runner import extract
+from grid.__main__ import main as grid_main
+from probe.cli import main as probe_main
+from tests.conftest import write_tiny_dataset
+from tests.filesystems import tree_bytes
+from tests.test_cli import make_dry_run
+
+REPO = Path(__file__).resolve().parents[1]
+PROBE = ("--task", "depth", "--dataset", "tiny", "--model", "pixels", "--epochs", "1", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = data_root(tmp_path_factory.mktemp("features") / "data")
+    write_tiny_dataset(root, splits={"train": 6, "test": 3}, height=32, width=48)
+    extract(model="pixels", dataset="tiny", root=root, progress=False)
+    return root.root
+
+
+def one_line(code: int, err: str, expect: str, status: int = 2) -> None:
+    assert code == status, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert re.search(expect, lines[0]), lines[0]
+
+
+def unchanged(root: Path):
+    before = tree_bytes(root)
+    return lambda: tree_bytes(root) == before
+
+
+OPTION_ROWS = {
+    "seed-negative": (("--seed", "-5"), "^error: seed -5: expected an integer >= 0$"),
+    "seeds-negative": (("--seeds=-1",), "^error: seed -1: expected an integer >= 0$"),
+    "seeds-garbage": (("--seeds", "a"), "^error: seed 'a': expected an integer >= 0$"),
+    "device-gpu": (("--device", "gpu"), "^error: unknown device 'gpu'; expected cpu, cuda or cuda:<i>$"),
+    "device-mps": (("--device", "mps"), "^error: unknown device 'mps'"),
+    "device-meta": (("--device", "meta"), "^error: unknown device 'meta'"),
+    "layers-garbage": (("--layers", ";;,,"), "^error: --layers ';;,,' names no layer; expected layer names"),
+}
+
+
+@pytest.mark.parametrize("name", OPTION_ROWS)
+def test_a_bad_probe_option_value_is_one_line(name, features, capsys):
+    args, expect = OPTION_ROWS[name]
+    same = unchanged(features)
+    capsys.readouterr()
+    one_line(probe_main([*PROBE, *args, "--data", str(features)]), capsys.readouterr().err, expect)
+    assert same()
+
+
+@pytest.mark.parametrize("args,expect", [
+    (("--device", "meta"), "^error: unknown device 'meta'"),
+    (("--layers", ",,"), "^error: --layers ',,' names no layer"),
+    (("--layers", "patch;patch"), "^error: .*';'|patch;patch"),
+])
+def test_a_bad_extract_option_value_is_one_line(args, expect, features, capsys):
+    same = unchanged(features)
+    capsys.readouterr()
+    code = extract_main(["--model", "pixels", "--dataset", "tiny", "--quiet", *args, "--data", str(features)])
+    one_line(code, capsys.readouterr().err, expect)
+    assert same()
+
+
+def test_cuda_without_a_gpu_is_one_line(features, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    one_line(probe_main([*PROBE, "--device", "cuda", "--data", str(features)]), capsys.readouterr().err,
+             "no CUDA GPU is visible; use DEVICE=cpu")
+
+
+def test_repeated_seeds_models_heads_lrs_and_layers_train_once(features, tmp_path, capsys):
+    shutil.copytree(features, tmp_path / "data")
+    args = ["--seeds", "0,0", "--model", "pixels,pixels", "--head", "linear,linear", "--lr", "1e-3,1e-3",
+            "--layers", "patch,patch;patch", "--data", str(tmp_path / "data")]
+    assert probe_main([*PROBE, *args]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "pixels" in line]
+    assert len(rows) == 1, rows
+
+
+@pytest.mark.parametrize("option,expect", [
+    ("train=abc", "^error: option train='abc': expected an integer$"),
+    ("train=-4", "^error: option train=-4: expected an integer >= 1$"),
+    ("train=0", "^error: option train=0: expected an integer >= 1$"),
+    ("size=8", "^error: option size=8: expected an integer >= 16$"),
+    ("contact_sheet=maybe", "^error: option contact_sheet='maybe': expected true or false$"),
+])
+def test_a_synthetic_option_of_the_wrong_type_is_one_line_and_builds_nothing(option, expect, tmp_path, capsys):
+    code = data_main(["--dataset", "synthetic", "--option", option, "--quiet", "--data", str(tmp_path / "data")])
+    one_line(code, capsys.readouterr().err, expect)
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.building"))
+
+
+DEMO = (REPO / "grids" / "demo.toml").read_text()
+
+
+@pytest.mark.parametrize("edit,dry,expect", [
+    (lambda t: t.replace("train = 256", 'train = "sixteen"'), True,
+     r"demo.toml:14: datasets.synthetic.options.train: option train='sixteen': expected an integer$"),
+    (lambda t: t.replace("train = 256", 'train = "sixteen"'), False, r"options.train: option train='sixteen'"),
+    (lambda t: t.replace("train = 256", "trian = 16"), True,
+     r"options.trian: dataset 'synthetic' has no option trian; its options: train, test"),
+    (lambda t: t.replace("train = 256", "train = true"), True, r"option train=True: expected an integer$"),
+])
+def test_a_grid_files_dataset_options_are_checked_by_name_and_type(edit, dry, expect, tmp_path, capsys):
+    grid = tmp_path / "demo.toml"
+    grid.write_text(edit(DEMO))
+    code = grid_main([str(grid), *(["--dry-run"] if dry else []), "--data", str(tmp_path / "data")])
+    one_line(code, capsys.readouterr().err, "^error: .*" + expect)
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_utf16_grid_file_is_one_line(tmp_path, capsys):
+    grid = tmp_path / "demo.toml"
+    grid.write_text(DEMO, encoding="utf-16")
+    one_line(grid_main([str(grid), "--dry-run", "--data", str(tmp_path / "data")]), capsys.readouterr().err,
+             "^error: cannot read grid file .*demo.toml: byte 0 is not UTF-8 \\(it looks like UTF-16: save it as "
+             "UTF-8\\)")
+
+
+def test_a_cuda_grid_on_a_machine_without_a_gpu_stops_before_a_cluster_starts(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    grid = tmp_path / "demo.toml"
+    grid.write_text(DEMO.replace('device = "cpu"', 'device = "cuda"'))
+    one_line(grid_main([str(grid), "--data", str(tmp_path / "data")]), capsys.readouterr().err,
+             "^error: grid demo runs on cuda but this machine has no visible CUDA GPU; set device = \"cpu\" in the "
+             "grid file or run it with DEVICE=cpu$")
+    assert not (tmp_path / "data").exists()
+    # the suggested DEVICE=cpu is the grid's --device cpu
+    assert grid_main([str(grid), "--device", "cpu", "--dry-run", "--data", str(tmp_path / "data")]) == 0
+
+
+@pytest.mark.parametrize("variables,flag,value", [
+    (("MODEL=pixels", "LAYERS=patch;patch", "DRY=1"), "--layers", "patch;patch"),
+    (("MODEL=pixels", "LAYERS=,,;"), "--layers", ",,;"),
+    (("MODEL=pixels", "LAYERS=a'b\"c `y` &|>z"), "--layers", "a'b\"c `y` &|>z"),
+    (("MODEL=pixels", "WEIGHTS=/my files/w.pth"), "--weights", "/my files/w.pth"),
+])
+def test_make_extract_passes_every_variable_as_one_argument(variables, flag, value):
+    lines = make_dry_run("extract", *variables)
+    command = next(argv for argv in lines if "extract" in argv and "--model" in argv)
+    assert command[command.index(flag) + 1] == value
+    assert len(lines) == len(make_dry_run("extract", "MODEL=pixels")) # no extra shell command was made of it
+    assert ("--dry-run" in command) == ("DRY=1" in variables)
+
+
+@pytest.mark.parametrize("target,variables,flag,value", [
+    ("data", ("DATASET=folder", "RAW=/my data/photos"), "--raw", "/my data/photos"),
+    ("data", ("OPTIONS=train=8 test='x;y'",), "--option", "train=8"),
+    ("grid", ("GRID=/my grids/a;b.toml", "DRY=1"), "grid", "/my grids/a;b.toml"),
+    ("probe", ("TASK=depth", "LAYERS=block2,block11;block11", "SEEDS=0;1"), "--layers", "block2,block11;block11"),
+])
+def test_make_targets_pass_every_variable_as_one_argument(target, variables, flag, value):
+    command = [argv for argv in make_dry_run(target, *variables) if "/venv/bin/midprobe" in argv[0]]
+    assert len(command) == 1
+    assert command[0][command[0].index(flag) + 1] == value
+    if "OPTIONS=" in variables[0]:
+        assert command[0][-2:] == ["--option", "test='x;y'"]
+
+
+def test_a_keyboard_interrupt_is_one_line_and_exit_130(features, monkeypatch, capsys):
+    import probe.run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(probe.run, "run_task", interrupted)
+    code = probe_main([*PROBE, "--data", str(features)])
+    one_line(code, capsys.readouterr().err, f"^{re.escape(INTERRUPTED_LINE)}$", status=INTERRUPTED)
+
+
+def _interrupt_group(argv: list[str], ready, tmp_path: Path, timeout: float = 90) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    err = (tmp_path / "stderr").open("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "midprobe", *argv], cwd=REPO, env=env, stderr=err,
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)                       # Ctrl-C: the whole process group
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("hung after Ctrl-C")
+    err.seek(0)
+    return code, err.read()
+
+
+def test_ctrl_c_to_the_process_group_during_data_is_one_line_exit_130_and_no_hang(tmp_path):
+    root = tmp_path / "data"
+    building = root / "stores" / "datasets" / "synthetic.zarr.building" / "train"
+    code, err = _interrupt_group(["data", "--dataset", "synthetic", "--size", "96", "--workers", "2", "--quiet",
+                                  "--data", str(root)], building.exists, tmp_path)
+    one_line(code, err, f"^{re.escape(INTERRUPTED_LINE)}$", status=INTERRUPTED)
+    assert not (root / "stores" / "datasets" / "synthetic.zarr").exists()   # nothing presented as complete
+
+
+@pytest.mark.slow                 # a local cluster's start: a minute or two on a busy 2-core machine
+def test_ctrl_c_to_the_process_group_during_a_grid_is_one_line_exit_130(tmp_path):
+    grid = tmp_path / "tiny.toml"
+    grid.write_text('[grid]\nname = "tiny"\nmodels = ["pixels"]\n[datasets.synthetic]\ntasks = ["depth"]\n'
+                    "options = { train = 512, test = 16, pairs = 2, triplets = 2, size = 96 }\n"
+                    '[tasks.depth]\nheads = ["linear"]\n')
+    stderr = tmp_path / "stderr"
+    code, err = _interrupt_group(["grid", str(grid), "--data", str(tmp_path / "data")],
+                                 lambda: stderr.exists() and "worker(s)" in stderr.read_text(), tmp_path, timeout=120)
+    assert code == INTERRUPTED, err
+    # (a dashboard port taken by another cluster on this machine is dask's warning at start, not ours)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "WARNING" not in err, err
+    assert err.strip().splitlines()[-1] == ("[grid] interrupted: rerun the same command to resume (complete work is "
+                                            "skipped)"), err
+
+
+def test_report_names_every_record_file_it_skips_and_why(features, tmp_path, capsys):
+    import json
+
+    from probe.report.__main__ import main as report_main
+
+    root = tmp_path / "data"
+    shutil.copytree(features, root)
+    assert probe_main([*PROBE, "--data", str(root)]) == 0
+    whole = len(list((root / "results").rglob("*.json")))
+    good = next((root / "results").rglob("*.json"))
+    record = json.loads(good.read_text())
+    folder = good.parent
+    (folder / "truncated.json").write_text(good.read_text()[:100])
+    (folder / "empty.json").write_text("")
+    (folder / "list.json").write_text("[]")
+    (folder / "no-headline.json").write_text(json.dumps({k: v for k, v in record.items() if k != "headline"}))
+    (folder / "string.json").write_text(json.dumps({**record, "headline": "0.5"}))
+    (folder / "nan.json").write_text(json.dumps({**record, "headline": float("nan")}))
+    capsys.readouterr()
+    assert report_main(["--data", str(root)]) == 0
+    err = capsys.readouterr().err
+    page = (root / "reports" / "report.md").read_text()
+    assert f"from {whole} result records" in page
+    for name, why in (("truncated", "truncated or not JSON"), ("empty", "empty"), ("list", "holds list"),
+                      ("no-headline", "no 'headline'"), ("string", "'headline' is str '0.5'"),
+                      ("nan", "headline .* is nan \\(the probe diverged\\?\\)")):
+        assert re.search(f"`[^`]*{name}.json` \\({why}", page), name
+        assert re.search(f"{name}.json` \\({why}", err), name
+    assert "Skipped 6 result file(s)" in page and "Traceback" not in err
+
+
+def _run_make(target: str, words: str, data: Path) -> int:
+    """Run a suggested ``make`` command through the recipe's own argv (make -n), in this process."""
+    import shlex
+
+    from midprobe.cli import main as midprobe_main
+
+    (argv,) = [a for a in make_dry_run(target, *shlex.split(words)) if a[0].endswith("/midprobe")]
+    return midprobe_main([*argv[1:], "--data", str(data)])
+
+
+def test_a_damaged_zarr_json_is_one_line_everywhere_and_verify_names_the_rebuild(features, tmp_path, capsys):
+    from cache.verify import main as verify_main
+
+    root = tmp_path / "data"
+    shutil.copytree(features, root)
+    split = root / "stores/features/tiny/pixels.zarr/train"
+    (split / "zarr.json").write_bytes((split / "zarr.json").read_bytes()[:50])
+    same = unchanged(root)
+    capsys.readouterr()
+    for run in (lambda: probe_main([*PROBE, "--data", str(root)]),
+                lambda: extract_main(["--model", "pixels", "--dataset", "tiny", "--quiet", "--data", str(root)])):
+        one_line(run(), capsys.readouterr().err, "^error: .*feature store .* has a damaged zarr.json \\(JSONDecodeError: "
+                 ".*run `make verify` to see which")
+    assert verify_main(["--data", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert same()
+    match = re.search(r"train/zarr.json is damaged .*; delete (\S+) and rerun `make extract (.*)` to extract", out)
+    assert match, out
+    shutil.rmtree(match.group(1))
+    assert _run_make("extract", match.group(2) + " DRY=", root) == 0          # the suggested command, run
+    assert verify_main(["--data", str(root)]) == 0
+    assert probe_main([*PROBE, "--data", str(root)]) == 0
+    dataset = root / "stores/datasets/tiny.zarr/zarr.json"
+    dataset.write_bytes(dataset.read_bytes()[:50])
+    capsys.readouterr()
+    one_line(probe_main([*PROBE, "--data", str(root)]), capsys.readouterr().err,
+             "^error: dataset store .*tiny.zarr has a damaged zarr.json")
+
+
+def test_verify_repair_suggests_rebuilding_a_dataset_store_with_its_own_options(tmp_path, capsys):
+    from cache import open_dataset
+    from cache.verify import main as verify_main
+
+    root = tmp_path / "data"
+    assert data_main(["--dataset", "synthetic", "--train", "4", "--test", "2", "--pairs", "1", "--triplets", "1",
+                      "--size", "32", "--workers", "1", "--quiet", "--data", str(root)]) == 0
+    store = root / "stores/datasets/synthetic.zarr"
+    fingerprint = open_dataset(store).fingerprint if hasattr(open_dataset(store), "fingerprint") else None
+    chunk = next(p for p in (store / "train" / "depth" / "c").rglob("*") if p.is_file())
+    chunk.write_bytes(b"x")
+    capsys.readouterr()
+    assert verify_main(["--repair", "--data", str(root)]) == 0             # found and repaired
+    out = capsys.readouterr().out
+    match = re.search(r"rebuild it with `make data (.*)` \(its own options\)", out)
+    assert match and "train=4 test=2 pairs=1 triplets=1 size=32" in match.group(1), out
+    assert _run_make("data", match.group(1) + " CHECK=", root) == 0
+    assert verify_main(["--data", str(root)]) == 0
+    rebuilt = open_dataset(store)
+    assert rebuilt.split("train").num_images == 4 and rebuilt.split("test").num_images == 2
+    if fingerprint is not None:
+        assert rebuilt.fingerprint == fingerprint
+
+
+@pytest.mark.parametrize("cli", ["probe", "extract", "data", "verify", "report"])
+def test_a_data_root_that_is_a_file_is_one_line(cli, tmp_path, capsys):
+    from midprobe.cli import main as midprobe_main
+
+    file = tmp_path / "data"
+    file.write_text("not a folder")
+    args = {"probe": PROBE, "extract": ("--model", "pixels", "--dataset", "tiny", "--quiet"),
+            "data": ("--dataset", "synthetic", "--quiet"), "verify": (), "report": ("--quiet",)}[cli]
+    one_line(midprobe_main([cli, *args, "--data", str(file)]), capsys.readouterr().err,
+             f"^error: data root {re.escape(str(file))} is a file; expected a folder")
+    assert file.read_text() == "not a folder"
+
+
+def test_a_missing_corrupted_split_reads_as_english(features, tmp_path, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(features, root)
+    code = probe_main([*PROBE, "--test-corrupt", "fog:1", "--data", str(root)])
+    one_line(code, capsys.readouterr().err, "^error: feature store of 'pixels' for 'tiny' lacks the corrupted split "
+             "'test@corrupt-fog-1'; run `make extract MODEL=pixels DATASET=tiny PROTOCOL=midprobe CORRUPT=fog:1`")
+
+
+def test_disk_sizes_are_said_in_a_unit_that_shows_them():
+    from extract.runner import _bytes
+
+    assert [_bytes(n) for n in (0, 300, 5 * 2**10, 3 * 2**20 / 2, 2**31)] == [
+        "0 bytes", "300 bytes", "5.0 KiB", "1.5 MiB", "2.0 GiB"]
+
+
+def test_a_deleted_chunk_of_a_complete_store_is_found_by_extract_and_the_suggested_repair_works(features, tmp_path,
+                                                                                               capsys):
+    from cache.verify import main as verify_main
+
+    root = tmp_path / "data"
+    shutil.copytree(features, root)
+    chunk = next(p for p in (root / "stores/features/tiny/pixels.zarr/train/patch/c").rglob("*") if p.is_file())
+    chunk.unlink()
+    extract_args = ["--model", "pixels", "--dataset", "tiny", "--quiet", "--data", str(root)]
+    capsys.readouterr()
+    one_line(extract_main(extract_args), capsys.readouterr().err,
+             "^error: feature store .*pixels.zarr/train is marked complete but its chunk file train/patch/c/.* is "
+             "missing; run `make verify REPAIR=1` to mark it for re-extraction, then rerun this `make extract`$")
+    assert verify_main(["--repair", "--data", str(root)]) == 0
+    assert extract_main(extract_args) == 0 and chunk.exists()
+    assert verify_main(["--data", str(root)]) == 0
+
+
+def test_head_for_a_zero_shot_task_is_one_line(features, capsys):
+    one_line(probe_main(["--task", "similarity", "--dataset", "tiny", "--head", "mlp", "--data", str(features)]),
+             capsys.readouterr().err, "^error: task 'similarity' is zero-shot: it trains no head, so --head does not "
+             "apply; drop HEAD= and LR=$")
