@@ -122,9 +122,10 @@ bench-gpu: setup
 	PYTHON=$(PY) bash bench/gpu.sh
 
 # How much each of the paper's choices moves the numbers (synthetic set, weight-free and random
-# backbones); rewrites the table between the README's fidelity markers.
+# backbones, SEEDS= at least 3, default 0,1,2): effects paired by seed with 95 % intervals; writes
+# docs/fidelity.md (deterministic; the run's date and time go to $(DATA)/fidelity/reports/fidelity.log).
 fidelity: setup
-	$(MIDPROBE) fidelity --data $(DATA)/fidelity --readme README.md
+	$(MIDPROBE) fidelity --data $(DATA)/fidelity --page docs/fidelity.md $(if $(SEEDS),--seeds $(SEEDS))
 
 # Label efficiency and robustness on a small synthetic set (weight-free and random backbones):
 # a labels-vs-headline curve, two corruptions at three severities, and their report.
