@@ -33,6 +33,7 @@ CORRUPT  ?=
 TEST_CORRUPT ?=
 TRAIN_IMAGES ?=
 SEEDS    ?=
+PAPER_CODE ?=
 GRID     ?=
 DRY      ?=
 SCHEDULER ?=
@@ -42,10 +43,10 @@ export MIDPROBE_DATA := $(DATA)
 
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test soak data example-folder extract probe grid demo bench bench-gpu fidelity studies report verify clean-data help
+.PHONY: setup test soak data example-folder extract probe grid demo bench bench-gpu fidelity parity studies report verify clean-data help
 
 help:
-	@echo "make setup | test | soak | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… [DRY=1] | probe TASK=… [LOG=tensorboard] | grid GRID=grids/….toml [DRY=1] | demo | bench | bench-gpu | fidelity | studies | report | verify [REPAIR=1]"
+	@echo "make setup | test | soak | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… [DRY=1] | probe TASK=… [LOG=tensorboard] | grid GRID=grids/….toml [DRY=1] | demo | bench | bench-gpu | fidelity | parity PAPER_CODE=… | studies | report | verify [REPAIR=1]"
 	@echo "the same stages as one command, after make setup: $(MIDPROBE) --help"
 
 $(STAMP): pyproject.toml
@@ -126,6 +127,11 @@ bench-gpu: setup
 # docs/fidelity.md (deterministic; the run's date and time go to $(DATA)/fidelity/reports/fidelity.log).
 fidelity: setup
 	$(MIDPROBE) fidelity --data $(DATA)/fidelity --page docs/fidelity.md $(if $(SEEDS),--seeds $(SEEDS))
+
+# The paper's own functions (a checkout of midvision-probe @ 984b325) beside midprobe's on the same
+# tensors; without PAPER_CODE it says so and does nothing.
+parity: setup
+	$(PY) -m bench.parity $(if $(PAPER_CODE),--paper-code $(PAPER_CODE))
 
 # Label efficiency and robustness on a small synthetic set (weight-free and random backbones):
 # a labels-vs-headline curve, two corruptions at three severities, and their report.

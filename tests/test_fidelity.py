@@ -94,3 +94,67 @@ def test_bad_study_arguments_exit_2_with_one_line(argv, message, tmp_path, capsy
     assert not (tmp_path / "d").exists()                                 # nothing prepared or written
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
+PAPER_UNIT = '''
+import torch
+from torch import nn
+
+
+class ResidualConvUnit(nn.Module):
+    """As the issue describes midvision-probe's unit: its ReLU is in place on the CNN path."""
+
+    def __init__(self, features, kernel_size=3, is_transformer=False, inplace_relu=True):
+        super().__init__()
+        self.is_transformer = is_transformer
+        self.conv1 = nn.Conv2d(features, features, kernel_size, padding=kernel_size // 2)
+        self.conv2 = nn.Conv2d(features, features, kernel_size, padding=kernel_size // 2)
+        self.relu = nn.ReLU(inplace=inplace_relu and not {broken})
+
+    def forward(self, x):
+        if self.is_transformer:
+            return torch.relu(self.conv2(torch.relu(self.conv1(x)))) + x
+        out = self.relu(x)
+        out = self.conv2(torch.relu(self.conv1(out)))
+        return out + x
+'''
+
+PAPER_PROJECT = '''
+import torch
+
+
+def project_3dto2d(xyz, K_mat):
+    xyz = K_mat @ xyz.T
+    return (xyz[:2] / xyz[2:].clamp(min=1e-9)).T
+'''
+
+
+def _checkout(path, broken):
+    for folder in ("evals", "evals/models", "evals/utils"):
+        (path / folder).mkdir(parents=True, exist_ok=True)
+        (path / folder / "__init__.py").write_text("")
+    (path / "evals/models/probes.py").write_text(PAPER_UNIT.replace("{broken}", str(broken)))
+    (path / "evals/utils/correspondence.py").write_text(PAPER_PROJECT)
+    return path
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_parity_runs_the_papers_functions_beside_ours(broken, tmp_path, capsys, monkeypatch):
+    import sys
+
+    from bench import parity
+
+    assert parity.main([]) == 0
+    assert capsys.readouterr().out.startswith("parity: skipped (no PAPER_CODE")
+    code = _checkout(tmp_path / f"mv{int(broken)}", broken)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in [m for m in sys.modules if m == "evals" or m.startswith("evals.")]:
+        monkeypatch.delitem(sys.modules, name)
+    # with its ReLU not in place the stand-in adds the raw x: the CNN check must catch it
+    assert parity.main(["--paper-code", str(code)]) == (1 if broken else 0)
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and out[1].startswith("parity DPT residual unit, ViT path: match")
+    assert out[2].startswith("parity project_3dto2d (points behind the camera included): match")
+    assert out[0].startswith("parity DPT residual unit, CNN path (inplace_relu=True): "
+                             + ("MISMATCH" if broken else "match"))
+    assert parity.main(["--paper-code", str(tmp_path / "nothing")]) == 2
