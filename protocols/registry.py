@@ -134,10 +134,14 @@ DEVIATIONS: tuple[Deviation, ...] = (
               "read at its cells", ((("correspondence", "navi", "sampling"), "bicubic-grid"),),
               f"{_MV} evals/utils/correspondence.py L240-241", ("correspondence",), datasets=("navi", "synthetic")),
     Deviation("correspondence-bidirectional-halves", "with --bidirectional: the best 500 matches each way, "
-              "concatenated, with no mutual check",
+              "concatenated, with no mutual check — what the paper's code would compute if it ran; it cannot",
               tuple(((("correspondence", style, "bidirectional"), "halves")) for style in ("navi", "probe3d-scannet")),
-              f"{_MV} evals/utils/correspondence.py L79-98", ("correspondence",),
-              note="only with --bidirectional (off by default)", options=_frozen({"bidirectional": True})),
+              f"{_MV} evals/utils/correspondence.py L79-98 (get_correspondences_ratio_test(bidirectional=True) "
+              "raises at L96-98)", ("correspondence",),
+              note="a path the paper's code cannot run: with bidirectional=True it raises at L96-98 on the features "
+                   "its scripts pass, and no script enables it; paper follows the code's evident intent (L79-95) "
+                   "under --bidirectional (off by default), which reproduces no number of the paper",
+              options=_frozen({"bidirectional": True})),
     Deviation("similarity-raw-cls", "NIGHTS: the CLS token of the last block before the final LayerNorm, on "
               "[0, 1] pixels without mean/std normalisation",
               ((("extraction", "similarity"), ExtractionChoices(input_norm="none", global_kind="cls-raw-last",
