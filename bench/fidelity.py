@@ -1,37 +1,57 @@
-"""``make fidelity``: how much each of the paper's choices moves the numbers.
+"""``make fidelity``: how much each of the paper's choices moves the numbers, told apart from noise.
 
 On a small synthetic set with weight-free and random backbones, runs the default protocol
-(``midprobe``), the ``paper`` protocol, and ``midprobe`` with each paper deviation switched
-on alone (with the deviations it requires, e.g. a DPT detail with the DPT head), and writes
-the table deviation x task -> per model the change of the headline metric (points) and of
-the model's rank among the models. A second seed of ``midprobe`` gives the noise floor. The
-table goes to ``<data>/reports/fidelity.md`` and, with ``--readme``, between the README's
-fidelity markers.
+(``midprobe``), the ``paper`` protocol, and ``midprobe`` with each paper deviation switched on
+alone (with the deviations it requires, e.g. a DPT detail with the DPT head, and then compared
+with those alone). Every trained probe runs once per seed (``--seeds``, at least 3); a
+deviation's effect on a (task, model) is the mean of the per-seed paired differences of the
+headline metric (points) with its 95 % t-interval (:mod:`bench.fidelity_stats`); an effect whose
+interval excludes 0 is marked, and the summary prose is generated from the marked effects only.
+Zero-shot tasks train nothing, so their differences are exact and run once.
 
-The set is small so the whole study fits in about 15 minutes on two CPU cores: the DPT's
-hidden width is 32 (the protocols' 512 otherwise), and absolute numbers are not comparable
-with the paper's; the deltas say which choices matter and in which direction.
+The page (``--page``, ``docs/fidelity.md`` under ``make fidelity``) is deterministic: the same
+code gives the same page, byte for byte; the run's date and duration go to
+``<data>/reports/fidelity.log``. The DPT's hidden width is 32 (512 otherwise) and the dense
+losses are computed at every second target pixel, so the study fits about 15 minutes on two CPU
+cores; absolute numbers are not comparable with the paper's — the effects say which choices
+matter and in which direction.
 """
 
 from __future__ import annotations
 
+import os
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
-from cache import DataRoot, data_root
+from bench.fidelity_stats import Effect, paired_effect, prose, seed_spread
+from cache import DataRoot, MidprobeError, data_root
 from cache.errors import exits_on_error
 from protocols import DEVIATIONS, MIDPROBE, PAPER, Deviation, Protocol, with_deviation
 
 MODELS = ("pixels", "hog", "vit_b_random")
+#: a CNN pyramid takes the DPT's CNN path: measured beside the others with the DPT head, and alone
+#: where only that path changes (the other models' numbers cannot move there)
+CNN_MODEL = "rn50_random"
+CNN_VARIANTS = ("dpt-head",)
+CNN_ONLY = ("dpt-cnn-inplace-relu",)
 TASKS = ("depth", "normals", "segmentation", "correspondence", "similarity")
+DENSE = ("depth", "normals", "segmentation")
 SIZES = {"train": 64, "test": 32, "pairs": 16, "triplets": 48, "size": 64, "seed": 0}
-OVERRIDES = {"hidden": 32}
-README_MARKERS = ("<!-- fidelity:start -->", "<!-- fidelity:end -->")
+#: every dense probe of the study (the baseline's too): 15 epochs of 2 batches = 30 steps (the depth decode of
+#: 256 bins dominates; 20 epochs would take ~15 min of two idle cores alone)
+OVERRIDES = {"hidden": 32, "epochs": 15, "loss_stride": 2}
+SEEDS = (0, 1, 2)
+#: bug fixes that hold under both protocols (no deviation: the protocols agree), listed on the page
+COMMON_FIXES = (
+    ("points behind the other camera", "a matched point of A behind camera B projects ~1e9 px away "
+     "(the homogeneous coordinates are divided by max(z, 1e-9)), never to its mirror image in front, so it "
+     "never counts as a correct 2-D match", "Probe3D @ a1f1464 evals/utils/correspondence.py L193-196 "
+     "(project_3dto2d; the same in midvision-probe @ 984b325)"),
+)
 
 
 @dataclass
@@ -42,15 +62,25 @@ class Variant:
     protocol: Protocol
     tasks: tuple[str, ...]
     deviation: Deviation | None = None
-    seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     measurable: str = ""             # why it cannot be measured on the synthetic set ("" = it can)
 
+    def models(self, models: Sequence[str]) -> tuple[str, ...]:
+        if self.key in CNN_ONLY:
+            return (CNN_MODEL,)
+        return (*models, CNN_MODEL) if self.key in CNN_VARIANTS else tuple(models)
+
+    @property
+    def reference(self) -> str:
+        """The variant it is compared with: the deviations it requires alone, else the baseline."""
+        if self.options:
+            return f"{self.key} (baseline)"
+        return "+".join(self.deviation.requires) if self.deviation and self.deviation.requires else "midprobe"
+
 
 def variants() -> list[Variant]:
-    """Baseline, noise floor, paper, and one variant per deviation."""
-    out = [Variant("midprobe", MIDPROBE, TASKS), Variant("midprobe, seed 1", MIDPROBE, TASKS[:3], seed=1),
-           Variant("paper", PAPER, TASKS)]
+    """Baseline, paper, and one variant per deviation."""
+    out = [Variant("midprobe", MIDPROBE, TASKS), Variant("paper", PAPER, TASKS)]
     for dev in DEVIATIONS:
         applicable = not dev.datasets or "synthetic" in dev.datasets
         model_option = any(path == ("model_option",) for path, _ in dev.changes)
@@ -69,35 +99,46 @@ def _headline(rows: list[dict[str, Any]], model: str) -> float:
     return float(max(values)) if values else float("nan")
 
 
-def _ranks(values: dict[str, float]) -> dict[str, int]:
-    order = sorted(values, key=lambda m: -values[m])
-    return {m: order.index(m) + 1 for m in values}
-
-
-def _probe(job: tuple[str, str, str, int, dict[str, Any], tuple[str, ...]]) -> tuple[str, str, dict[str, float]]:
-    """One (variant, task) of the study in a worker process: one torch thread, so the workers fill
-    the cores without fighting over them."""
+def _probe(job: tuple[str, str, str, int, dict[str, Any], tuple[str, ...], dict[str, Any]]
+           ) -> tuple[str, str, int, dict[str, float]]:
+    """One (variant, task, seed) of the study in a worker process: one torch thread, so the workers
+    fill the cores without fighting over them."""
     import torch
 
     from probe.run import run_task
 
-    key, task, root_path, seed, options, models = job
+    key, task, root_path, seed, options, models, overrides = job
     torch.set_num_threads(1)
     # protocols hold mapping proxies, which do not pickle: a worker looks its variant up by key
     protocol = MIDPROBE if key.endswith(" (baseline)") else {v.key: v.protocol for v in variants()}[key]
-    overrides = OVERRIDES if task in ("depth", "normals", "segmentation") else {}
-    rows = run_task(task_name=task, dataset="synthetic", models=list(models), protocol=protocol, overrides=overrides,
-                    seed=seed, root=data_root(root_path), quiet=True,
+    rows = run_task(task_name=task, dataset="synthetic", models=list(models), protocol=protocol,
+                    overrides=overrides if task in DENSE else {}, seed=seed, root=data_root(root_path), quiet=True,
                     options=options if task == "correspondence" else None)
-    return key, task, {m: _headline(rows, m) for m in models}
+    return key, task, seed, {m: _headline(rows, m) for m in models}
 
 
-def run_study(*, root: DataRoot, models: Sequence[str] = MODELS, only: Sequence[str] | None = None,
-              workers: int | None = None, quiet: bool = True) -> dict[str, dict[str, dict[str, float]]]:
-    """Headlines ``{variant: {task: {model: value}}}`` of every measurable variant.
+def _chosen(only: Sequence[str] | None) -> list[Variant]:
+    chosen = [v for v in variants() if not v.measurable]
+    if not only:
+        return chosen
+    known = {v.key for v in chosen}
+    unknown = [k for k in only if k not in known]
+    if unknown:
+        raise MidprobeError(f"--only {','.join(unknown)}: not a measurable variant; expected some of {', '.join(known)}")
+    wanted = {"midprobe", *only}
+    wanted |= {v.reference for v in chosen if v.key in wanted and not v.options}
+    return [v for v in chosen if v.key in wanted]
+
+
+def run_study(*, root: DataRoot, models: Sequence[str] = MODELS, seeds: Sequence[int] = SEEDS,
+              only: Sequence[str] | None = None, workers: int | None = None, epochs: int = OVERRIDES["epochs"],
+              quiet: bool = True) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Headlines ``{variant: {task: {model: [value per seed]}}}`` of every measurable variant (a
+    zero-shot task: one value, from the first seed).
 
     Extraction runs first, in this process (each variant's feature splits, once); then every
-    (variant, task) probe runs in a pool of ``workers`` processes (default: one per core).
+    (variant, task, seed) probe runs in a pool of ``workers`` processes (default: one per core).
+    Dense probes train ``epochs`` epochs with :data:`OVERRIDES`' other choices.
     """
     import multiprocessing as mp
     import os
@@ -106,59 +147,79 @@ def run_study(*, root: DataRoot, models: Sequence[str] = MODELS, only: Sequence[
     from extract.runner import extract
 
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    chosen = _chosen(only)
     if not (root.dataset_store("synthetic") / "zarr.json").exists():
         prepare("synthetic", root=root, progress=False, contact_sheet=False, workers=1, **SIZES)
-    chosen = [v for v in variants() if not v.measurable and (not only or v.key in only or v.key == "midprobe")]
     started = time.perf_counter()
     for variant in chosen:
-        for model in models:
+        for model in variant.models(models):
             extract(model=model, dataset="synthetic", protocol=variant.protocol, root=root, progress=False,
                     tasks=list(variant.tasks))
     say(f"[fidelity] extraction: {time.perf_counter() - started:.0f} s")
-    jobs = [(v.key, task, str(root.root), v.seed, v.options, tuple(models)) for v in chosen for task in v.tasks]
-    jobs += [(f"{v.key} (baseline)", "correspondence", str(root.root), 0, v.options, tuple(models))
-             for v in chosen if v.options]
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    overrides = {**OVERRIDES, "epochs": epochs}
+    jobs = []
+    for v in chosen:
+        for task in v.tasks:
+            for seed in (seeds if task in DENSE else seeds[:1]):
+                jobs.append((v.key, task, str(root.root), seed, v.options, v.models(models), overrides))
+        if v.options:
+            jobs.append((f"{v.key} (baseline)", "correspondence", str(root.root), seeds[0], v.options, tuple(models),
+                         overrides))
+    # the longest first (a CNN pyramid's DPT), so the pool ends together
+    jobs.sort(key=lambda j: (-len(j[5]), j[1] not in DENSE))
+    results: dict[str, dict[str, dict[str, dict[int, float]]]] = {}
     with mp.get_context("fork").Pool(workers or os.cpu_count() or 1) as pool:
-        for done, (key, task, headlines) in enumerate(pool.imap_unordered(_probe, jobs), start=1):
-            results.setdefault(key, {})[task] = headlines
-            say(f"[fidelity] {done}/{len(jobs)} {key} / {task}: {time.perf_counter() - started:.0f} s")
-    return results
+        for done, (key, task, seed, headlines) in enumerate(pool.imap_unordered(_probe, jobs), start=1):
+            for model, value in headlines.items():
+                results.setdefault(key, {}).setdefault(task, {}).setdefault(model, {})[seed] = value
+            say(f"[fidelity] {done}/{len(jobs)} {key} / {task} / seed {seed}: {time.perf_counter() - started:.0f} s")
+    return {key: {task: {m: [by_seed[s] for s in sorted(by_seed)] for m, by_seed in per_model.items()}
+                  for task, per_model in per_task.items()} for key, per_task in results.items()}
 
 
-def table(results: dict[str, dict[str, dict[str, float]]], models: Sequence[str] = MODELS) -> str:
-    """The markdown table: baseline headlines, then per variant and task each model's delta
-    (points) with its rank change among the models (up = better rank). A deviation that requires
-    another is compared with that other switched on alone."""
+def effects(results: dict[str, dict[str, dict[str, list[float]]]]) -> dict[str, dict[str, dict[str, Effect]]]:
+    """``{variant: {task: {model: Effect}}}`` against each variant's reference, paired by seed."""
+    out: dict[str, dict[str, dict[str, Effect]]] = {}
+    for variant in variants():
+        if variant.key not in results or variant.key == "midprobe":
+            continue
+        reference = results.get(variant.reference, {})
+        for task in variant.tasks:
+            new, old = results[variant.key].get(task, {}), reference.get(task, {})
+            out.setdefault(variant.key, {})[task] = {
+                m: paired_effect(new[m], old[m], exact=task not in DENSE) for m in new if m in old}
+    return out
+
+
+def table(results: dict[str, dict[str, dict[str, list[float]]]], models: Sequence[str] = MODELS) -> str:
+    """The markdown table: the baseline's headlines (mean ± seed-to-seed sd, %), then per variant and
+    task each model's effect (points, mean ± 95 % half-width; bold ✱ = the interval excludes 0)."""
+    columns = (*models, CNN_MODEL)
     base = results["midprobe"]
-    lines = ["| choice | bug | task | " + " | ".join(models) + " |", "|---|---|---|" + "---|" * len(models)]
+    found = effects(results)
+    lines = ["| choice | bug | task | " + " | ".join(columns) + " |", "|---|---|---|" + "---|" * len(columns)]
     for task in TASKS:
-        lines.append(f"| `midprobe` (baseline, headline %) | | {task} | "
-                     + " | ".join(f"{100 * base[task][m]:.1f}" for m in models) + " |")
+        cells = []
+        for m in columns:
+            values = base.get(task, {}).get(m)
+            cells.append("–" if not values else f"{100 * sum(values) / len(values):.1f}" +
+                         (f" ± {seed_spread(values):.1f}" if task in DENSE else " (exact)"))
+        lines.append(f"| `midprobe` (baseline: headline %, ± seed sd) | | {task} | " + " | ".join(cells) + " |")
     for variant in variants():
         dev = variant.deviation
         bug = "bug" if dev is not None and dev.bug else ""
         label = f"`{variant.key}`" + (f" — {dev.what}" if dev else "")
         if variant.measurable:
             lines.append(f"| {label} | {bug} | {', '.join(variant.tasks)} | "
-                         + " | ".join(["—"] * (len(models) - 1)) + f" | not measured: {variant.measurable} |")
+                         + " | ".join(["—"] * (len(columns) - 1)) + f" | not measured: {variant.measurable} |")
             continue
-        if variant.key not in results or variant.key == "midprobe":
+        if variant.key not in found:
             continue
-        prerequisite = "+".join(dev.requires) if dev is not None and dev.requires else ""
-        if prerequisite:
-            label += f" (against `{prerequisite}` alone)"
+        if variant.reference != "midprobe":
+            label += f" (against `{variant.reference}`)"
         for row, task in enumerate(variant.tasks):
-            # a deviation that needs another is measured against that other alone (a DPT detail against the DPT)
-            reference = results.get(f"{variant.key} (baseline)", results.get(prerequisite, {})).get(task, base[task])
-            new = results[variant.key][task]
-            old_rank, new_rank = _ranks(reference), _ranks(new)
-            cells = []
-            for m in models:
-                delta = 100 * (new[m] - reference[m])
-                moved = old_rank[m] - new_rank[m]
-                arrow = f" ↑{moved}" if moved > 0 else f" ↓{-moved}" if moved < 0 else ""
-                cells.append("–" if np.isnan(delta) else f"{delta:+.1f}{arrow}")
+            by_model = found[variant.key].get(task, {})
+            cells = [by_model[m].cell() if m in by_model else "–" for m in columns]
             lines.append(f"| {label if row == 0 else f'`{variant.key}`'} | {bug} | {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -172,15 +233,45 @@ def references() -> str:
     return "\n".join(lines)
 
 
-def write_readme(readme: Path, text: str) -> None:
-    """Replace the block between the README's fidelity markers with ``text``."""
-    start, end = README_MARKERS
-    content = readme.read_text()
-    if start not in content or end not in content:
-        raise SystemExit(f"{readme} has no {start} ... {end} block")
-    head, rest = content.split(start, 1)
-    _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+def page(results: dict[str, dict[str, dict[str, list[float]]]], *, models: Sequence[str] = MODELS,
+         seeds: Sequence[int] = SEEDS, epochs: int = OVERRIDES["epochs"]) -> str:
+    """The whole generated page (no dates or times: the same results give the same bytes)."""
+    unmeasured = [v.key for v in variants() if v.measurable]
+    fixes = "\n".join(f"- **{name}**: {what} ({where})." for name, what, where in COMMON_FIXES)
+    return f"""# What each of the paper's choices does to the numbers
+
+<!-- generated by `make fidelity` (bench/fidelity.py); do not edit by hand -->
+
+`make fidelity` runs `midprobe`, `paper`, and `midprobe` with each deviation of `protocols/registry.py`
+switched on alone (a deviation that needs another — a DPT detail needs the DPT head — is switched on
+with it and compared with it alone), on the synthetic set: {SIZES['train']} train / {SIZES['test']} test
+images at {SIZES['size']} px, {SIZES['pairs']} pairs, {SIZES['triplets']} triplets; backbones {', '.join(models)}
+(and {CNN_MODEL} for the DPT's CNN path). Every dense probe trains {epochs} epochs
+({epochs * -(-SIZES['train'] // 32)} steps) with DPT hidden width {OVERRIDES['hidden']} and its loss at
+one target pixel in {OVERRIDES['loss_stride']} × {OVERRIDES['loss_stride']}, once per seed ({', '.join(map(str, seeds))}).
+
+Each cell is a deviation's effect on the headline metric, in points: the mean over seeds of the
+paired difference (variant − reference, same seed) ± the half-width of its 95 % t-interval.
+**Bold ✱** marks an effect whose interval excludes 0. Zero-shot tasks (correspondence, similarity)
+train nothing, so their differences are exact (marked when they show at one decimal). Absolute
+numbers are not comparable with the paper's; read which choices matter and in which direction.
+
+## Summary
+
+{prose(effects(results), models=models, unmeasured=unmeasured)}
+
+## Effects
+
+{table(results, models)}
+
+## Fixed under both protocols
+
+{fixes}
+
+## Where the paper's code makes each choice
+
+{references()}
+"""
 
 
 @exits_on_error
@@ -191,24 +282,45 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.fidelity") 
         options.data_option(default="data/fidelity", help="data root of the study (default data/fidelity)"),
         options.quiet_option()])
     p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--only", help="comma-separated variant keys to run (with the baseline)")
-    p.add_argument("--readme", help="README.md to write the table into (between its fidelity markers)")
+    p.add_argument("--seeds", default=",".join(map(str, SEEDS)),
+                   help="comma-separated seeds, at least 3 (default 0,1,2)")
+    p.add_argument("--only", help="comma-separated variant keys to run (with the baseline and their references)")
+    p.add_argument("--page", help="the page to write (make fidelity: docs/fidelity.md)")
+    p.add_argument("--workers", type=int, help="probe processes (default: one per core)")
+    p.add_argument("--epochs", type=int, default=OVERRIDES["epochs"],
+                   help=f"epochs of every dense probe (default {OVERRIDES['epochs']})")
     args = p.parse_args(argv)
+    try:
+        seeds = sorted({int(s) for s in args.seeds.split(",") if s.strip()})
+    except ValueError:
+        raise MidprobeError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if args.epochs < 1:
+        raise MidprobeError(f"--epochs {args.epochs}: expected a positive number of epochs")
+    if len(seeds) < 3:
+        raise MidprobeError(f"--seeds {args.seeds!r}: a 95 % interval paired by seed needs at least 3 seeds, "
+                            "e.g. 0,1,2")
     root = data_root(args.data)
     models = tuple(args.models.split(","))
     started = time.perf_counter()
-    results = run_study(root=root, models=models, only=args.only.split(",") if args.only else None,
-                        quiet=args.quiet)
-    minutes = (time.perf_counter() - started) / 60
-    text = (f"{table(results, models)}\n\n{references()}\n\n*Generated by `make fidelity` in {minutes:.1f} min "
-            f"({time.strftime('%Y-%m-%d')}): synthetic set of {SIZES['train']} train / {SIZES['test']} test images "
-            f"at {SIZES['size']} px, {SIZES['pairs']} pairs, {SIZES['triplets']} triplets; DPT hidden width "
-            f"{OVERRIDES['hidden']}; seed 0 (the `midprobe, seed 1` row is the seed-to-seed noise).*")
+    results = run_study(root=root, models=models, seeds=seeds, only=args.only.split(",") if args.only else None,
+                        workers=args.workers, epochs=args.epochs, quiet=args.quiet)
+    text = page(results, models=models, seeds=seeds, epochs=args.epochs)
     folder = root.ensure_writable(root.reports())
-    (folder / "fidelity.md").write_text(text + "\n")
-    if args.readme:
-        write_readme(Path(args.readme), text)
+    (folder / "fidelity.md").write_text(text)
+    if args.page:
+        Path(args.page).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.page).write_text(text)
+    minutes = (time.perf_counter() - started) / 60
+    # CPU time of this process and its workers: over the core count, the wall time on an idle machine
+    cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime")) / 60
+    line = (f"{time.strftime('%Y-%m-%d %H:%M:%S')} make fidelity: {minutes:.1f} min wall, {cpu:.1f} min CPU on "
+            f"{os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f}), seeds {','.join(map(str, seeds))}, "
+            f"epochs {args.epochs}, models {','.join(models)}, page {args.page or '-'}")
+    with open(folder / "fidelity.log", "a") as log:
+        log.write(line + "\n")
     print(text)
+    print(f"[fidelity] {line} (logged in {folder / 'fidelity.log'})", file=sys.stderr)
     return 0
 
 

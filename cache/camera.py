@@ -22,14 +22,21 @@ def unproject(uv: np.ndarray, depth: np.ndarray, K: np.ndarray, pose: np.ndarray
 
 
 def project(points: np.ndarray, K: np.ndarray, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels ``(M, 2)`` and z-depths ``(M,)`` of world points ``(M, 3)`` in a camera."""
+    """Pixels ``(M, 2)`` and z-depths ``(M,)`` of world points ``(M, 3)`` in a camera.
+
+    The homogeneous coordinates ``K @ cam`` are divided by ``max(z, 1e-9)``, as Probe3D's
+    ``project_3dto2d`` does (evals/utils/correspondence.py L193-196): a point behind the camera
+    (``z <= 0``) lands ~1e9 px away instead of at its mirror image in front, so it can never
+    count as a correct 2-D match. The returned z is signed.
+    """
     pose = np.asarray(pose, dtype=np.float64)
     cam = (np.asarray(points, dtype=np.float64) - pose[:3, 3]) @ pose[:3, :3]
     z = cam[:, 2]
     K = np.asarray(K, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u = K[0, 0] * cam[:, 0] / z + K[0, 2]
-        v = K[1, 1] * cam[:, 1] / z + K[1, 2]
+    clamped = np.maximum(z, 1e-9)                  # NaN stays NaN
+    # (fx x + cx z) / max(z, 1e-9): for z >= 1e-9 exactly fx x / z + cx (z / z == 1)
+    u = K[0, 0] * cam[:, 0] / clamped + K[0, 2] * (z / clamped)
+    v = K[1, 1] * cam[:, 1] / clamped + K[1, 2] * (z / clamped)
     return np.stack([u, v], axis=1), z
 
 

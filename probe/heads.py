@@ -54,28 +54,44 @@ class MLPHead(nn.Module):
 
 
 class ResidualConvUnit(nn.Module):
-    """Two 3x3 convolutions and a skip: pre-activation ``conv2(relu(conv1(relu(x)))) + x`` (Probe3D's
-    CNN unit) or post-activation ``relu(conv2(relu(conv1(x)))) + x`` (its ViT unit)."""
+    """Two 3x3 convolutions and a skip, in one of three forms (``kind``):
 
-    def __init__(self, channels: int, post_activation: bool = False) -> None:
+    - ``"pre-activation"``: ``conv2(relu(conv1(relu(x)))) + x`` (Probe3D's CNN unit as written);
+    - ``"post-activation"``: ``relu(conv2(relu(conv1(x)))) + x`` (its ViT unit);
+    - ``"inplace-relu"``: ``conv2(relu(conv1(relu(x)))) + relu(x)`` — what the paper's CNN unit
+      computes: it is built with ``inplace_relu=True``, so its first ReLU rectifies ``x`` itself
+      and the skip adds the rectified input (midvision-probe evals/models/probes.py L263-306).
+    """
+
+    KINDS = ("pre-activation", "post-activation", "inplace-relu")
+
+    def __init__(self, channels: int, post_activation: bool = False, *, kind: str | None = None) -> None:
         super().__init__()
+        kind = kind or ("post-activation" if post_activation else "pre-activation")
+        if kind not in self.KINDS:
+            raise MidprobeError(f"residual unit {kind!r}: expected one of {', '.join(self.KINDS)}")
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.post_activation = post_activation
+        self.kind = kind
+        self.post_activation = kind == "post-activation"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.post_activation:
+        if self.kind == "post-activation":
             return F.relu(self.conv2(F.relu(self.conv1(x)))) + x
-        return self.conv2(F.relu(self.conv1(F.relu(x)))) + x
+        rectified = F.relu(x)
+        # the skip of the paper's unit sees the input after its in-place ReLU
+        skip = rectified if self.kind == "inplace-relu" else x
+        return self.conv2(F.relu(self.conv1(rectified))) + skip
 
 
 class FusionBlock(nn.Module):
     """DPT feature fusion: RCU(skip) + coarser path, then another RCU."""
 
-    def __init__(self, channels: int, with_skip: bool = True, post_activation: bool = False) -> None:
+    def __init__(self, channels: int, with_skip: bool = True, post_activation: bool = False, *,
+                 kind: str | None = None) -> None:
         super().__init__()
-        self.skip = ResidualConvUnit(channels, post_activation) if with_skip else None
-        self.out = ResidualConvUnit(channels, post_activation)
+        self.skip = ResidualConvUnit(channels, post_activation, kind=kind) if with_skip else None
+        self.out = ResidualConvUnit(channels, post_activation, kind=kind)
 
     def forward(self, x: torch.Tensor, coarser: torch.Tensor | None = None) -> torch.Tensor:
         if coarser is not None and self.skip is not None:
@@ -93,7 +109,8 @@ class DPTHead(nn.Module):
     bilinear) and a 3x3 -> ReLU -> 3x3 output block. ``dpt.final_upsample="nearest"`` adds
     the paper's last x2 (nearest) inside the head, so ViT outputs come out at 16x the token
     grid; with ``"task"`` they come out at 8x and the task's upsampling to the target does
-    the rest. ``dpt.vit_residual`` picks the ViT residual unit (see :class:`ResidualConvUnit`).
+    the rest. ``dpt.vit_residual`` and ``dpt.cnn_residual`` pick the residual unit of each path
+    (see :class:`ResidualConvUnit`).
     """
 
     input_kind = "pyramid"
@@ -110,11 +127,12 @@ class DPTHead(nn.Module):
         kernel = 1 if equal_grids else 3
         self.equal_grids = equal_grids
         self.choices = dpt
-        post = equal_grids and dpt.vit_residual == "post-activation"
+        # ViT maps take dpt.vit_residual's unit, a CNN pyramid dpt.cnn_residual's
+        kind = dpt.vit_residual if equal_grids else dpt.cnn_residual
         self.project = nn.ModuleList(nn.Conv2d(c, hidden, kernel, padding=kernel // 2, bias=equal_grids)
                                      for c in in_channels)
-        self.fuse = nn.ModuleList([FusionBlock(hidden, post_activation=post) for _ in range(3)]
-                                  + [FusionBlock(hidden, with_skip=False, post_activation=post)])
+        self.fuse = nn.ModuleList([FusionBlock(hidden, kind=kind) for _ in range(3)]
+                                  + [FusionBlock(hidden, with_skip=False, kind=kind)])
         self.out = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
                                  nn.Conv2d(hidden, out_channels, 3, padding=1))
 

@@ -132,3 +132,11 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) 
     if not valid.any():
         return logits.sum() * 0
     return F.binary_cross_entropy_with_logits(logits[valid], target[valid].float())
+
+
+def masked_bce_probability(prob: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``nn.BCELoss`` on probabilities ``(B, H, W)`` in [0, 1] against {0, 1} targets over valid
+    pixels (its log terms clamped at -100), computed in float32."""
+    if not valid.any():
+        return prob.sum() * 0
+    return F.binary_cross_entropy(prob[valid].float(), target[valid].float())

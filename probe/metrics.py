@@ -116,13 +116,14 @@ class NormalMetrics:
 
 
 def segmentation_metrics(score: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
-                         beta2: float = F_BETA2) -> dict[str, torch.Tensor]:
+                         beta2: float = F_BETA2, threshold: float = 0.0) -> dict[str, torch.Tensor]:
     """Per image: IoU, F-beta, pixel accuracy, CorLoc (IoU >= 0.5), with the paper's formulas.
 
-    ``score > 0`` is foreground (a logit, i.e. sigmoid > 0.5); ``target`` {0, 1}; ``valid`` bool.
+    ``score > threshold`` is foreground (0 for a logit, i.e. sigmoid > 0.5; 0.5 for a probability);
+    ``target`` {0, 1}; ``valid`` bool.
     F-beta = (1 + b2) P R / (b2 P + R) with P, R from per-image counts (1e-6 guards).
     """
-    pred = (score > 0) & valid
+    pred = (score > threshold) & valid
     gt = (target == 1) & valid
     tp = (pred & gt).sum((1, 2)).double()
     fp = (pred & ~gt).sum((1, 2)).double()
@@ -138,12 +139,12 @@ def segmentation_metrics(score: torch.Tensor, target: torch.Tensor, valid: torch
 
 
 def pooled_segmentation_metrics(score: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
-                                beta2: float = F_BETA2) -> dict[str, float]:
+                                beta2: float = F_BETA2, threshold: float = 0.0) -> dict[str, float]:
     """The metrics of one evaluation batch with its pixels pooled, as the paper's objectness code
     computes them: TP/FP/FN/union over the whole batch array, P and R (1e-6 guards), F-beta from
     them, IoU, accuracy over the batch's (valid) pixels, and CorLoc = 1 if the pooled IoU >= 0.5.
     """
-    pred = (score > 0) & valid
+    pred = (score > threshold) & valid
     gt = (target == 1) & valid
     tp, fp = float((pred & gt).sum()), float((pred & ~gt).sum())
     fn, union = float((~pred & gt).sum()), float((pred | gt).sum())
@@ -159,17 +160,19 @@ class SegmentationMetrics:
     pooling averaged over evaluation batches (``"batch"``: every update is one batch, the partial
     last one included with the same weight)."""
 
-    def __init__(self, aggregation: str = "image") -> None:
+    def __init__(self, aggregation: str = "image", *, threshold: float = 0.0) -> None:
         if aggregation not in ("image", "batch"):
             raise ValueError(f"aggregation {aggregation!r}: expected image or batch")
         self.aggregation = aggregation
+        self.threshold = threshold              # score > threshold is foreground (0 logit, 0.5 probability)
         self.avg = ImageAverage()
 
     def update(self, score: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> None:
         if self.aggregation == "image":
-            self.avg.add(segmentation_metrics(score, target, valid))
+            self.avg.add(segmentation_metrics(score, target, valid, threshold=self.threshold))
         else:
-            self.avg.add({k: torch.tensor([v]) for k, v in pooled_segmentation_metrics(score, target, valid).items()})
+            pooled = pooled_segmentation_metrics(score, target, valid, threshold=self.threshold)
+            self.avg.add({k: torch.tensor([v]) for k, v in pooled.items()})
 
     def result(self) -> dict[str, float]:
         out = {**self.avg.result(), "f_beta_beta2": F_BETA2}

@@ -23,12 +23,15 @@ class DPTChoices:
 
     ``vit_residual``: the residual conv units on ViT maps, ``"pre-activation"``
     (ReLU-conv-ReLU-conv, + x) or ``"post-activation"`` (conv-ReLU-conv-ReLU, + x).
+    ``cnn_residual``: the units on a CNN pyramid, ``"pre-activation"`` or ``"inplace-relu"``
+    (ReLU-conv-ReLU-conv, + relu(x): the first ReLU is in place, so the skip adds the rectified input).
     ``vit_upsample``: the x4 after fusing ViT maps, ``"bilinear"`` (align_corners) or
     ``"nearest"``. ``final_upsample``: the last x2 of the head, ``"task"`` (left to the
     task's upsampling to the target) or ``"nearest"`` (inside the head).
     """
 
     vit_residual: str = "pre-activation"
+    cnn_residual: str = "pre-activation"
     vit_upsample: str = "bilinear"
     final_upsample: str = "task"
 
@@ -54,7 +57,9 @@ class DenseChoices:
     are resolved (``"quarter"`` of the target or the feature ``"grid"``); ``normals_loss``
     ``"angular"`` or ``"uncertainty-aware"``; ``normals_mask`` the training mask, ``"normals"``
     (valid target normals) or ``"depth"`` (pixels with depth); ``loss_stride`` computes the
-    training loss at every s-th target pixel (1 = all).
+    training loss at every s-th target pixel (1 = all). ``segmentation_output``: ``"logit"``
+    (the logit resized to the target, BCE with logits, foreground where > 0) or ``"probability"``
+    (sigmoid on the head's grid, the probability resized, ``BCELoss``, foreground where > 0.5).
     """
 
     heads: tuple[str, ...] = ("linear", "mlp")
@@ -77,6 +82,7 @@ class DenseChoices:
     normals_loss: str = "angular"
     normals_mask: str = "normals"
     loss_stride: int = 1
+    segmentation_output: str = "logit"
     dpt: DPTChoices = DPTChoices()
 
 
@@ -139,6 +145,9 @@ class CorrespondenceChoices:
     cell). ``bidirectional``: what ``--bidirectional`` does, ``"mutual"`` (mutual nearest
     neighbours only) or ``"halves"`` (the best ``top/2`` each way, concatenated).
     ``style``: how errors are measured and reported (:class:`CorrespondenceStyle`).
+    ``norm_tokens``: what the ``"batch"`` statistics count, ``"patches"`` (the map's positions)
+    or ``"patches+cls"`` (also each view's CLS token, from a split extracted with
+    ``global_kind="cls-raw-last"``; a model without a CLS token counts its patches alone).
     """
 
     feature_norm: str = "none"
@@ -146,6 +155,7 @@ class CorrespondenceChoices:
     sampling: str = "bilinear"
     bidirectional: str = "mutual"
     top: int = 1000
+    norm_tokens: str = "patches"
     style: CorrespondenceStyle = NAVI_STYLE
 
 

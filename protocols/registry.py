@@ -69,6 +69,12 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation("dpt-final-nearest", "the DPT's final x2 is nearest, inside the head",
               _dpt("final_upsample", "nearest"), f"{_MV} evals/models/probes.py L398", DENSE_TASKS,
               requires=("dpt-head",)),
+    Deviation("dpt-cnn-inplace-relu", "CNN (ResNet) residual conv units add the input after their in-place "
+              "ReLU: conv2(relu(conv1(relu(x)))) + relu(x), not + x",
+              _dpt("cnn_residual", "inplace-relu"),
+              f"{_MV} evals/models/probes.py L263-306 (built with inplace_relu=True: L302 out = self.relu(x) "
+              "rectifies x, L306 return out + x)", DENSE_TASKS, requires=("dpt-head",), bug=True,
+              note="ResNets only (a CNN pyramid); the ViT path's in-place ReLUs act on conv outputs"),
     Deviation("loss-per-gpu", "depth and normals losses are computed per GPU batch of 16 (two GPUs, DDP "
               "averages them) — the pooled log loss and the gradient term see 16 images",
               _dense("loss_groups", 2, ("depth", "normals")),
@@ -107,6 +113,14 @@ DEVIATIONS: tuple[Deviation, ...] = (
               "average batches (the partial last batch counts as one); CorLoc is one 0/1 per batch",
               _dense("aggregation", "batch", ("segmentation",)),
               f"{_MV} train_generic_objectness.py L435-468, L181", ("segmentation",), bug=True),
+    Deviation("segmentation-probability-resize", "segmentation takes the sigmoid inside the head, resizes the "
+              "probability bilinearly to the mask, trains with BCELoss and thresholds at 0.5 (not the logit "
+              "resized, BCE with logits, > 0)",
+              _dense("segmentation_output", "probability", ("segmentation",)),
+              f"{_MV} evals/models/probes.py L37-40 (sigmoid in the head); train_generic_objectness.py L392 "
+              "(resize), L443 (BCELoss), L446 (> 0.5)", ("segmentation",),
+              note="equal to the logit resize only where the head already outputs the mask's size (the paper's "
+                   "zoo at 480 px); patch-14, timm: and padded inputs differ"),
     Deviation("correspondence-batchnorm", "NAVI correspondence features pass a BatchNorm in train mode: each "
               "channel standardised with the statistics of each loader batch of 4 pairs, views separately",
               ((("correspondence", "navi", "feature_norm"), "batch"),),
@@ -114,14 +128,28 @@ DEVIATIONS: tuple[Deviation, ...] = (
               ("correspondence",), datasets=("navi", "synthetic"),
               note="for ResNets the paper's backbone BatchNorms also ran in train mode; a cache holds eval-mode "
                    "features, so only the output BatchNorm is reproduced"),
+    Deviation("correspondence-batchnorm-cls", "the NAVI correspondence BatchNorm's statistics count the CLS token "
+              "beside the patch tokens (all 1 + h w tokens of the last block; the CLS is dropped after)",
+              ((("correspondence", "navi", "norm_tokens"), "patches+cls"),
+               *((("extraction", f"correspondence:{loader}"), ExtractionChoices(layers="last",
+                                                                                 global_kind="cls-raw-last"))
+                 for loader in ("navi", "synthetic"))),
+              f"{_MV} evals/models/dino.py L185-191 (the same in ibot, mocov3, mae, beit_v2, maskfeat, milan, pixmlm, "
+              "eva)", ("correspondence",), datasets=("navi", "synthetic"), requires=("correspondence-batchnorm",),
+              note="ViTs only; the split carries the last block's CLS as its global vector "
+                   "(pairs@global-cls-raw-last)"),
     Deviation("correspondence-bicubic", "NAVI features are resized bicubically to the 1/4 candidate grid and "
               "read at its cells", ((("correspondence", "navi", "sampling"), "bicubic-grid"),),
               f"{_MV} evals/utils/correspondence.py L240-241", ("correspondence",), datasets=("navi", "synthetic")),
     Deviation("correspondence-bidirectional-halves", "with --bidirectional: the best 500 matches each way, "
-              "concatenated, with no mutual check",
+              "concatenated, with no mutual check — what the paper's code would compute if it ran; it cannot",
               tuple(((("correspondence", style, "bidirectional"), "halves")) for style in ("navi", "probe3d-scannet")),
-              f"{_MV} evals/utils/correspondence.py L79-98", ("correspondence",),
-              note="only with --bidirectional (off by default)", options=_frozen({"bidirectional": True})),
+              f"{_MV} evals/utils/correspondence.py L79-98 (get_correspondences_ratio_test(bidirectional=True) "
+              "raises at L96-98)", ("correspondence",),
+              note="a path the paper's code cannot run: with bidirectional=True it raises at L96-98 on the features "
+                   "its scripts pass, and no script enables it; paper follows the code's evident intent (L79-95) "
+                   "under --bidirectional (off by default), which reproduces no number of the paper",
+              options=_frozen({"bidirectional": True})),
     Deviation("similarity-raw-cls", "NIGHTS: the CLS token of the last block before the final LayerNorm, on "
               "[0, 1] pixels without mean/std normalisation",
               ((("extraction", "similarity"), ExtractionChoices(input_norm="none", global_kind="cls-raw-last",

@@ -94,18 +94,42 @@ def bicubic_grid_features(maps: Sequence[np.ndarray], size: tuple[int, int], uv:
     return F.normalize(torch.cat(parts, dim=1), dim=1)
 
 
-def batch_standardise(views: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+def batch_standardise(views: list[dict[str, np.ndarray]], cls: Sequence[np.ndarray] | None = None,
+                      cls_layer: str = "") -> list[dict[str, np.ndarray]]:
     """Each layer's channels standardised with the statistics of these views (all positions):
-    a BatchNorm in train mode with its initial affine (biased variance, eps 1e-5)."""
+    a BatchNorm in train mode with its initial affine (biased variance, eps 1e-5).
+
+    ``cls``: each view's CLS token ``(C,)`` of layer ``cls_layer``, counted in that layer's
+    statistics as one more position per view (the paper's ViT wrappers norm all ``1 + h w``
+    tokens of the last block, then drop the CLS: midvision-probe evals/models/dino.py L185-191).
+    """
     out: list[dict[str, np.ndarray]] = [{} for _ in views]
     for layer in views[0]:
         stack = np.stack([v[layer] for v in views]).astype(np.float64)        # (B, C, h, w)
-        mean = stack.mean(axis=(0, 2, 3), keepdims=True)
-        var = stack.var(axis=(0, 2, 3), keepdims=True)
+        tokens = stack.reshape(*stack.shape[:2], -1)                          # (B, C, h w)
+        if cls is not None and layer == cls_layer:
+            tokens = np.concatenate([tokens, np.stack(cls).astype(np.float64)[:, :, None]], axis=2)
+        mean = tokens.mean(axis=(0, 2))[None, :, None, None]
+        var = tokens.var(axis=(0, 2))[None, :, None, None]
         normed = ((stack - mean) / np.sqrt(var + BN_EPS)).astype(np.float32)
         for i in range(len(views)):
             out[i][layer] = normed[i]
     return out
+
+
+def cls_tokens(features: FeatureSplit, tokens: str) -> np.ndarray | None:
+    """The CLS tokens ``(N, C)`` the batch statistics count (``tokens="patches+cls"``), or None.
+
+    They are the split's global vectors when it was extracted with ``global_kind="cls-raw-last"``
+    (the last tapped block's CLS, before any norm); a split whose model has no CLS token (a CNN;
+    its extraction fell back to the pooled vector) normalises its patches alone, as the paper's
+    ResNet wrappers do.
+    """
+    if tokens not in ("patches", "patches+cls"):
+        raise MidprobeError(f"correspondence norm_tokens {tokens!r}: expected patches or patches+cls")
+    if tokens == "patches" or features.fingerprint.get("global_kind") != "cls-raw-last":
+        return None
+    return features.global_vectors()
 
 
 def _ratio_weights(sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,13 +215,15 @@ class CorrespondenceTask(ZeroShotTask):
         metric = data.attrs.get("depth_kind", dataset_attrs.get("depth_kind", "metric")) == "metric"
         size = data.image_size
         load = _ImageCache(features, layers)
+        cls = cls_tokens(features, choices.norm_tokens) if choices.feature_norm == "batch" else None
         per_pair: list[dict[str, float]] = []
         with progress_bar(total=len(pairs), name=name, unit="pair", quiet=quiet) as bar:
             for start in range(0, len(pairs), choices.norm_batch):
                 batch = pairs[start:start + choices.norm_batch]
                 views = [[load(int(p[side])) for p in batch] for side in (0, 1)]
                 if choices.feature_norm == "batch":
-                    views = [batch_standardise(side) for side in views]
+                    views = [batch_standardise(side, None if cls is None else [cls[int(p[k])] for p in batch],
+                                               features.layers[-1]) for k, side in enumerate(views)]
                 elif choices.feature_norm != "none":
                     raise MidprobeError(f"correspondence feature_norm {choices.feature_norm!r}: expected none or batch")
                 for k, (ia, ib) in enumerate(batch):
@@ -212,7 +238,7 @@ class CorrespondenceTask(ZeroShotTask):
                 bar.update(len(batch))
         metrics = _average(per_pair, style)
         config = {"task": self.name, "layers": layers, "style": dataclasses.asdict(style),
-                  "choices": dataclasses.asdict(choices), "bidirectional": choices.bidirectional if bidirectional
+                  "choices": dataclasses.asdict(choices), "norm_cls": cls is not None, "bidirectional": choices.bidirectional if bidirectional
                   else "", "downsample": DOWNSAMPLE}
         return metrics, config
 
