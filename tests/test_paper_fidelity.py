@@ -13,8 +13,9 @@ from cache import create_dataset_store, open_dataset, open_feature_writer, open_
 from cache.camera import project, unproject
 from probe.heads import ResidualConvUnit, build_head
 from probe.tasks import get_task
-from probe.tasks.correspondence import _pair_row, STYLES, batch_standardise, cls_tokens, pair_errors
+from probe.tasks.correspondence import _pair_row, batch_standardise, cls_tokens, pair_errors
 from protocols import MIDPROBE, PAPER, DenseChoices, deviation, with_deviation
+from protocols.choices import NAVI_STYLE
 
 
 # 1. ResNet DPT residual unit ------------------------------------------------------------------
@@ -62,7 +63,7 @@ def test_a_point_behind_the_camera_projects_far_away_not_to_its_mirror_image():
     assert uv_behind[0] == pytest.approx([(10.0 - 64.0) * 1e9, (5.0 - 64.0) * 1e9], rel=1e-9)
     e3, e2 = pair_errors(behind, front, K, pose)
     assert e3[0] == pytest.approx(math.dist(behind[0], front[0])) and e2[0] > 1e9
-    row = _pair_row(e2, e3, STYLES["navi"])
+    row = _pair_row(e2, e3, NAVI_STYLE)
     assert row["recall_2d_50px"] == 0.0
 
 
