@@ -95,9 +95,11 @@ def _load(target: str, stamp: tuple) -> HFModel:
         raise MidprobeError("hf: models need the transformers package: pip install -e '.[hf]'") from None
     _quiet()
     where = _location(target)
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    offline = any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+                  for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     try:
-        model = transformers.AutoModel.from_pretrained(where)
+        # read here as well: huggingface_hub reads HF_HUB_OFFLINE only once, when first imported
+        model = transformers.AutoModel.from_pretrained(where, local_files_only=offline)
     except (OSError, ValueError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         hint = " (HF_HUB_OFFLINE is set: only local directories and the Hugging Face cache are read)" if offline else ""
@@ -107,7 +109,7 @@ def _load(target: str, stamp: tuple) -> HFModel:
         p.requires_grad_(False)
     mean, std, size, processor = IMAGENET_MEAN, IMAGENET_STD, None, "none (ImageNet mean/std)"
     try:
-        proc = transformers.AutoImageProcessor.from_pretrained(where)
+        proc = transformers.AutoImageProcessor.from_pretrained(where, local_files_only=offline)
         if getattr(proc, "image_mean", None) is not None and getattr(proc, "image_std", None) is not None:
             mean = tuple(float(v) for v in proc.image_mean)
             std = tuple(float(v) for v in proc.image_std)
