@@ -204,9 +204,13 @@ def test_changed_factory_file_never_reuses_stale_features(root, tmp_path):
 
 
 def test_route_names_become_single_safe_store_files(root):
-    for name in (PY_MODEL, "hf:facebook/dinov2-small", "hf:../models/x"):
+    long = "py:/" + "deep/" * 60 + "net.py:build"
+    for name in (PY_MODEL, "hf:facebook/dinov2-small", "hf:../models/x", long):
         path = root.feature_store("tiny", name)
         assert path.parent == root.feature_dir("tiny") and "/" not in path.name and ":" not in path.name
+        assert len(path.name) <= 210
+    assert root.feature_store("tiny", long) != root.feature_store("tiny", long.replace("deep/", "deep_", 1))
+    assert root.feature_store("tiny", "timm:vit_small_patch16_224.dino").name == "timm__vit_small_patch16_224.dino.zarr"
 
 
 # --- plugins --------------------------------------------------------------------------------------
@@ -270,3 +274,18 @@ def test_end_to_end_hf(root, tiny_dinov2, tiny_convnext):
     stored = open_features("tiny", f"hf:{tiny_dinov2}", "train", root=root)
     assert stored.fingerprint["model_source"]["config_sha256"] and stored.layers == ["block0", "block1"]
     assert np.isfinite(stored.read("block1", 0, 2).astype(np.float32)).all()
+
+
+def test_grid_takes_hf_and_py_models_and_sizes_them(tmp_path, tiny_dinov2, capsys):
+    from grid.__main__ import main as grid_main
+    from grid.spec import load_grid
+
+    smoke = (Path(__file__).resolve().parents[1] / "grids" / "smoke.toml").read_text()
+    grid = tmp_path / "own.toml"
+    grid.write_text(smoke.replace('models = ["pixels", "vit_b_random"]', f'models = ["hf:{tiny_dinov2}", "{PY_MODEL}"]'))
+    assert load_grid(grid).models == (f"hf:{tiny_dinov2}", PY_MODEL)
+    assert grid_main([str(grid), "--dry-run", "--data", str(tmp_path / "data")]) == 0
+    assert "4 extract" in capsys.readouterr().out
+    grid.write_text(smoke.replace('models = ["pixels", "vit_b_random"]', f'models = ["py:{EXAMPLE}:nope"]'))
+    with pytest.raises(MidprobeError, match=r"grid\.models: py:.*has no factory 'nope'"):
+        load_grid(grid)
