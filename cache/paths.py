@@ -67,9 +67,20 @@ class DataRoot:
         return path
 
 
+#: Longest file name made from a model name (file systems allow 255 bytes; ``@int8.zarr`` follows).
+MAX_NAME = 200
+
+
 def _safe(name: str) -> str:
-    """Model names like ``timm:vit_small_patch16_224.dino`` become file-system safe."""
-    return name.replace(":", "__").replace("/", "_")
+    """Model names like ``timm:vit_small_patch16_224.dino`` or ``py:/abs/path/net.py:build`` become
+    one file-system safe name; a very long one keeps its end and a digest of the whole."""
+    safe = name.replace(":", "__").replace("/", "_")
+    if len(safe.encode()) > MAX_NAME:
+        import hashlib
+
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        safe = f"{safe.encode()[-(MAX_NAME - 18):].decode(errors='ignore')}--{digest}"
+    return safe
 
 
 def data_root(root: str | os.PathLike | None = None) -> DataRoot:

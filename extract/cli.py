@@ -32,7 +32,8 @@ def parser(prog: str = "python -m extract") -> argparse.ArgumentParser:
                                       "(about half the bytes; its own store, <model>@int8.zarr)"),
         options.data_option(), options.quiet_option()])
     p.add_argument("--list", action="store_true", help="list the registered models and exit")
-    p.add_argument("--model", help="registry name, or timm:<timm model name>")
+    p.add_argument("--model", help="registry name, an installed plugin's name, timm:<timm model name>, "
+                   "hf:<model id or local dir> or py:<module or path/to/file.py>:<factory>")
     p.add_argument("--dataset", help="dataset store name under the data root")
     p.add_argument("--split", action="append", help="dataset split(s) to extract (default: every split the "
                    "dataset's tasks read)")
@@ -54,12 +55,16 @@ def parser(prog: str = "python -m extract") -> argparse.ArgumentParser:
 
 def list_models() -> str:
     from extract.backbones import BACKBONES, weights_available
+    from extract.backbones.plugins import list_rows
 
     rows = [("name", "arch", "method", "licence", "weights", "options", "source")]
     for spec in BACKBONES.values():
         options = " ".join(f"+{o}" for o in spec.options) or "-"
         rows.append((spec.name, spec.arch, spec.method, spec.license or "-", weights_available(spec), options,
                      spec.source))
+    for name, value, dist in list_rows():
+        if name not in BACKBONES:     # the registry's names come first
+            rows.append((name, value, "plugin", "-", "plugin", "-", f"entry point of {dist}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
 

@@ -105,6 +105,8 @@ def fingerprint_of(backbone: Backbone, split: SplitView, dataset_name: str, data
                     if job and job.training and choices.augment_views else None),
         # only on corrupted splits, so clean splits keep the fingerprint they always had
         **({"corruption": parse_corruption(choices.corruption).fingerprint()} if choices.corruption else {}),
+        # hf:/py:/plugin models: the factory's file digest and version, or the HF config's digest
+        **({"model_source": backbone.source_id} if backbone.source_id else {}),
     }
 
 
@@ -197,7 +199,9 @@ def with_global_kind(backbone: Backbone, kind: str) -> Backbone:
     module = backbone.module
     if isinstance(module, TimmBackbone):
         module = TimmBackbone(spec, module.model).eval()
-    return Backbone(spec, module, backbone.weights_id)
+    elif hasattr(module, "with_spec"):      # hf:, py: and plugin modules
+        module = module.with_spec(spec).eval()
+    return Backbone(spec, module, backbone.weights_id, backbone.source_id)
 
 
 def view_source(index: np.ndarray, num_images: int) -> tuple[np.ndarray, np.ndarray]:

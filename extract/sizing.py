@@ -151,7 +151,7 @@ def layer_shapes_at(model: str, height: int, width: int,
                     layers: Sequence[str] | None = None) -> tuple[dict[str, tuple[int, int, int]], int]:
     """``({layer: (C, h, w)}, global dim)`` of registry or ``timm:`` model ``model`` (its
     ``layers`` only, as ``LAYERS=`` picks them) on a ``height`` x ``width`` input, from a forward
-    pass on the ``meta`` device."""
+    pass on the ``meta`` device (``hf:``, ``py:`` and plugin models: one CPU forward of a zero image)."""
     return _shapes(model, tuple(layers) if layers else None, height, width)
 
 
@@ -163,6 +163,15 @@ def _shapes(model: str, layers: tuple[str, ...] | None, height: int,
     from extract.backbones import select_layers
 
     spec = select_layers(model_spec(model), list(layers) if layers else None)
+    from extract.backbones.routes import ROUTE_WEIGHTS
+
+    if spec.weights in ROUTE_WEIGHTS:
+        # hf:/py:/plugin models: their own module (loaded once per process) on one zero image on the CPU
+        from extract.backbones import build_backbone
+
+        with torch.inference_mode():
+            tapped, vector = build_backbone(spec.name, spec=spec)(torch.zeros(1, 3, height, width))
+        return {k: tuple(int(s) for s in v.shape[1:]) for k, v in tapped.items()}, int(vector.shape[1])
     if spec.family == "handcrafted":
         # weight-free maps at stride 16 after padding; their width comes from one tiny CPU forward
         from extract.backbones import build_backbone

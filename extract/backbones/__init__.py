@@ -75,6 +75,7 @@ class Backbone:
     spec: BackboneSpec
     module: nn.Module
     weights_id: str      # "sha256:<hex>", "random:<seed>" or "none"
+    source_id: dict | None = None   # hf:/py:/plugin models: what built them (extract.backbones.routes)
 
     def __call__(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         return self.module(x)
@@ -120,10 +121,14 @@ def get_spec(name: str) -> BackboneSpec:
         return with_options(BACKBONES[base], chosen)
     if name in BACKBONES:
         return BACKBONES[name]
+    from extract.backbones.routes import route_of, route_spec
+
+    if route_of(name):
+        return route_spec(name)
     close = difflib.get_close_matches(name, list(BACKBONES), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise MidprobeError(f"unknown model {name!r}{hint} (see `python -m extract --list`, "
-                        "or use timm:<any timm model name>)")
+                        "or use timm:<timm name>, hf:<model id or dir>, py:<module or file.py>:<factory>)")
 
 
 def with_options(spec: BackboneSpec, chosen: list[str]) -> BackboneSpec:
@@ -163,6 +168,10 @@ def select_layers(spec: BackboneSpec, layers: list[str] | None) -> BackboneSpec:
     ``["all"]`` keeps every layer the model taps by default (``LAYERS=all``)."""
     if not layers or layers == ["all"]:
         return spec
+    from extract.backbones.routes import ROUTE_WEIGHTS, select
+
+    if spec.weights in ROUTE_WEIGHTS:
+        return select(spec, layers)
     if spec.family == "handcrafted":
         if layers != ["patch"]:
             raise MidprobeError(f"model {spec.name!r} has one layer, 'patch'; got {layers}")
@@ -184,6 +193,10 @@ def build_backbone(name: str, *, weights: str | Path | None = None, layers: list
     if global_kind != spec.global_kind:
         spec = replace(spec, global_kind=global_kind)
     check_global_kind(spec)
+    from extract.backbones import routes
+
+    if spec.weights in routes.ROUTE_WEIGHTS:
+        return Backbone(spec, *routes.build(spec, weights))
     if spec.family == "handcrafted":
         if weights:
             raise MidprobeError(f"model {spec.name!r} is weight-free; WEIGHTS= does not apply")

@@ -17,7 +17,8 @@ from extract.backbones.spec import BackboneSpec
 #: output, before any norm (the paper's NIGHTS vector: dino.py:208, mae.py:216-219); "gap" the
 #: spatial mean of the last tapped layer's map (patch tokens only for a ViT).
 GLOBAL_KINDS = {"vit": ("default", "cls-final-norm", "cls-raw-last", "gap"),
-                "resnet": ("default", "gap"), "timm": ("default", "gap"), "handcrafted": ("default",)}
+                "resnet": ("default", "gap"), "timm": ("default", "gap"), "handcrafted": ("default",),
+                "hf-cnn": ("default", "gap"), "custom": ("default", "gap")}
 
 
 def check_global_kind(spec: BackboneSpec) -> None:
