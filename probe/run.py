@@ -20,6 +20,7 @@ from protocols import (CORRUPTIBLE_TASKS, DenseChoices, ExtractionChoices, Proto
                        feature_split_name, get_protocol)
 from probe.records import format_table, write_record
 from probe.ridge import evaluate_ridge, fit_ridge
+from probe.scores import item_scores
 from probe.tasks import DenseTask, ZeroShotTask, get_task
 from probe.tracking import ProbeId, TensorBoardLog, open_log
 from probe.train import ProbeConfig, TrainSettings, evaluate_heads, nested_subset, train_sweep, views_of
@@ -229,6 +230,7 @@ def _run_models(task, store, models: Sequence[str], root: DataRoot, protocol: Pr
                              on_step=on_step)
         for probe, metrics, fingerprint, config, extra, probe_seed in results:
             seconds = time.perf_counter() - started
+            extra = {**extra, **_scored(metrics, task.headline)}
             config = {**config, "protocol": protocol.name, "overrides": dict(overrides or {}),
                       "extraction": dataclasses.asdict(extraction),
                       **({} if precision == "fp16" else {"precision": precision})}
@@ -243,6 +245,18 @@ def _run_models(task, store, models: Sequence[str], root: DataRoot, protocol: Pr
             say(f"[probe] {protocol.name}: {task.name}/{store.name}/{model}/{probe}: "
                 f"{task.headline} = {metrics.get(task.headline)}")
     return rows
+
+
+def _scored(metrics: Mapping[str, Any], headline: str) -> dict[str, Any]:
+    """The record fields a run's per-item scores add: ``item_scores`` (for the report's intervals)
+    and ``flags`` (``collapsed``: the head predicts one value or class everywhere)."""
+    out: dict[str, Any] = {}
+    scores = item_scores(metrics, headline)
+    if scores is not None:
+        out["item_scores"] = scores
+    if getattr(metrics, "flags", None):
+        out["flags"] = list(metrics.flags)
+    return out
 
 
 def _open_split(store, model: str, split: str, extraction: ExtractionChoices, root: DataRoot, *, training: bool,
