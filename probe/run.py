@@ -315,9 +315,6 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
     results = []
     per_view = views_of(train)[1]
     sizes = subset_sizes(train_images, per_view)
-    if any(sizes) and any(h in CLOSED_FORM for h in heads):
-        raise MidprobeError("--train-images trains SGD heads on subsets; the ridge head always fits the whole train "
-                            "split, so leave it out (e.g. HEAD=linear,mlp)")
     base = {"task": task.name, "train_images": train.num_images, "test_images": tests[""].num_images}
 
     def condition(key: str, config: dict[str, Any], size: int | None, seed: int, corruption: str):
@@ -353,18 +350,23 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
                                           size, seed, corruption)
                     results.append((key, scores[config], train.fingerprint, full,
                                     {"training": stats_[config], **_test_of(test, corruption)}, seed))
-    for layers in chosen_sets if any(h in CLOSED_FORM for h in heads) else []:
+    # the ridge fit is deterministic: the whole split once (the first seed); each seed's nested subsets
+    ridge_runs = [(None, settings.seed)] * (None in sizes) + [(s, seed) for seed in seeds for s in sizes if s]
+    for layers, (size, seed) in itertools.product(chosen_sets if any(h in CLOSED_FORM for h in heads) else [],
+                                                  ridge_runs):
         fit = fit_ridge(task, train=train, train_data=train_data, dataset_attrs=attrs, layers=layers,
-                        standardizer=standardizer, choices=choices, device=settings.device)
-        head_config = {**base, "settings": settings.as_dict(), "head": "ridge", "layers": list(layers)}
+                        standardizer=standardizer, choices=choices, device=settings.device,
+                        subset=None if size is None else nested_subset(per_view, size, seed))
+        head_config = {**base, "settings": replace(settings, seed=seed).as_dict(), "head": "ridge",
+                       "layers": list(layers)}
         for corruption in tests:
-            key, full = condition(f"ridge-{'+'.join(layers)}", head_config, None, settings.seed, corruption)
+            key, full = condition(f"ridge-{'+'.join(layers)}", head_config, size, seed, corruption)
             metrics = evaluate_ridge(task, fit, test=tests[corruption], test_data=test_data, dataset_attrs=attrs,
                                      layers=layers, standardizer=standardizer, choices=choices, device=settings.device)
             results.append((key, metrics, train.fingerprint, full,
                             {"ridge": {"penalty": fit.penalty, "rows": fit.rows,
                                        "heldout_mse": {f"{k:g}": v for k, v in fit.heldout_mse.items()}},
-                             **_test_of(tests[corruption], corruption)}, settings.seed))
+                             **_test_of(tests[corruption], corruption)}, seed))
     return results
 
 
