@@ -1,6 +1,7 @@
 """Label efficiency: nested seeded training subsets read from the same cache, their records and report."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -160,7 +161,10 @@ def test_report_draws_the_curve_and_keeps_subsets_out_of_the_leaderboard(root):
                                (24, "linear-lin-lr0.05-seed?+*.json"))}
     assert mean[24] > 0
     needed = [labels_needed([3.0, 6.0, 24.0], [mean[3], mean[6], mean[24]], x * mean[24]) for x in (0.5, 0.9)]
-    assert f"| lin | `linear-lin-lr0.05` | {mean[24]:.1f} (24) | {needed[0]} | {needed[1]} | 2 |" in section
+    # with the full score's interval, the seeds, and each size's steps (same epochs: ceil(n / 4) x 2)
+    assert re.search(rf"\| lin \| `linear-lin-lr0.05` \| {mean[24]:.1f} \[[\d.]+, [\d.]+\] \(24\) \| "
+                     rf"{needed[0]} \| {needed[1]} \| 0, 1 \| 2 / 4 / 12 \|", section)
+    assert "same number of epochs as the whole split" in section
     html = (page.parent / "report.html").read_text()               # the shared page holds the section too
     studies = html.split('<section id="studies">')[1].split("</section>")[0]
     assert "Label efficiency — segmentation (sub) [batch_size=4 epochs=2]" in studies
