@@ -107,3 +107,14 @@ def test_published_points_stay_out_of_other_protocols_with_one_line_why(root):
     attach_published(board)
     assert board.models == ["a", "b"] and not board.source
     assert board.published_note.startswith("published points are not shown: they were measured under the paper's")
+
+
+def test_a_collapsed_head_is_flagged_in_the_leaderboard_and_csv(root, tmp_path):
+    write_record(root, task="segmentation", dataset="synthetic", model="hog", probe="mlp-patch-lr0.0005",
+                 config={"head": "mlp"}, metrics={"iou": 0.0}, headline="iou", fingerprint={"model": "hog"},
+                 wall_seconds=1.0, seed=0, extra={"flags": ["collapsed"], "training": {"steps": 80}})
+    board = build_leaderboards(load_records(root))["midprobe", "mlp"]
+    assert board.cell("hog", "segmentation (synthetic)") == "0.0 collapsed"
+    with open(board.write_csv(tmp_path / "board.csv")) as handle:
+        row = next(csv.DictReader(handle))
+    assert row["flags"] == "collapsed" and row["steps"] == "80"

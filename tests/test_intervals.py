@@ -99,3 +99,27 @@ def test_robustness_pairs_clean_and_corrupted_seed_by_seed(tmp_path):
     lines = robustness(load_records(root), tmp_path)
     row = next(line for line in lines if line.startswith("| m | fog |"))
     assert "| 1.7 % [1.7, 1.7] (seeds 0) |" in row          # a constant shift: the paired interval is a point
+
+
+def test_collapsed_heads_are_flagged():
+    import torch
+
+    from probe.metrics import DepthMetrics, NormalMetrics, SegmentationMetrics
+
+    target = (torch.rand(2, 8, 8) > 0.5).long()
+    valid = torch.ones(2, 8, 8, dtype=torch.bool)
+    for score, flagged in ((-torch.ones(2, 8, 8), True), (torch.randn(2, 8, 8), False)):
+        seg = SegmentationMetrics()
+        seg.update(score, target, valid)
+        assert (seg.result().flags == ["collapsed"]) is flagged
+    depth_target = torch.rand(2, 8, 8) + 1
+    for pred, flagged in ((torch.full((2, 8, 8), 2.0), True), (torch.rand(2, 8, 8) + 1, False)):
+        depth = DepthMetrics()
+        depth.update(pred, depth_target, valid)
+        assert (depth.result().flags == ["collapsed"]) is flagged
+    normal_target = torch.nn.functional.normalize(torch.randn(2, 3, 8, 8), dim=1)
+    for pred, flagged in ((torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(2, 3, 8, 8), True),
+                          (torch.randn(2, 3, 8, 8), False)):
+        normals = NormalMetrics()
+        normals.update(pred, normal_target, valid)
+        assert (normals.result().flags == ["collapsed"]) is flagged

@@ -90,10 +90,12 @@ def published_column(task: str, dataset: str) -> str | None:
 
 def comparable(protocol: str, task: str, dataset: str, overridden: bool = False) -> tuple[bool, str]:
     """Whether published points may stand beside a measured cell, and the one line saying why not."""
-    if protocol.split("+")[0] != "paper" or overridden:
+    if protocol.split("+")[0] != "paper":
         return False, (f"published points are not shown: they were measured under the paper's protocol, these under "
-                       f"`{protocol}`{' with overridden choices' if overridden else ''} (numbers of two protocols "
-                       "never share a table)")
+                       f"`{protocol}` (numbers of two protocols never share a table)")
+    if overridden:
+        return False, ("published points are not shown beside columns that override the paper's choices (`[k=v]`): "
+                       "those are other experiments")
     if published_column(task, dataset) is None:
         return False, f"published points are not shown: the paper has no figure for {task} on `{loader_of(dataset)}`"
     return True, ""
