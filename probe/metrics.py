@@ -13,27 +13,64 @@ from collections import defaultdict
 import torch
 
 from probe.losses import cosine
+from probe.scores import Scored
 
 F_BETA2 = 0.09   # the paper's code: beta = 0.3, so beta^2 = 0.09 (saliency papers often use 0.3)
 
 
 class ImageAverage:
-    """Accumulates per-image metric values and reports their means."""
+    """Accumulates per-image (per-``unit``) metric values and reports their means, with the values
+    themselves (:class:`probe.scores.Scored`) for the report's intervals."""
 
-    def __init__(self) -> None:
+    def __init__(self, unit: str = "image") -> None:
         self.sums: dict[str, float] = defaultdict(float)
+        self.items: dict[str, list[torch.Tensor]] = defaultdict(list)
         self.count = 0
+        self.unit = unit
 
     def add(self, values: dict[str, torch.Tensor]) -> None:
         n = None
         for key, v in values.items():
-            v = v.detach().double().cpu()
+            v = v.detach().double().cpu().reshape(-1)
             self.sums[key] += float(v.sum())
+            self.items[key].append(v)
             n = len(v)
         self.count += n or 0
 
-    def result(self) -> dict[str, float]:
-        return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+    def result(self) -> Scored:
+        return Scored({k: v / max(self.count, 1) for k, v in self.sums.items()}, unit=self.unit,
+                      per_item={k: torch.cat(v).numpy() for k, v in self.items.items()})
+
+
+#: A prediction whose spread over every valid test pixel is below this (relative to its magnitude)
+#: is constant: the head collapsed.
+CONSTANT = 1e-4
+#: A segmentation head predicting the minority class at no more than this share of the valid test
+#: pixels predicts one class everywhere (a few stray pixels do not make it a segmenter).
+MINORITY = 1e-3
+
+
+class Spread:
+    """The range of a prediction over all valid test pixels, per channel, to flag a head that
+    predicts one value (or one class) everywhere — a collapsed head, not a plain score."""
+
+    def __init__(self) -> None:
+        self.low: torch.Tensor | None = None
+        self.high: torch.Tensor | None = None
+
+    def add(self, values: torch.Tensor) -> None:
+        """``values``: ``(P, C)`` predictions at the valid pixels."""
+        if not len(values):
+            return
+        low, high = values.double().min(0).values.cpu(), values.double().max(0).values.cpu()
+        self.low = low if self.low is None else torch.minimum(self.low, low)
+        self.high = high if self.high is None else torch.maximum(self.high, high)
+
+    def constant(self) -> bool:
+        if self.low is None:
+            return False
+        scale = torch.maximum(self.low.abs(), self.high.abs()).clamp(min=1e-6)
+        return bool(((self.high - self.low) <= CONSTANT * scale).all())
 
 
 def match_scale_and_shift(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -72,14 +109,18 @@ class DepthMetrics:
 
     def __init__(self) -> None:
         self.avg = ImageAverage()
+        self.spread = Spread()
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> None:
         values = depth_metrics(pred, target, valid)
         values.update(depth_metrics(match_scale_and_shift(pred, target, valid), target, valid, prefix="aligned_"))
         self.avg.add(values)
+        self.spread.add(pred[valid].reshape(-1, 1))
 
     def result(self) -> dict[str, float]:
-        return self.avg.result()
+        out = self.avg.result()
+        out.flags = ["collapsed"] if self.spread.constant() else []
+        return out
 
 
 class NormalMetrics:
@@ -92,6 +133,7 @@ class NormalMetrics:
         self.avg = ImageAverage()
         self.hist = torch.zeros(self.bins, dtype=torch.float64)
         self.total = 0.0
+        self.spread = Spread()
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> None:
         cos = cosine(pred[:, :3], target).clamp(-1, 1)
@@ -101,6 +143,8 @@ class NormalMetrics:
         values = {f"within_{t}": ((err < t).float() * m).sum((1, 2)) / n for t in (11.25, 22.5, 30.0)}
         values["rmse_deg"] = ((err ** 2 * m).sum((1, 2)) / n).sqrt()
         self.avg.add(values)
+        unit = pred[:, :3] / pred[:, :3].norm(dim=1, keepdim=True).clamp(min=1e-12)
+        self.spread.add(unit.permute(0, 2, 3, 1)[valid])
         e = err[valid].double()
         self.total += float(e.sum())
         # the histogram lives on the CPU whatever device the predictions are on
@@ -112,6 +156,7 @@ class NormalMetrics:
         out["mean_deg"] = self.total / max(count, 1)
         cdf = torch.cumsum(self.hist, 0)
         out["median_deg"] = float(torch.searchsorted(cdf, torch.tensor(count / 2, dtype=torch.float64))) / 100 + 0.005
+        out.flags = ["collapsed"] if self.spread.constant() else []
         return out
 
 
@@ -165,9 +210,13 @@ class SegmentationMetrics:
             raise ValueError(f"aggregation {aggregation!r}: expected image or batch")
         self.aggregation = aggregation
         self.threshold = threshold              # score > threshold is foreground (0 logit, 0.5 probability)
-        self.avg = ImageAverage()
+        self.avg = ImageAverage("image" if aggregation == "image" else "batch")
+        self.classes = [0, 0]      # valid pixels predicted background, foreground
 
     def update(self, score: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> None:
+        foreground = int(((score > self.threshold) & valid).sum())
+        self.classes[0] += int(valid.sum()) - foreground
+        self.classes[1] += foreground
         if self.aggregation == "image":
             self.avg.add(segmentation_metrics(score, target, valid, threshold=self.threshold))
         else:
@@ -175,9 +224,12 @@ class SegmentationMetrics:
             self.avg.add({k: torch.tensor([v]) for k, v in pooled.items()})
 
     def result(self) -> dict[str, float]:
-        out = {**self.avg.result(), "f_beta_beta2": F_BETA2}
+        out = self.avg.result()
+        out["f_beta_beta2"] = F_BETA2
         if self.aggregation == "batch":
             out["batches"] = float(self.avg.count)
+        # one class at (nearly) every valid test pixel: a collapsed head (its IoU is ~0 or the foreground share)
+        out.flags = ["collapsed"] if sum(self.classes) and min(self.classes) <= MINORITY * sum(self.classes) else []
         return out
 
 

@@ -84,7 +84,7 @@ def plan_records(*, task: str, dense: bool, protocol: Protocol, loader: str, dat
 
     ``layer_sets``: the resolved layer sets (names, as the store holds them); ``None`` for a
     zero-shot task's default. ``heads``/``lrs``: default the protocol's. ``seeds``: one sweep each
-    (the ridge head is fitted once, with the first). ``train_sizes``: resolved training subsets
+    (the ridge head on the whole split is fitted once, with the first; on each seed's training subsets once per seed). ``train_sizes``: resolved training subsets
     (``None`` = the whole split; :func:`probe.run.subset_sizes`). ``corruptions``: canonical
     corrupted test splits each head is also scored on. ``options``: zero-shot run options
     (``bidirectional``). ``zero_shot_split``: the dataset split a zero-shot task reads.
@@ -133,10 +133,12 @@ def plan_records(*, task: str, dense: bool, protocol: Protocol, loader: str, dat
                     add(condition_key(sgd_key(head, layers, lr), train_images=size, corruption=corruption), seed,
                         train, {"settings": settings, "head": head, "layers": layers, "lr": lr,
                                 **condition(size, corruption)})
-    if any(h in CLOSED_FORM for h in heads):
-        settings = TrainSettings(choices, seeds[0], device).as_dict()
-        for layers in sets:
+    # the ridge fit is deterministic: the whole split once (the first seed); each seed's nested subsets
+    ridge_runs = [(None, seeds[0])] * (None in train_sizes) + [(s, seed) for seed in seeds for s in train_sizes if s]
+    for layers in sets if any(h in CLOSED_FORM for h in heads) else ():
+        for size, seed in ridge_runs:
+            settings = TrainSettings(choices, seed, device).as_dict()
             for corruption in conditions:
-                add(condition_key(ridge_key(layers), corruption=corruption), seeds[0], train,
-                    {"settings": settings, "head": "ridge", "layers": layers, **condition(None, corruption)})
+                add(condition_key(ridge_key(layers), train_images=size, corruption=corruption), seed, train,
+                    {"settings": settings, "head": "ridge", "layers": layers, **condition(size, corruption)})
     return out

@@ -49,12 +49,18 @@ def _targets(task: DenseTask, batch_targets: Mapping[str, np.ndarray], attrs: Ma
 
 def fit_ridge(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, dataset_attrs: Mapping[str, Any],
               layers: Sequence[str], standardizer: Standardizer, choices: DenseChoices = DenseChoices(),
-              heldout_fraction: float = 0.1, device: str = "cpu") -> RidgeFit:
+              heldout_fraction: float = 0.1, device: str = "cpu", subset: np.ndarray | None = None) -> RidgeFit:
+    """Fit on the train split, or on ``subset`` (sorted image indices of one view; every view of
+    them): a closed-form fit per subset is the cheapest label-efficiency curve. The held-out part
+    is the last ``heldout_fraction`` of the images used."""
     from probe.train import training_batches, views_of
 
     dev = torch.device(device)
     views, per_view = views_of(train)
-    n_fit = per_view - max(1, int(round(heldout_fraction * per_view)))
+    used = np.arange(per_view) if subset is None else np.asarray(subset)
+    n_fit = len(used) - max(1, int(round(heldout_fraction * len(used))))
+    member, held_out = np.zeros(per_view, bool), np.zeros(per_view, bool)
+    member[used], held_out[used[n_fit:]] = True, True
     sums: dict[str, Any] = {}
     targets = {key: train_data.array(key) for key in task.needs}
     # one pass over each view: streamed to the device
@@ -66,7 +72,9 @@ def fit_ridge(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, da
         x, grid = _design(maps, layers)
         y, ok = _targets(task, batch.targets, dataset_attrs, grid, dev, choices)
         cells = grid[0] * grid[1]
-        held = torch.from_numpy(np.repeat(batch.index % per_view >= n_fit, cells)).to(dev)
+        image = batch.index % per_view
+        held = torch.from_numpy(np.repeat(held_out[image], cells)).to(dev)
+        ok = ok & torch.from_numpy(np.repeat(member[image], cells)).to(dev)
         for part, rows in (("fit", ok & ~held), ("held", ok & held)):
             xs, ys = x[rows], y[rows]
             # float32 products per batch (2x faster), summed across batches in float64

@@ -21,6 +21,7 @@ from protocols import (CORRUPTIBLE_TASKS, DEFAULT_PROTOCOL, ExtractionChoices, P
 from probe.plan import PlannedRecord, condition_key, dense_choices, plan_records, ridge_key, zero_shot_key
 from probe.records import format_table, write_record
 from probe.ridge import evaluate_ridge, fit_ridge
+from probe.scores import item_scores
 from probe.tasks import DenseTask, ZeroShotTask, get_task
 from probe.tracking import ProbeId, TensorBoardLog, open_log
 from probe.train import ProbeConfig, TrainSettings, evaluate_heads, nested_subset, train_sweep, views_of
@@ -223,6 +224,7 @@ def _run_models(task, store, models: Sequence[str], root: DataRoot, protocol: Pr
         entries = _as_planned(results, planned, model)
         for (probe, metrics, fingerprint, config, extra, probe_seed), entry in zip(results, entries):
             seconds = time.perf_counter() - started
+            extra = {**extra, **_scored(metrics, task.headline)}
             config = {**config, **entry.config}
             path = write_record(root, task=task.name, dataset=store.name, model=model, probe=probe, config=config,
                                 metrics=metrics, headline=task.headline, fingerprint=fingerprint,
@@ -249,6 +251,18 @@ def _as_planned(results: Sequence[tuple], planned: Sequence[PlannedRecord], mode
                             f"unplanned {', '.join(stray) or 'none'}; missing "
                             f"{', '.join(f'{p} (seed {s})' for p, s in by_key) or 'none'}")
     return entries
+
+
+def _scored(metrics: Mapping[str, Any], headline: str) -> dict[str, Any]:
+    """The record fields a run's per-item scores add: ``item_scores`` (for the report's intervals)
+    and ``flags`` (``collapsed``: the head predicts one value or class everywhere)."""
+    out: dict[str, Any] = {}
+    scores = item_scores(metrics, headline)
+    if scores is not None:
+        out["item_scores"] = scores
+    if getattr(metrics, "flags", None):
+        out["flags"] = list(metrics.flags)
+    return out
 
 
 def _open_split(store, model: str, split: str, extraction: ExtractionChoices, root: DataRoot, *, training: bool,
@@ -308,9 +322,6 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
     results = []
     per_view = views_of(train)[1]
     sizes = subset_sizes(train_images, per_view)
-    if any(sizes) and any(h in CLOSED_FORM for h in heads):
-        raise MidprobeError("--train-images trains SGD heads on subsets; the ridge head always fits the whole train "
-                            "split, so leave it out (e.g. HEAD=linear,mlp)")
     base = {"task": task.name, "train_images": train.num_images, "test_images": tests[""].num_images}
 
     def condition(key: str, config: dict[str, Any], size: int | None, seed: int, corruption: str):
@@ -346,18 +357,23 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
                                           size, seed, corruption)
                     results.append((key, scores[config], train.fingerprint, full,
                                     {"training": stats_[config], **_test_of(test, corruption)}, seed))
-    for layers in chosen_sets if any(h in CLOSED_FORM for h in heads) else []:
+    # the ridge fit is deterministic: the whole split once (the first seed); each seed's nested subsets
+    ridge_runs = [(None, settings.seed)] * (None in sizes) + [(s, seed) for seed in seeds for s in sizes if s]
+    for layers, (size, seed) in itertools.product(chosen_sets if any(h in CLOSED_FORM for h in heads) else [],
+                                                  ridge_runs):
         fit = fit_ridge(task, train=train, train_data=train_data, dataset_attrs=attrs, layers=layers,
-                        standardizer=standardizer, choices=choices, device=settings.device)
-        head_config = {**base, "settings": settings.as_dict(), "head": "ridge", "layers": list(layers)}
+                        standardizer=standardizer, choices=choices, device=settings.device,
+                        subset=None if size is None else nested_subset(per_view, size, seed))
+        head_config = {**base, "settings": replace(settings, seed=seed).as_dict(), "head": "ridge",
+                       "layers": list(layers)}
         for corruption in tests:
-            key, full = condition(ridge_key(layers), head_config, None, settings.seed, corruption)
+            key, full = condition(ridge_key(layers), head_config, size, seed, corruption)
             metrics = evaluate_ridge(task, fit, test=tests[corruption], test_data=test_data, dataset_attrs=attrs,
                                      layers=layers, standardizer=standardizer, choices=choices, device=settings.device)
             results.append((key, metrics, train.fingerprint, full,
                             {"ridge": {"penalty": fit.penalty, "rows": fit.rows,
                                        "heldout_mse": {f"{k:g}": v for k, v in fit.heldout_mse.items()}},
-                             **_test_of(tests[corruption], corruption)}, settings.seed))
+                             **_test_of(tests[corruption], corruption)}, seed))
     return results, plan(layer_sets=chosen_sets, train_sizes=sizes)
 
 

@@ -1,6 +1,7 @@
 """Robustness: seeded corruptions, corrupted test splits in the feature store, clean heads scored on them."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -147,8 +148,11 @@ def test_probes_score_the_clean_heads_on_corrupted_features(corrupted):
     column = "segmentation (tiny) [batch_size=4 epochs=2]"          # the column names the overridden choices
     section = text.split(f"## Robustness — {column}, midprobe protocol, linear heads")[1].split("\n## ")[0]
     # severities 0 (fog:0) and 4 (gaussian_noise:4) are the columns; each corruption fills one
-    assert f"| {MODEL} | gaussian_noise | {100 * iou:.1f} | – | {100 * (iou - noisy) / abs(iou):.1f} % |" in section
-    assert f"| {MODEL} | fog | {100 * iou:.1f} | 0.0 % | – |" in section
+    # each with its 95 % interval (clean: bootstrap; drop: paired bootstrap) and the seeds it pairs
+    assert re.search(rf"\| {MODEL} \| gaussian_noise \| {100 * iou:.1f} \[[-\d.]+, [-\d.]+\] \| – \| "
+                     rf"{100 * (iou - noisy) / abs(iou):.1f} % \[[-\d.]+, [-\d.]+\] \(seeds 0\) \|", section)
+    assert re.search(rf"\| {MODEL} \| fog \| {100 * iou:.1f} \[[-\d.]+, [-\d.]+\] \| 0.0 % \[0.0, 0.0\] "
+                     rf"\(seeds 0\) \| – \|", section)
     figure = page.parent / "figures" / "robustness_midprobe_linear_segmentation__tiny___batch_size_4_epochs_2.png"
     assert f"![robustness](figures/{figure.name})" in section
     assert figure.stat().st_size > 0 and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

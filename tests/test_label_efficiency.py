@@ -1,6 +1,7 @@
 """Label efficiency: nested seeded training subsets read from the same cache, their records and report."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -103,10 +104,33 @@ def test_subset_records_carry_size_and_seed_and_leave_the_full_records_alone(roo
     assert small["metrics"]["iou"] != records["linear-lin-lr0.05-n12", 1]["metrics"]["iou"]
 
 
-def test_ridge_and_zero_shot_tasks_refuse_training_subsets(root, capsys):
+def test_ridge_fits_each_seeds_subsets_in_closed_form(root):
     _dataset(root)
-    with pytest.raises(MidprobeError, match="ridge head always fits the whole train split"):
-        run_task(task_name="segmentation", dataset="sub", heads=["ridge"], train_images=[4], root=root, quiet=True)
+    rows = run_task(task_name="segmentation", dataset="sub", models=["lin"], heads=["ridge"], seeds=[0, 1],
+                    train_images=[10, None], root=root, quiet=True)
+    assert sorted((r["probe"], r["record"].rsplit("-seed", 1)[1]) for r in rows) == [
+        ("ridge-lin", "0.json"), ("ridge-lin-n10", "0.json"), ("ridge-lin-n10", "1.json")]
+    records = {(r["probe"], r["seed"]): r for r in load_records(root)}
+    assert records["ridge-lin-n10", 1]["config"]["train_subset"] == {"images": 10, "of": 24, "seed": 1}
+    assert records["ridge-lin-n10", 1]["ridge"]["rows"] < records["ridge-lin", 0]["ridge"]["rows"]
+    # the features are linear in the target: a fit on 10 images already separates foreground
+    assert records["ridge-lin-n10", 0]["headline"] > 0.9 and records["ridge-lin", 0]["headline"] > 0.9
+    from probe.features import Standardizer
+    from probe.ridge import fit_ridge
+    from probe.tasks import get_task
+    from cache import open_dataset
+
+    store, train = open_dataset("sub", root=root), open_features("sub", "lin", "train", root=root)
+    stats = {"lin": (np.zeros(3), np.ones(3))}
+    kwargs = dict(train=train, train_data=store.split("train"), dataset_attrs=store.attrs, layers=["lin"],
+                  standardizer=Standardizer(stats, __import__("torch").device("cpu")))
+    task = get_task("segmentation")
+    every = fit_ridge(task, **kwargs, subset=np.arange(24))
+    assert np.allclose(every.weights.numpy(), fit_ridge(task, **kwargs).weights.numpy())   # all = no subset
+
+
+def test_zero_shot_tasks_refuse_training_subsets(root, capsys):
+    _dataset(root)
     data = ["--data", str(root.root), "--dataset", "sub"]
     assert probe_main(["--task", "similarity", "--train-images", "4", *data]) == 2
     assert "zero-shot" in capsys.readouterr().err
@@ -138,7 +162,10 @@ def test_report_draws_the_curve_and_keeps_subsets_out_of_the_leaderboard(root):
                                (24, "linear-lin-lr0.05-seed?+*.json"))}
     assert mean[24] > 0
     needed = [labels_needed([3.0, 6.0, 24.0], [mean[3], mean[6], mean[24]], x * mean[24]) for x in (0.5, 0.9)]
-    assert f"| lin | `linear-lin-lr0.05` | {mean[24]:.1f} (24) | {needed[0]} | {needed[1]} | 2 |" in section
+    # with the full score's interval, the seeds, and each size's steps (same epochs: ceil(n / 4) x 2)
+    assert re.search(rf"\| lin \| `linear-lin-lr0.05` \| {mean[24]:.1f} \[[\d.]+, [\d.]+\] \(24\) \| "
+                     rf"{needed[0]} \| {needed[1]} \| 0, 1 \| 2 / 4 / 12 \|", section)
+    assert "same number of epochs as the whole split" in section
     html = (page.parent / "report.html").read_text()               # the shared page holds the section too
     studies = html.split('<section id="studies">')[1].split("</section>")[0]
     assert "Label efficiency — segmentation (sub) [batch_size=4 epochs=2]" in studies

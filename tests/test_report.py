@@ -42,7 +42,8 @@ def test_leaderboard_mean_and_std_over_seeds(root):
     assert board.columns == ["depth (synthetic)", "similarity (synthetic)"]
     assert board.mean["a", "depth (synthetic)"] == pytest.approx(0.6)
     assert board.std["a", "depth (synthetic)"] == pytest.approx(0.1)
-    assert board.cell("a", "depth (synthetic)") == "60.0 ± 10.0"
+    # no per-item scores: the seeds' t interval, 0.6 ± t(1) · sd(ddof=1) / √2 = 0.6 ± 12.706 · 0.1
+    assert board.cell("a", "depth (synthetic)") == "60.0 ± 10.0 [-67.1, 187.1]"
     assert board.cell("a", "similarity (synthetic)") == "90.0"
 
 
@@ -66,7 +67,8 @@ def test_report_with_known_correlations(root, tmp_path):
     assert (figures / "task_correlations_midprobe_linear.png").exists() and (figures / "ranking_midprobe_linear.png").exists()
     assert "| m5 | 1.00 |" in text                     # best on both tasks: mean rank 1
     rows = (root.reports() / "leaderboard_midprobe_linear.csv").read_text().splitlines()
-    assert rows[0] == "model,column,metric,mean,std,seeds,probe" and len(rows) == 11
+    assert rows[0] == "model,column,metric,mean,std,seeds,probe,ci_low,ci_high,source,flags,steps,vs_next"
+    assert len(rows) == 11
     assert "feature_stores" not in text and "Result records:" in text and "depth/synthetic/m1" in text
 
 
@@ -75,7 +77,9 @@ def test_report_with_too_few_models_says_so(root, capsys):
     _record(root, task="normals", model="pixels", value=0.2)
     assert report_main(["--data", str(root.root)]) == 0
     text = (root.reports() / "report.md").read_text()
-    assert "not drawn — needs at least 3 models" in text and "Not drawn — needs at least 3 models" in text
+    # one line for the section's scatter plots, not one per task
+    assert text.count("Not drawn for any task — needs at least 3 models with both an ImageNet accuracy") == 1
+    assert "depth (synthetic): not drawn" not in text and "Not drawn — needs at least 3 models" in text
     assert "pixels" in capsys.readouterr().out
 
 

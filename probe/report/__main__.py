@@ -66,8 +66,31 @@ def parser(prog: str = "python -m probe.report") -> argparse.ArgumentParser:
 
     p = options.command_parser(prog=prog, description=__doc__, parents=[
         options.data_option(), options.quiet_option(help="print nothing but errors")])
-    p.add_argument("--imagenet", help="CSV of ImageNet accuracies (model,imagenet_top1,...) to use instead")
+    p.add_argument("--imagenet", action="append", default=[], metavar="MODEL=ACC|CSV",
+                   help="a model's ImageNet top-1 (%%) as MODEL=ACC, or a CSV (model,imagenet_top1,...); repeatable; "
+                        "these win over the shipped values")
     return p
+
+
+def imagenet_arguments(given: list[str]) -> tuple[str | None, dict[str, float]]:
+    """``--imagenet`` values: at most one CSV path, and any number of ``MODEL=ACC`` (ACC in %, 0-100)."""
+    paths, values = [], {}
+    for item in given:
+        model, sep, acc = item.rpartition("=")
+        if not sep or Path(item).is_file():
+            paths.append(item)
+            continue
+        try:
+            value = float(acc)
+        except ValueError:
+            value = float("nan")
+        if not model or not 0 <= value <= 100:
+            raise MidprobeError(f"--imagenet {item}: expected MODEL=ACC with ACC the ImageNet top-1 in % (0-100), "
+                                "or a CSV file")
+        values[model] = value
+    if len(paths) > 1:
+        raise MidprobeError(f"--imagenet: one CSV at most (got {', '.join(paths)}); add models to it or give MODEL=ACC")
+    return (paths[0] if paths else None), values
 
 
 @exits_on_error
@@ -76,7 +99,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m probe.report") ->
     root, notice = root_to_report(data_root(args.data))
     if notice and not args.quiet:
         print(notice, file=sys.stderr)
-    page, leaderboards = build_report(root, imagenet_csv=args.imagenet, quiet=args.quiet)
+    csv_path, values = imagenet_arguments(args.imagenet)
+    page, leaderboards = build_report(root, imagenet_csv=csv_path, imagenet_values=values, quiet=args.quiet)
     if not args.quiet:
         for label, table in leaderboards.items():
             print(f"\nLeaderboard ({label}; zero-shot tasks as they are)\n{table}")

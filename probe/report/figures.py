@@ -22,10 +22,14 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_")
 
 
-def mid_vs_high(board: Leaderboard, imagenet: dict[str, float], folder: Path) -> dict[str, tuple[Path | None, str]]:
-    """Per column: task metric against ImageNet accuracy with the least-squares line; R² in the title."""
+def mid_vs_high(board: Leaderboard, imagenet: dict[str, float], folder: Path,
+                axis: str = "ImageNet linear top-1") -> dict[str, tuple[Path | None, str]]:
+    """Per column: task metric against ImageNet accuracy (``axis`` names which) with the
+    least-squares line over every point; R² in the title. Published points are grey, measured ones
+    highlighted with their 95 % intervals; the note gives the published points' R² alone too."""
     out = {}
     x_all = np.array([imagenet.get(m, np.nan) for m in board.models])
+    published = np.array([board.is_published(m) for m in board.models], dtype=bool)
     for column in board.columns:
         y_all = 100 * board.column(column)
         both = ~np.isnan(x_all) & ~np.isnan(y_all)
@@ -36,19 +40,35 @@ def mid_vs_high(board: Leaderboard, imagenet: dict[str, float], folder: Path) ->
         x, y = x_all[both], y_all[both]
         a, b, r2 = least_squares(x, y)
         fig, ax = plt.subplots(figsize=(4.2, 3.4), dpi=110)
-        ax.scatter(x, y, s=18)
-        for name, xi, yi in zip(np.array(board.models)[both], x, y):
-            ax.annotate(name, (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        grey = published[both]
+        names = np.array(board.models)[both]
+        if grey.any():
+            ax.scatter(x[grey], y[grey], s=14, color="0.65", label="published (read off figures, ±0.3)")
+        measured = ~grey
+        errors = np.array([[0.0, 0.0] if board.interval.get((m, column)) is None else
+                           [100 * board.mean[m, column] - 100 * board.interval[m, column][0],
+                            100 * board.interval[m, column][1] - 100 * board.mean[m, column]]
+                           for m in names[measured]]).reshape(-1, 2).T
+        ax.errorbar(x[measured], y[measured], yerr=errors, fmt="o", ms=4, color="C3" if grey.any() else "C0",
+                    capsize=2, lw=1, label="measured (95 % interval)" if grey.any() else None)
+        for name, xi, yi, is_grey in zip(names, x, y, grey):
+            ax.annotate(name, (xi, yi), fontsize=5 if is_grey else 6, color="0.5" if is_grey else "black",
+                        xytext=(2, 2), textcoords="offset points")
         grid = np.linspace(x.min(), x.max(), 10)
-        ax.plot(grid, a * grid + b, lw=1)
-        ax.set_xlabel("ImageNet linear top-1 (%)")
+        ax.plot(grid, a * grid + b, lw=1, color="0.3")
+        ax.set_xlabel(f"{axis.split(' (')[0].replace('`', '')} (%)", fontsize=7)
         ax.set_ylabel(f"{board.metric[column]} (%)")
         ax.set_title(f"{column}: R² = {r2:.2f}\n{board.label}", fontsize=8)
+        if grey.any():
+            ax.legend(fontsize=5, loc="best")
         fig.tight_layout()
         path = folder / f"mid_vs_high_{board.slug}_{_slug(column)}.png"
         fig.savefig(path, bbox_inches="tight")
         plt.close(fig)
-        out[column] = (path, f"R² = {r2:.3f} over {int(both.sum())} models")
+        note = f"R² = {r2:.3f} over {int(both.sum())} models"
+        if grey.sum() >= MIN_POINTS and measured.any():
+            note += f" (the {int(grey.sum())} published alone: R² = {least_squares(x[grey], y[grey])[2]:.3f})"
+        out[column] = (path, note + f"; x axis: {axis}")
     return out
 
 
@@ -114,6 +134,8 @@ class BoardFigures:
     correlations: tuple[Path | None, str] = (None, "")
     ranking: tuple[Path | None, str] = (None, "")
     mid_rank: dict[str, float] = field(default_factory=dict)
+    imagenet: dict[str, float] = field(default_factory=dict)
+    axis: str = ""
 
 
 def figure_count(board: Leaderboard) -> int:
@@ -122,9 +144,10 @@ def figure_count(board: Leaderboard) -> int:
 
 
 def draw_board(board: Leaderboard, imagenet: dict[str, float], folder: Path,
-               progress: Progress | None = None) -> BoardFigures:
-    """Every figure of ``board`` into ``folder`` (``progress`` counts them)."""
-    out = BoardFigures(board, scatter=mid_vs_high(board, imagenet, folder))
+               progress: Progress | None = None, axis: str = "ImageNet linear top-1") -> BoardFigures:
+    """Every figure of ``board`` into ``folder`` (``progress`` counts them); ``axis`` names the
+    ImageNet accuracies' source."""
+    out = BoardFigures(board, scatter=mid_vs_high(board, imagenet, folder, axis), imagenet=imagenet, axis=axis)
     if progress is not None:
         progress.update(len(board.columns))
     out.correlations = correlations(board, imagenet, folder)

@@ -195,12 +195,18 @@ def _column_head(column: str) -> str:
 def _leaderboard(board: Leaderboard, records: Sequence[Mapping[str, Any]], anchors: Mapping[str, str],
                  root: DataRoot) -> str:
     head = ['<th scope="col" data-type="text" data-first="ascending">model</th>']
+    head += ['<th scope="col" data-type="text" data-first="ascending">source</th>'] if board.source else []
     head += [f'<th scope="col" data-type="number" data-first="descending" title="{_text(c)}">{_column_head(c)}<br>'
              f'<small>{_text(board.metric[c])}</small></th>' for c in board.columns]
     rows = []
     for model in board.models:
         cells = [f'<th scope="row" data-value="{_text(model)}">{_text(model)}</th>']
+        cells += [f"<td>{_text(board.source_of(model))}</td>"] if board.source else []
         for column in board.columns:
+            if board.is_published(model) and (model, column) in board.mean:
+                cells.append(f'<td data-value="{board.mean[model, column]!r}" title="published: read off the paper\'s '
+                             f'figures, ±0.3">{_text(board.cell(model, column))}</td>')
+                continue
             behind = cell_records(board, model, column, records)
             if (model, column) not in board.mean or not behind:
                 cells.append('<td data-value="">–</td>')
@@ -223,17 +229,31 @@ def _ranking(section: BoardFigures) -> str:
 
 def _board_section(section: BoardFigures, records: Sequence[Mapping[str, Any]], anchors: Mapping[str, str],
                    root: DataRoot, protocols: Mapping[str, str]) -> str:
+    from probe.report.compare import measured_vs_published, ranking_rows
+    from probe.report.page import probe_lines
+
     board = section.board
-    scatter = "".join(_figure(column, figure) for column, figure in section.scatter.items())
+    drawn = {c: f for c, f in section.scatter.items() if f[0] is not None}
+    skipped: dict[str, list[str]] = {}
+    for column, (_, note) in section.scatter.items():
+        if column not in drawn:
+            skipped.setdefault(note.split("; have")[0], []).append(column)
+    scatter = "".join(_figure(column, figure) for column, figure in drawn.items())
+    scatter += "".join(f'<p class="note">Not drawn for {"any task" if len(cs) == len(section.scatter) > 1 else _text(", ".join(cs))}'
+                       f' — {_text(note)}.</p>' for note, cs in skipped.items())
+    note = f'<p class="note">{_inline(board.published_note)}.</p>' if board.published_note else ""
     return "\n".join([
         f'<section id="board-{_text(board.slug)}"><h2>Leaderboard — {_text(board.label)}</h2>',
-        f"<p>Protocol <code>{_text(board.protocol)}</code>: {_inline(protocols[board.protocol])}</p>",
+        f"<p>Protocol <code>{_text(board.protocol)}</code>: {_inline(protocols[board.protocol])}</p>", note,
         _leaderboard(board, records, anchors, root),
         f'<p class="note">CSV: <code>leaderboard_{_text(board.slug)}.csv</code> beside this page. Hover a number '
         'for its configuration; click it for its records.</p>',
-        "<h3>Mid-level vs ImageNet linear accuracy</h3>", f'<div class="figures">{scatter}</div>',
+        markdown_section([*measured_vs_published(board), *probe_lines(board)], Path(".")),
+        "<h3>Mid-level vs ImageNet linear accuracy</h3>", f'<p class="note">ImageNet axis: {_inline(section.axis)}.</p>',
+        f'<div class="figures">{scatter}</div>',
         "<h3>Task correlations</h3>", _figure("task correlations", section.correlations),
-        "<h3>Ranking</h3>", _figure("ranking", section.ranking), _ranking(section), "</section>"])
+        "<h3>Ranking</h3>", _figure("ranking", section.ranking),
+        markdown_section(ranking_rows(board, section.imagenet), Path(".")), "</section>"])
 
 
 def _records_section(records: Sequence[Mapping[str, Any]], anchors: Mapping[str, str], root: DataRoot) -> str:

@@ -29,6 +29,7 @@ from cache import FeatureSplit, MidprobeError, SplitView
 from cache.camera import project, relative_rotation_deg, unproject
 from cache.progress import progress_bar
 from protocols import CorrespondenceChoices, CorrespondenceStyle, Protocol, get_protocol
+from probe.scores import Scored
 from probe.tasks import register_task
 from probe.tasks.base import ZeroShotTask
 
@@ -272,7 +273,8 @@ class CorrespondenceTask(ZeroShotTask):
 def _average(rows: list[dict[str, float]], style: CorrespondenceStyle) -> dict[str, float]:
     """Per-pair metrics averaged over pairs, and each binned by the pairs' rotation ``[lo, hi)``."""
     keys = [k for k in (rows[0] if rows else {}) if k != "rotation"]
-    out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    out = Scored({k: float(np.mean([r[k] for r in rows])) for k in keys}, unit="pair",
+                 per_item={k: np.array([r[k] for r in rows], dtype=np.float64) for k in keys})
     binned = [style.binned if style.binned in keys else f"recall_2d_{style.thresholds_px[0]:g}px"]
     if style.bin_2d:
         binned += [f"recall_2d_{t:g}px" for t in style.thresholds_px if f"recall_2d_{t:g}px" not in binned]

@@ -9,6 +9,7 @@ import numpy as np
 
 from cache import FeatureSplit, MidprobeError, SplitView
 from cache.progress import progress_bar
+from probe.scores import Scored
 from probe.tasks import register_task
 from protocols import Protocol, get_protocol
 from probe.tasks.base import ZeroShotTask
@@ -70,7 +71,9 @@ class SimilarityTask(ZeroShotTask):
         config = {"task": self.name, "representation": "global" if not layers else f"mean of {'+'.join(layers)}",
                   "global_kind": features.fingerprint.get("global_kind", "default"),
                   "positive_class": "candidate 1 closer", "ties": ties}
-        return two_afc_metrics(choice, answer), config
+        metrics = Scored(two_afc_metrics(choice, answer), unit="triplet", statistic="f1",
+                         per_item={"choice": choice, "answer": answer})
+        return metrics, config
 
 
 register_task(SimilarityTask(name="similarity", kind="zero_shot", headline="f1", needs=("triplets", "triplet_answer"),
