@@ -15,6 +15,8 @@ EPOCHS   ?=
 PROTOCOL ?= midprobe
 PRECISION ?= fp16
 AUGMENT  ?=
+LOCKSTEP ?=
+DISK_BUDGET ?=
 DEVICE   ?= cpu
 WEIGHTS  ?=
 SHARD    ?= 0/1
@@ -82,7 +84,7 @@ extract: setup
 probe: setup
 	@test -n "$(TASK)" || { echo "error: TASK is required, e.g. make probe TASK=normals" >&2; exit 2; }
 	$(MIDPROBE) probe --task $(TASK) --dataset $(DATASET) --protocol $(PROTOCOL) --precision $(PRECISION) --device $(DEVICE) \
-		$(if $(AUGMENT),--augment $(AUGMENT)) \
+		$(if $(AUGMENT),--augment $(AUGMENT)) $(if $(LOCKSTEP),--lockstep) \
 		$(if $(HEAD),--head $(HEAD)) $(if $(LR),--lr $(LR)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
 		$(if $(MODEL),--model $(MODEL)) $(if $(LAYERS),--layers "$(LAYERS)") $(if $(LOG),--log $(LOG)) \
 		$(if $(TRAIN_IMAGES),--train-images $(TRAIN_IMAGES)) $(if $(SEEDS),--seeds $(SEEDS)) \
@@ -105,7 +107,8 @@ grid: setup
 	@test -n "$(GRID)" || { echo "error: GRID is required, e.g. make grid GRID=grids/paper.toml DRY=1" >&2; exit 2; }
 	$(MIDPROBE) grid $(GRID) $(if $(DRY),--dry-run) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) --cluster $(CLUSTER) \
 		$(if $(filter slurm,$(CLUSTER)),--jobs $(JOBS)) $(if $(filter command line environment,$(origin DEVICE)),--device $(DEVICE)) \
-		$(if $(and $(PRECISION),$(filter command line environment,$(origin PRECISION))),--precision $(PRECISION))
+		$(if $(and $(PRECISION),$(filter command line environment,$(origin PRECISION))),--precision $(PRECISION)) \
+		$(if $(DISK_BUDGET),--disk-budget $(DISK_BUDGET))
 
 # The demo is grids/demo.toml in its own data root: a small synthetic set (256 train / 64 test at
 # 224 px, 16 pairs, 16 triplets), three weight-free backbones, linear and MLP heads on every dense

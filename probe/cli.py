@@ -71,6 +71,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", metavar="K[:POLICY]",
                    help="dense probes train on K seeded augmented views of each training image (policy "
                         "paper-nyu, the default, or paper-navi; extract and probe with the same AUGMENT=)")
+    p.add_argument("--lockstep", action="store_true",
+                   help="with --augment (or a protocol with augmented views): extract each view when its epoch "
+                        "starts and drop it after, training every head of every task in --task (e.g. "
+                        "depth,normals) on it; needs --model and the cached test split; same records as the "
+                        "cached views")
     p.add_argument("--precision", default="fp16", choices=("fp16", "int8"),
                    help="which feature store to read: float16 (default) or int8 (PRECISION=int8 at extraction)")
     p.add_argument("--uncertainty-aware", action="store_true", help="normals: the uncertainty-aware angular loss")
@@ -127,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     from cache.loader import parse_bytes
 
     budget = None if args.cache_budget is None else parse_bytes(args.cache_budget)
+    if args.lockstep:
+        return _lockstep(args)
     task = get_task(args.task)
     overrides = overrides_of(args) if isinstance(task, DenseTask) else {}
     layer_sets = [s.split(",") for s in args.layers.split(";") if s] if args.layers else None
@@ -141,5 +148,31 @@ def main(argv: list[str] | None = None) -> int:
                     precision=args.precision, seeds=args.seeds, train_images=args.train_images,
                     test_corruptions=args.test_corrupt, cache_budget=budget,
                     root=data_root(args.data), quiet=args.quiet, options=zero_shot, log=args.log)
+    print(print_table(rows))
+    return 0
+
+
+def _lockstep(args: argparse.Namespace) -> int:
+    """``--lockstep``: :func:`probe.lockstep.run_lockstep` for each model of ``--model``."""
+    from probe.lockstep import run_lockstep
+    from probe.run import print_table
+    from protocols import get_protocol, with_augment
+
+    given = [flag for flag, value in (("--train-images", args.train_images), ("--test-corrupt", args.test_corrupt),
+                                      ("--log", args.log), ("--cache-budget", args.cache_budget)) if value]
+    if given:
+        raise MidprobeError(f"--lockstep trains every head on each view as it is extracted; {', '.join(given)} "
+                            "applies to the cached path only (drop --lockstep)")
+    if not args.model:
+        raise MidprobeError("--lockstep extracts the views itself, so it needs --model (e.g. MODEL=vit_b_mae)")
+    protocol = with_augment(get_protocol(args.protocol), args.augment)
+    rows = []
+    for model in args.model.split(","):
+        rows += run_lockstep(dataset=args.dataset, model=model, tasks=[t for t in args.task.split(",") if t],
+                             protocol=protocol, heads=[h for h in args.head.split(",") if h] if args.head else None,
+                             lrs=args.lr, layer_sets=[s.split(",") for s in args.layers.split(";") if s]
+                             if args.layers else None, overrides=overrides_of(args),
+                             seeds=args.seeds or [args.seed], device=args.device, precision=args.precision,
+                             root=data_root(args.data), quiet=args.quiet)
     print(print_table(rows))
     return 0

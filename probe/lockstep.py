@@ -76,14 +76,18 @@ def run_lockstep(*, dataset: str, model: str, tasks: Sequence[str], protocol: st
                  seeds: Sequence[int] = (0,), device: str = "cpu", precision: str = "fp16",
                  root: DataRoot | None = None, batch_size: int = 16, weights: str | None = None,
                  chunk_images: int | None = None,
-                 backbone: Any = None, overlap: bool | None = None, keep: bool = False,
+                 backbone: Any = None, overlap: bool | None = None, views_on_disk: int | None = None,
+                 keep: bool = False,
                  quiet: bool = True) -> list[dict[str, Any]]:
     """Train and score the dense ``tasks`` on ``dataset`` for ``model`` in lockstep with its augmented
     views; one record per probe and seed, as :func:`probe.run.run_task` writes them.
 
     The test splits must be cached (``make extract``); the augmented training split need not be.
     ``overlap`` (default: on CUDA) extracts view ``e + 1`` in a background thread while the
-    heads train on view ``e``. ``keep`` keeps the workspace (views and state) afterwards.
+    heads train on view ``e``. ``views_on_disk`` (default: 2 with ``overlap``, else 1) is how many
+    views may be on disk at once: the statistics pass leaves the first ``views_on_disk`` (less one
+    with ``overlap``) in place for the first epochs, so only the others are extracted twice. ``keep``
+    keeps the workspace (views and state) afterwards.
     """
     from extract.backbones import build_backbone
     from extract.plan import plan_extraction
@@ -143,7 +147,12 @@ def run_lockstep(*, dataset: str, model: str, tasks: Sequence[str], protocol: st
         plans[name] = _TaskPlan(task, choices, configs, sets, used, test)
     state_dir = views.dir / "state"
     identity = _identity(plans, seeds, feature_model, protocol, precision, train)
-    stats = _statistics(views, plans, state_dir, identity, say)
+    overlap = torch.device(device).type == "cuda" if overlap is None else overlap
+    most = views_on_disk or (2 if overlap else 1)
+    if most < 1 or (overlap and most < 2):
+        raise MidprobeError(f"views on disk {most}: expected >= 1 (>= 2 while the next view is prefetched)")
+    retained = max(1, most - 1 if overlap else most)
+    stats = _statistics(views, plans, state_dir, identity, say, retained)
     for name, plan in plans.items():
         standardizer = Standardizer({layer: stats[layer] for layer in plan.used} if plan.choices.feature_norm
                                     == "train-stats" else {layer: (np.zeros(train.shape(layer)[0]),
@@ -157,7 +166,6 @@ def run_lockstep(*, dataset: str, model: str, tasks: Sequence[str], protocol: st
     started = time.perf_counter()
     epochs = max(plan.choices.epochs for plan in plans.values())
     first = _resume(state_dir, plans, identity, say)
-    overlap = torch.device(device).type == "cuda" if overlap is None else overlap
     kill_at = os.environ.get(KILL_ENV)
     loaders = {(name, seed): sweep.loader(budget=0) for name, plan in plans.items()
                for seed, sweep in plan.sweeps.items()}
@@ -176,7 +184,8 @@ def run_lockstep(*, dataset: str, model: str, tasks: Sequence[str], protocol: st
                     sweep.run_epoch(epoch, loader=loaders[name, seed])
                     say(f"[lockstep] {name} seed {seed}: {sweep.epoch_line()}")
         _save(state_dir, epoch, plans, identity)
-        views.drop(view, keep=[v for v in (nxt,) if v is not None])
+        later = {e % views.views for e in range(epoch + 1, epochs)}
+        views.drop(view, keep=[v for v in (nxt,) if v is not None] + [v for v in range(retained) if v in later])
     views.wait()
     rows = _records(plans, store, feature_model, train, protocol, overrides, precision, root, started, say,
                     loader_name, device)
@@ -197,10 +206,10 @@ def _identity(plans: Mapping[str, _TaskPlan], seeds: Sequence[int], model: str, 
 
 
 def _statistics(views: ViewSource, plans: Mapping[str, _TaskPlan], state_dir: Path, identity: str,
-                say: Callable[[str], None]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                say: Callable[[str], None], retained: int = 1) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-channel statistics over every view, as :func:`probe.features.channel_stats` computes them
     on the cached split: each view extracted, its chunks' moments saved, the view dropped. Views
-    run from the last to the first, so view 0 stays for epoch 0."""
+    run from the last to the first, so views ``0 .. retained - 1`` stay for the first epochs."""
     layers = sorted({layer for p in plans.values() if p.choices.feature_norm == "train-stats" for layer in p.used},
                     key=views.split.layers.index)
     if not layers:
@@ -218,7 +227,7 @@ def _statistics(views: ViewSource, plans: Mapping[str, _TaskPlan], state_dir: Pa
             np.savez(buffer, identity=np.array(identity),
                      **{f"{c}|{layer}": m[layer] for c, m in saved.items() for layer in layers})
             atomic_write(path, buffer.getvalue())
-            if view:
+            if view >= retained:
                 views.drop(view, keep=[view - 1])
         moments.update(saved)
     say(f"[lockstep] per-channel statistics of {', '.join(layers)} over {views.views} views")

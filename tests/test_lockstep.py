@@ -88,23 +88,32 @@ def test_lockstep_records_equal_the_cached_paths_bit_for_bit(tmp_path, cached_re
     assert not (root.feature_store("synthetic", MODEL) / "train@aug3-paper-nyu").exists()
 
 
-def test_lockstep_holds_at_most_the_views_it_needs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("views_on_disk, peak_chunks, forwards", [(1, 2, 18 + 10), (3, 5, 18)])
+def test_lockstep_holds_at_most_the_views_it_may_and_extracts_the_rest_again(tmp_path, monkeypatch, views_on_disk,
+                                                                               peak_chunks, forwards):
     from extract import views as views_module
 
     root = data_root(tmp_path / "data")
     _prepared(root)
-    peak = []
-    original = views_module.ViewSource.drop
+    peak, written = [], []
+    drop, write = views_module.ViewSource.drop, views_module.ViewSource._write
 
-    def drop(self, view, *, keep=()):
-        chunks = sorted(int(p.name) for p in (self.path / self.job.name / "global" / "c").iterdir())
-        peak.append(len(chunks))
-        return original(self, view, keep=keep)
+    def counting_drop(self, view, *, keep=()):
+        peak.append(len(list((self.path / self.job.name / "global" / "c").iterdir())))
+        return drop(self, view, keep=keep)
 
-    monkeypatch.setattr(views_module.ViewSource, "drop", drop)
-    _lockstep(root, overlap=False)
-    # 3 views of 6 images in chunks of 4 (5 chunks): never more than one view's chunks plus a straddling one
-    assert peak and max(peak) <= 3
+    def counting_write(self, chunks):
+        before = self.extracted
+        write(self, chunks)
+        written.append(self.extracted - before)
+
+    monkeypatch.setattr(views_module.ViewSource, "drop", counting_drop)
+    monkeypatch.setattr(views_module.ViewSource, "_write", counting_write)
+    _lockstep(root, overlap=False, views_on_disk=views_on_disk)
+    # 3 views of 6 images in chunks of 4 (5 chunks, two straddling views): the statistics pass runs every
+    # view once (18 images), training extracts again only the views it could not keep
+    assert max(peak) == peak_chunks
+    assert sum(written) == forwards
 
 
 def test_a_kill_during_an_epoch_resumes_there_with_the_same_records(tmp_path, cached_records):
@@ -132,3 +141,19 @@ def test_lockstep_refuses_what_it_cannot_stream(tmp_path):
     with pytest.raises(MidprobeError, match="ridge"):
         run_lockstep(dataset="synthetic", model=MODEL, tasks=["depth"], protocol=_protocol(), heads=["ridge"],
                      root=root)
+
+
+def test_the_probe_command_runs_lockstep_and_refuses_what_it_cannot(tmp_path, capsys):
+    from probe.cli import main
+
+    root = data_root(tmp_path / "data")
+    _prepared(root)
+    base = ["--task", "depth,normals", "--dataset", "synthetic", "--augment", "3", "--lockstep", "--data",
+            str(root.root), "--quiet"]
+    assert main(base) == 2
+    assert "needs --model" in capsys.readouterr().err
+    assert main([*base, "--model", MODEL, "--train-images", "4"]) == 2
+    assert "--train-images applies to the cached path only" in capsys.readouterr().err
+    assert main([*base, "--model", MODEL, "--epochs", "1", "--head", "linear", "--batch-size", "4"]) == 0
+    assert "depth" in capsys.readouterr().out
+    assert len(list(root.results().rglob("*.json"))) == 2
