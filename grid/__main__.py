@@ -31,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
                    "sized to the cores)")
     p.add_argument("--jobs", type=int, default=1, help="slurm: how many one-GPU worker jobs to submit")
     p.add_argument("--device", choices=("cpu", "cuda"), help="run extraction and probes here, whatever the grid says")
+    p.add_argument("--disk-budget", metavar="SIZE", help="features on disk at once, e.g. 2TB (decimal units): "
+                   "augmented views stream in lockstep where a model's splits do not fit (default: the grid "
+                   "file's disk_budget, else no limit)")
     p.add_argument("--data", help="data root (default $MIDPROBE_DATA or ./data)")
     return p
 
@@ -45,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = spec.with_device(args.device)
     if args.precision is not None:
         spec = spec.with_precision(args.precision)
+    if args.disk_budget is not None:
+        spec = spec.with_disk_budget(args.disk_budget)
     root = data_root(args.data)
     if args.dry_run:
         from grid.graph import plan_jobs
