@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with open_client(scheduler=args.scheduler, cluster=args.cluster, workers=args.workers,
-                         jobs=args.jobs) as client:
+                         jobs=args.jobs, gpus="cuda" in (spec.device, spec.probe_device)) as client:
             summary = run_grid(spec, root=root, client=client, out=sys.stdout)
     except KeyboardInterrupt:
         print("[grid] interrupted: rerun the same command to resume (complete work is skipped)", file=sys.stderr)
