@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cache import data_root
+from cache import MidprobeError, data_root
 from cache.errors import exits_on_error
 
 
@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(describe(spec, root, plan_jobs(spec, root), splits=args.splits))
         return 0
+    if spec.disk_budget is not None or spec.augmented is not None:
+        # planned by the dry run; the run would otherwise cache every split, ignoring the budget
+        raise MidprobeError("disk_budget / augmented are sized by the dry run (DRY=1) but not yet applied by a grid "
+                            "run; run lockstep per model with `make probe … LOCKSTEP=1`, or drop them to cache "
+                            "everything")
     from grid.cluster import open_client
     from grid.run import run_grid
 

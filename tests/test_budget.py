@@ -70,3 +70,10 @@ def test_the_paper_grid_at_int8_fits_2tb_with_nyu_in_lockstep_and_every_task_pla
     assert len(plan_jobs(budgeted, root)) == len(plan_jobs(spec, root))
     with pytest.raises(MidprobeError, match="even streaming one view at a time"):
         plan_units(Estimator(spec.with_disk_budget("100GB"), root))
+
+
+def test_a_grid_run_with_a_budget_it_cannot_apply_says_so_instead_of_ignoring_it(tmp_path, capsys):
+    from grid.__main__ import main
+
+    assert main([str(REPO / "grids/smoke.toml"), "--disk-budget", "2TB", "--data", str(tmp_path)]) == 2
+    assert "not yet applied by a grid run" in capsys.readouterr().err
