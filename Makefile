@@ -15,6 +15,8 @@ EPOCHS   ?=
 PROTOCOL ?= midprobe
 PRECISION ?= fp16
 AUGMENT  ?=
+LOCKSTEP ?=
+DISK_BUDGET ?=
 DEVICE   ?= cpu
 WEIGHTS  ?=
 SHARD    ?= 0/1
@@ -88,7 +90,7 @@ extract: setup
 probe: setup
 	@test -n $(call q,$(TASK)) || { echo "error: TASK is required, e.g. make probe TASK=normals" >&2; exit 2; }
 	$(MIDPROBE) probe --task $(call q,$(TASK)) --dataset $(call q,$(DATASET)) --protocol $(call q,$(PROTOCOL)) --precision $(call q,$(PRECISION)) --device $(call q,$(DEVICE)) \
-		$(if $(AUGMENT),--augment $(call q,$(AUGMENT))) \
+		$(if $(AUGMENT),--augment $(call q,$(AUGMENT))) $(if $(LOCKSTEP),--lockstep) \
 		$(if $(HEAD),--head $(call q,$(HEAD))) $(if $(LR),--lr $(call q,$(LR))) $(if $(EPOCHS),--epochs $(call q,$(EPOCHS))) \
 		$(if $(MODEL),--model $(call q,$(MODEL))) $(if $(LAYERS),--layers $(call q,$(LAYERS))) $(if $(LOG),--log $(call q,$(LOG))) \
 		$(if $(TRAIN_IMAGES),--train-images $(call q,$(TRAIN_IMAGES))) $(if $(SEEDS),--seeds $(call q,$(SEEDS))) \
@@ -111,7 +113,8 @@ grid: setup
 	@test -n $(call q,$(GRID)) || { echo "error: GRID is required, e.g. make grid GRID=grids/paper.toml DRY=1" >&2; exit 2; }
 	$(MIDPROBE) grid $(call q,$(GRID)) $(if $(DRY),--dry-run) $(if $(SCHEDULER),--scheduler $(call q,$(SCHEDULER))) --cluster $(call q,$(CLUSTER)) \
 		$(if $(filter slurm,$(CLUSTER)),--jobs $(call q,$(JOBS))) $(if $(filter command line environment,$(origin DEVICE)),--device $(call q,$(DEVICE))) \
-		$(if $(and $(PRECISION),$(filter command line environment,$(origin PRECISION))),--precision $(call q,$(PRECISION)))
+		$(if $(and $(PRECISION),$(filter command line environment,$(origin PRECISION))),--precision $(call q,$(PRECISION))) \
+		$(if $(DISK_BUDGET),--disk-budget $(call q,$(DISK_BUDGET)))
 
 # The demo is grids/demo.toml in its own data root: a small synthetic set (256 train / 64 test at
 # 224 px, 16 pairs, 16 triplets), three weight-free backbones, linear and MLP heads on every dense

@@ -12,6 +12,7 @@ from functools import partial
 from bench.compact import compact_features
 from bench.epochs import probe_epoch_vs_head_compute
 from bench.extraction import extract_overhead, extract_vs_limit
+from bench.lockstep import lockstep_epoch_vs_cached_epoch, lockstep_forwards_vs_paper_code
 from bench.probing import cache_vs_recompute, probe_rss_growth, sweep_vs_single
 from bench.reading import feature_read_gbps_vs_memcpy
 from bench.synthetic import synthetic_speed
@@ -30,6 +31,8 @@ BENCHMARKS = {
     "compact": compact_features,
     "feature_read": feature_read_gbps_vs_memcpy,
     "probe_epoch": probe_epoch_vs_head_compute,
+    "lockstep_forwards_vs_paper_code": lockstep_forwards_vs_paper_code,
+    "lockstep_epoch_vs_cached_epoch": lockstep_epoch_vs_cached_epoch,
 }
 
 ON_DEVICE = {"extract_overhead", "extract_limit", "cache_vs_recompute", "cache_vs_recompute_loss_stride4", "sweep",

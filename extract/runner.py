@@ -226,7 +226,10 @@ def _job_layers(backbone: Backbone, job: SplitJob) -> list[str]:
 
 def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_name: str, dataset_fp: str,
                    path: Path, *, batch_size: int, device: torch.device, shard: tuple[int, int],
-                   chunk_images: int | None, progress: bool, precision: str = "fp16") -> ExtractionReport:
+                   chunk_images: int | None, progress: bool, precision: str = "fp16",
+                   chunks: Sequence[int] | None = None) -> ExtractionReport:
+    """Extract one feature split into the store at ``path``; ``chunks`` writes only those chunks
+    (:mod:`probe.lockstep`: one augmented view at a time) and leaves the split unfinalised."""
     backbone = with_global_kind(backbone, job.choices.global_kind)
     views = job.choices.augment_views if job.training else 0
     num = split.num_images * max(views, 1)
@@ -240,6 +243,8 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
     norm = input_stats(backbone, job.choices)
     chunk = chunk_images or (choose_chunk_images(shapes, num) if shapes else min(GLOBAL_CHUNK, num))
     need = estimate_bytes(shapes, global_dim, num, precision, chunk_images=chunk)
+    if chunks is not None:
+        need = need * len(chunks) // max(-(-num // chunk), 1)
     free = _free_bytes(path)
     _say(progress, f"[extract] {backbone.spec.name} on {dataset_name}/{job.name}: {num} images "
                    f"{height}x{width}, layers {', '.join(f'{k}{list(v)}' for k, v in shapes.items()) or 'none'} "
@@ -260,7 +265,7 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
         raise MidprobeError(f"{path}/{job.name} is being extracted with layers {', '.join(writer.layers)}; this "
                             f"run computes {', '.join(all_shapes)}; rerun the same `make extract` to finish it")
     wanted = list(writer.layers)
-    pending = writer.pending(shard)
+    pending = writer.pending(shard) if chunks is None else [i for i in chunks if not writer.is_done(i)]
     todo = sum(hi - lo for lo, hi in map(writer.chunk_range, pending))
     started = time.perf_counter()
 
@@ -296,9 +301,10 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
     finally:
         bar.close()
         sink.close()
-    complete = writer.finalize()
+    complete = writer.finalize() if chunks is None else False
     seconds = time.perf_counter() - started
-    state = "complete" if complete else "this shard done; other shards pending"
+    state = ("complete" if complete else "this shard done; other shards pending" if chunks is None
+             else f"chunks {chunks[0]}-{chunks[-1]}" if chunks else "no chunk")
     _say(progress, f"[extract] wrote {todo} images in {seconds:.1f} s to {path}/{job.name} ({state})")
     return ExtractionReport(path, job.name, todo, complete, seconds)
 

@@ -35,6 +35,9 @@ def parser(prog: str = "python -m grid") -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="local cluster: worker processes (default: one per GPU, or "
                    "sized to the cores)")
     p.add_argument("--jobs", type=int, default=1, help="slurm: how many one-GPU worker jobs to submit")
+    p.add_argument("--disk-budget", metavar="SIZE", help="features on disk at once, e.g. 2TB (decimal units): "
+                   "augmented views stream in lockstep where a model's splits do not fit (default: the grid "
+                   "file's disk_budget, else no limit)")
     return p
 
 
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m grid") -> int:
         spec = spec.with_device(args.device)
     if args.precision is not None:
         spec = spec.with_precision(args.precision)
+    if args.disk_budget is not None:
+        spec = spec.with_disk_budget(args.disk_budget)
     root = data_root(args.data)
     if args.dry_run:
         from grid.graph import plan_jobs
@@ -55,6 +60,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m grid") -> int:
 
         print(describe(spec, root, plan_jobs(spec, root), splits=args.splits))
         return 0
+    if spec.disk_budget is not None or spec.augmented is not None:
+        # planned by the dry run; the run would otherwise cache every split, ignoring the budget
+        raise MidprobeError("disk_budget / augmented are sized by the dry run (DRY=1) but not yet applied by a grid "
+                            "run; run lockstep per model with `make probe … LOCKSTEP=1`, or drop them to cache "
+                            "everything")
     from grid.cluster import open_client, visible_gpus
     from grid.run import run_grid
 
@@ -66,7 +76,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m grid") -> int:
 
     try:
         with open_client(scheduler=args.scheduler, cluster=args.cluster, workers=args.workers,
-                         jobs=args.jobs) as client:
+                         jobs=args.jobs, gpus="cuda" in (spec.device, spec.probe_device)) as client:
             summary = run_grid(spec, root=root, client=client, out=sys.stdout)
     except KeyboardInterrupt:
         print("[grid] interrupted: rerun the same command to resume (complete work is skipped)", file=sys.stderr)

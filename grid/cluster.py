@@ -90,22 +90,26 @@ def local_cluster(*, workers: int | None = None, threads: int | None = None, das
                        name="midprobe")
 
 
-def slurm_cluster(*, jobs: int) -> Any:
-    """SLURM jobs of one GPU worker each (queue, account, walltime and memory from dask-jobqueue's
-    ``jobqueue.slurm`` config, e.g. ``~/.config/dask/jobqueue.yaml``)."""
+def slurm_cluster(*, jobs: int, gpus: bool = True) -> Any:
+    """SLURM jobs of one worker each, with one GPU (``gpus``; a CPU grid asks for none: a node
+    without GRES refuses ``--gres=gpu:1``). Queue, account, walltime, cores and memory come from
+    dask-jobqueue's ``jobqueue.slurm`` config (e.g. ``~/.config/dask/jobqueue.yaml``). The cluster
+    adapts to ``jobs`` jobs, so a worker job that ends (``scancel``, a node lost) is submitted again
+    and the grid's tasks it held are retried."""
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError:
         raise MidprobeError("CLUSTER=slurm needs dask-jobqueue: pip install 'midprobe[slurm]'") from None
-    cluster = SLURMCluster(processes=1, job_extra_directives=["--gres=gpu:1"],
-                           worker_extra_args=["--resources", "GPU=1"])
-    cluster.scale(jobs=jobs)
+    cluster = SLURMCluster(processes=1, job_extra_directives=["--gres=gpu:1"] if gpus else [],
+                           worker_extra_args=["--resources", "GPU=1"] if gpus else [])
+    cluster.adapt(minimum_jobs=jobs, maximum_jobs=jobs)
     return cluster
 
 
 @contextlib.contextmanager
 def open_client(*, scheduler: str | None = None, cluster: str = "local", workers: int | None = None,
-                jobs: int = 1, timeout: float = 120.0, connect_timeout: float = 30.0) -> Iterator[Any]:
+                jobs: int = 1, timeout: float = 120.0, connect_timeout: float = 30.0,
+                gpus: bool = True) -> Iterator[Any]:
     """A ``distributed.Client`` on the chosen cluster, closed (with a cluster it started) on exit."""
     if cluster not in CLUSTERS:
         raise MidprobeError(f"cluster {cluster!r}: expected {' or '.join(CLUSTERS)} (or SCHEDULER=tcp://host:port)")
@@ -118,7 +122,7 @@ def open_client(*, scheduler: str | None = None, cluster: str = "local", workers
         started = None
     else:
         if cluster == "slurm":
-            started = slurm_cluster(jobs=jobs)
+            started = slurm_cluster(jobs=jobs, gpus=gpus)
         else:
             with interrupts_ignored():
                 started = local_cluster(workers=workers)

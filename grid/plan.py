@@ -208,4 +208,8 @@ def describe(spec: GridSpec, root: DataRoot, jobs: list[Job], *, check_complete:
               f"  extraction: {forwards:,} image-forwards, ~{human_time(extract_s)}",
               f"  probes: {epochs:,} image-epochs read from the cache, ~{human_time(probe_s)}",
               f"  total: ~{human_time(extract_s + probe_s)}"]
+    if spec.disk_budget is not None or spec.augmented is not None:
+        from grid.budget import describe_budget
+
+        lines += ["", *describe_budget(est, jobs)]
     return "\n".join(lines)

@@ -13,6 +13,9 @@ Layout (every key but ``[grid] models`` and the datasets has a default)::
     chunk_images = 16                # images per feature-store chunk (default: ~8 MiB chunks)
     precision = "fp16"               # the feature stores' value type: "fp16" or "int8" (<model>@int8.zarr)
     report = true
+    disk_budget = "2TB"              # features on disk at once (decimal units); default: no limit
+    augmented = "lockstep"           # augmented views: "lockstep" or "cached" (default: from disk_budget)
+    keep_features = false            # with a budget: keep a model's features after its probes (no eviction)
 
     [weights]                        # local weights files, as WEIGHTS= for make extract
     rn50_swav = "~/checkpoints/swav_800ep_pretrain.pth.tar"
@@ -94,6 +97,17 @@ class GridSpec:
     weights: Mapping[str, str]
     datasets: tuple[DatasetEntry, ...]
     tasks: Mapping[str, TaskSettings]
+    #: bytes of features on disk at once (None: no limit; :mod:`grid.budget`)
+    disk_budget: int | None = None
+    #: "lockstep", "cached" or None (chosen per model and dataset from the budget)
+    augmented: str | None = None
+    keep_features: bool = False
+
+    def with_disk_budget(self, text: str) -> "GridSpec":
+        """The grid under a disk budget (``--disk-budget`` / ``DISK_BUDGET=``), e.g. ``2TB``."""
+        from grid.budget import parse_disk
+
+        return dataclasses.replace(self, disk_budget=parse_disk(text))
 
     def with_device(self, device: str) -> "GridSpec":
         """The grid with extraction and probes on ``device`` (``--device`` / ``DEVICE=``)."""
@@ -203,7 +217,8 @@ def _kind(value: Any) -> str:
 
 
 GRID_KEYS = {"name": "", "protocol": "midprobe", "models": None, "seeds": [0], "device": "cpu", "probe_device": None,
-             "shards": 1, "batch_size": 16, "chunk_images": None, "precision": "fp16", "report": True}
+             "shards": 1, "batch_size": 16, "chunk_images": None, "precision": "fp16", "report": True,
+             "disk_budget": None, "augmented": None, "keep_features": False}
 DATASET_KEYS = {"tasks": None, "options": {}, "raw": None, "shards": None}
 TASK_KEYS = {"heads": None, "lrs": None, "layers": [], "overrides": {}, "options": {}}
 
@@ -247,6 +262,19 @@ def load_grid(path: str | Path) -> GridSpec:
             raise check.fail(("weights", model), f"not a model of this grid ({', '.join(models)})")
         if not isinstance(file, str) or not file:
             raise check.fail(("weights", model), f"expected a file path, got {file!r}")
+    for key in ("keep_features",):
+        if not isinstance(grid[key], bool):
+            raise check.fail(("grid", key), f"expected true or false, got {grid[key]!r}")
+    budget = None
+    if grid["disk_budget"] is not None:
+        from grid.budget import parse_disk
+
+        try:
+            budget = parse_disk(grid["disk_budget"])
+        except MidprobeError as exc:
+            raise check.fail(("grid", "disk_budget"), str(exc).removeprefix("disk budget ")) from None
+    augmented = None if grid["augmented"] is None else check.choice(grid["augmented"], ("grid", "augmented"),
+                                                                     ("lockstep", "cached"))
     datasets = _datasets(check, data.get("datasets"), shards)
     tasks = _tasks(check, data.get("tasks", {}), datasets)
     return GridSpec(path=path, name=str(grid["name"] or path.stem), protocol=protocol.name, models=models,
@@ -256,7 +284,8 @@ def load_grid(path: str | Path) -> GridSpec:
                     chunk_images=None if grid["chunk_images"] is None else
                     check.integer(grid["chunk_images"], ("grid", "chunk_images"), least=1),
                     precision=check.choice(grid["precision"], ("grid", "precision"), PRECISIONS),
-                    report=grid["report"], datasets=datasets, tasks=tasks,
+                    report=grid["report"], datasets=datasets, tasks=tasks, disk_budget=budget,
+                    augmented=augmented, keep_features=grid["keep_features"],
                     weights={m: str(Path(f).expanduser().resolve()) for m, f in weights.items()})
 
 

@@ -16,6 +16,8 @@ import argparse
 import re
 from typing import Sequence
 
+from cache.errors import MidprobeError
+
 DATA_HELP = "data root (default $MIDPROBE_DATA or ./data)"
 
 
@@ -59,6 +61,16 @@ def _task(name: str) -> str:
     from probe.tasks import get_task
 
     return get_task(name).name
+
+
+def _tasks(names: str) -> str:
+    """Comma-separated tasks, each registered (``depth,normals``), returned as given."""
+    from midprobe import values
+
+    listed = values.name_list(names) or []
+    if not listed:
+        raise MidprobeError(f"task {names!r}: expected a task name, or several comma-separated")
+    return ",".join(_task(name) for name in listed)
 
 
 def data_option(*, default: str | None = None, help: str = DATA_HELP) -> argparse.ArgumentParser:
@@ -107,11 +119,11 @@ def precision_option(*, default: str | None = "fp16", what: str) -> argparse.Arg
     return p
 
 
-def task_option(*, required: bool = True, **kwargs) -> argparse.ArgumentParser:
-    """``--task``, the registered tasks named in its help."""
+def task_option(*, required: bool = True, several: bool = False, **kwargs) -> argparse.ArgumentParser:
+    """``--task``, the registered tasks named in its help; ``several``: a comma-separated list."""
     from probe.tasks import TASKS
 
     p = _parent()
     kwargs.setdefault("help", ", ".join(TASKS))
-    p.add_argument("--task", required=required, type=_task, metavar="{" + ",".join(TASKS) + "}", **kwargs)
+    p.add_argument("--task", required=required, type=_tasks if several else _task, metavar="{" + ",".join(TASKS) + "}", **kwargs)
     return p

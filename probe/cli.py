@@ -37,7 +37,7 @@ def parser(prog: str = "python -m probe") -> argparse.ArgumentParser:
     from midprobe import options
 
     p = options.command_parser(prog=prog, description=__doc__, parents=[
-        options.task_option(), options.protocol_option(what="every choice the probes are trained and scored with"),
+        options.task_option(several=True, help="one task, or with --lockstep several comma-separated (depth,normals)"), options.protocol_option(what="every choice the probes are trained and scored with"),
         options.device_option(),
         options.precision_option(what="which feature store to read (int8: PRECISION=int8 at extraction)"),
         options.data_option(), options.quiet_option(help="no progress and no log lines, only the result table")])
@@ -67,6 +67,11 @@ def parser(prog: str = "python -m probe") -> argparse.ArgumentParser:
     p.add_argument("--augment", metavar="K[:POLICY]",
                    help="dense probes train on K seeded augmented views of each training image (policy "
                         "paper-nyu, the default, or paper-navi; extract and probe with the same AUGMENT=)")
+    p.add_argument("--lockstep", action="store_true",
+                   help="with --augment (or a protocol with augmented views): extract each view when its epoch "
+                        "starts and drop it after, training every head of every task in --task (e.g. "
+                        "depth,normals) on it; needs --model and the cached test split; same records as the "
+                        "cached views")
     p.add_argument("--uncertainty-aware", action="store_true", help="normals: the uncertainty-aware angular loss")
     p.add_argument("--depth-bins", choices=("quarter", "grid"),
                    help="depth: resolve the 256 bins at 1/4 target resolution or at the feature grid")
@@ -119,6 +124,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m probe") -> int:
     from cache.loader import parse_bytes
 
     budget = None if args.cache_budget is None else parse_bytes(args.cache_budget)
+    if args.lockstep:
+        return _lockstep(args)
+    if "," in args.task:
+        raise MidprobeError(f"--task {args.task}: several tasks train together only with --lockstep (LOCKSTEP=1); "
+                            "otherwise run make probe once per task")
     task = get_task(args.task)
     overrides = overrides_of(args) if isinstance(task, DenseTask) else {}
     if not isinstance(task, DenseTask) and (args.head or args.lr is not None):
@@ -136,5 +146,31 @@ def main(argv: list[str] | None = None, prog: str = "python -m probe") -> int:
                     precision=args.precision, seeds=args.seeds, train_images=args.train_images,
                     test_corruptions=args.test_corrupt, cache_budget=budget,
                     root=data_root(args.data), quiet=args.quiet, options=zero_shot, log=args.log)
+    print(print_table(rows))
+    return 0
+
+
+def _lockstep(args: argparse.Namespace) -> int:
+    """``--lockstep``: :func:`probe.lockstep.run_lockstep` for each model of ``--model``."""
+    from probe.lockstep import run_lockstep
+    from probe.run import print_table
+    from protocols import get_protocol, with_augment
+
+    given = [flag for flag, value in (("--train-images", args.train_images), ("--test-corrupt", args.test_corrupt),
+                                      ("--log", args.log), ("--cache-budget", args.cache_budget)) if value]
+    if given:
+        raise MidprobeError(f"--lockstep trains every head on each view as it is extracted; {', '.join(given)} "
+                            "applies to the cached path only (drop --lockstep)")
+    if not args.model:
+        raise MidprobeError("--lockstep extracts the views itself, so it needs --model (e.g. MODEL=vit_b_mae)")
+    protocol = with_augment(get_protocol(args.protocol), args.augment)
+    rows = []
+    for model in values.name_list(args.model):
+        rows += run_lockstep(dataset=args.dataset, model=model, tasks=values.name_list(args.task),
+                             protocol=protocol, heads=values.name_list(args.head) or None,
+                             lrs=values.unique(args.lr) if args.lr is not None else None,
+                             layer_sets=values.layer_sets(args.layers), overrides=overrides_of(args),
+                             seeds=args.seeds or [args.seed], device=args.device, precision=args.precision,
+                             root=data_root(args.data), quiet=args.quiet)
     print(print_table(rows))
     return 0

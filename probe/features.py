@@ -12,23 +12,43 @@ from cache import FeatureSplit
 from cache.quantize import Quantized, dequantize_torch
 
 
-def channel_stats(split: FeatureSplit, layers: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-channel mean and std ``(C,) float64`` of each layer over the split (all images, all positions).
-
-    Accumulated in float64 with dask, chunk by chunk: float16 sums overflow.
-    """
-    import dask
-
-    lazy = {}
+def chunk_moments(split: FeatureSplit, layers: Sequence[str], chunk: int) -> dict[str, np.ndarray]:
+    """``{layer: (2, C) float64}``: the per-channel sum and sum of squares of one chunk of the split
+    over its images and positions (float64: float16 sums overflow)."""
+    lo = chunk * split.chunk_images
+    hi = min(lo + split.chunk_images, split.num_images)
+    out = {}
     for layer in layers:
-        x = split.dask(layer).astype(np.float64)
-        lazy[layer] = (x.mean(axis=(0, 2, 3)), (x * x).mean(axis=(0, 2, 3)))
-    (computed,) = dask.compute(lazy, scheduler="threads")
+        x = split.read(layer, lo, hi).astype(np.float64)
+        out[layer] = np.stack([x.sum(axis=(0, 2, 3)), (x * x).sum(axis=(0, 2, 3))])
+    return out
+
+
+def stats_from_moments(split: FeatureSplit, layers: Sequence[str],
+                       moments: Sequence[Mapping[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-channel mean and std ``(C,) float64`` from every chunk's :func:`chunk_moments`, summed in
+    chunk order: the same numbers whether the chunks were read at once or one augmented view at a time."""
     stats = {}
-    for layer, (mean, sq) in computed.items():
+    for layer in layers:
+        _, h, w = split.shape(layer)
+        total = np.zeros_like(moments[0][layer])
+        for m in moments:
+            total = total + m[layer]
+        mean, sq = total / (split.num_images * h * w)
         std = np.sqrt(np.maximum(sq - mean * mean, 0.0))
         stats[layer] = (mean, np.where(std > 1e-6, std, 1.0))
     return stats
+
+
+def channel_stats(split: FeatureSplit, layers: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-channel mean and std ``(C,) float64`` of each layer over the split (all images, all positions).
+
+    Accumulated in float64 chunk by chunk (read by the reader pool), summed in chunk order.
+    """
+    from cache.chunk_reader import results, submit
+
+    chunks = range(-(-split.num_images // split.chunk_images))
+    return stats_from_moments(split, layers, results([submit(chunk_moments, split, layers, c) for c in chunks]))
 
 
 class Standardizer:

@@ -242,6 +242,119 @@ def grouped_loss(task: DenseTask, prediction: torch.Tensor, target: torch.Tensor
 StepHook = Callable[[ProbeConfig, int, float, float], None]
 
 
+class Sweep:
+    """A sweep of heads trained together, one epoch at a time: what :func:`train_sweep` runs, and
+    what :mod:`probe.lockstep` runs epoch by epoch as each augmented view is extracted.
+
+    Its whole training state (heads, optimisers, schedulers, losses, the torch RNG) round-trips
+    through :meth:`state_dict` / :meth:`load_state_dict`, so a sweep stopped between epochs and
+    restored trains on exactly as an uninterrupted one.
+    """
+
+    def __init__(self, task: DenseTask, *, train: FeatureSplit, train_data: SplitView,
+                 dataset_attrs: Mapping[str, Any], configs: Sequence[ProbeConfig], settings: TrainSettings,
+                 standardizer: Standardizer, subset: np.ndarray | None = None) -> None:
+        self.task, self.train, self.settings, self.standardizer = task, train, settings, standardizer
+        self.attrs, self.subset = dataset_attrs, subset
+        self.device = torch.device(settings.device)
+        choices = settings.choices
+        self.size = train_data.image_size
+        self.layers = sorted({layer for c in configs for layer in c.layers}, key=train.layers.index)
+        out_channels = task.out_channels(dataset_attrs, choices)
+        self.per_epoch = views_of(train)[1] if subset is None else len(subset)
+        self.steps_per_epoch = math.ceil(self.per_epoch / choices.batch_size)
+        total = self.steps_per_epoch * choices.epochs
+        warmup = choices.warmup_epochs * self.steps_per_epoch
+        self.probes: list[_Probe] = []
+        for config in configs:
+            shapes = [train.shape(layer) for layer in config.layers]
+            equal = len({s[1:] for s in shapes}) == 1
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(head_seed(settings.seed, config))
+                head = build_head(config.head, in_channels=[s[0] for s in shapes], out_channels=out_channels,
+                                  hidden=choices.hidden, equal_grids=equal, dpt=choices.dpt)
+                probe = Probe(head, out_channels=out_channels, logit_norm=choices.logit_norm).to(self.device)
+            optimizer = torch.optim.AdamW(probe.parameters(), lr=config.lr, weight_decay=choices.weight_decay)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: lr_multiplier(step, warmup=warmup, total=total, schedule=choices.schedule))
+            self.probes.append(_Probe(config, probe, optimizer, scheduler))
+        self.targets = {key: train_data.array(key) for key in task.target_keys(choices)}
+        self.epochs_done = 0
+        self.seconds = 0.0
+
+    def loader(self, *, budget: int | None, say: Any = None, what: str = "") -> FeatureLoader:
+        """A loader of this sweep's layers and targets of its train split."""
+        return FeatureLoader(self.train, layers=self.layers, targets=self.targets, device=self.device,
+                             budget=budget, say=say, what=what)
+
+    def run_epoch(self, epoch: int, *, loader: FeatureLoader | None = None, on_step: StepHook | None = None,
+                  bar: Any = None) -> None:
+        """Train every head for epoch ``epoch`` (its view of an augmented split, its shuffle)."""
+        started = time.perf_counter()
+        task, choices, ds_attrs = self.task, self.settings.choices, self.attrs
+        for probe in self.probes:
+            probe.head.train()
+        for batch in training_batches(self.train, layers=self.layers, batch_size=choices.batch_size,
+                                      seed=self.settings.seed, epoch=epoch, targets=self.targets, loader=loader,
+                                      subset=self.subset):
+            target, valid = task.targets(subsample_raw(batch.targets, choices.loss_stride), ds_attrs, self.device,
+                                         choices, training=True)
+            outputs = forward_heads([(p.config, p.head) for p in self.probes],
+                                    BatchInputs(batch.features, self.standardizer))
+            losses = [grouped_loss(task, task.decode(logits, self.size, ds_attrs, choices, choices.loss_stride),
+                                   target, valid, choices) for logits in outputs]
+            for probe in self.probes:
+                probe.optimizer.zero_grad(set_to_none=True)
+            # each loss depends on its own head only, so one backward gives every head its own gradient
+            torch.stack(losses).sum().backward()
+            for probe, loss in zip(self.probes, losses):
+                lr = probe.optimizer.param_groups[0]["lr"]
+                probe.optimizer.step()
+                probe.scheduler.step()
+                if on_step is None:
+                    probe.pending.append(loss.detach())
+                else:
+                    probe.losses.append(float(loss.detach()))
+                    on_step(probe.config, len(probe.losses), probe.losses[-1], lr)
+            if bar is not None:
+                bar.update(len(batch.index), note=f"epoch {epoch + 1}/{choices.epochs}")
+        for probe in self.probes:
+            probe.flush()
+        self.epochs_done = epoch + 1
+        self.seconds += time.perf_counter() - started
+
+    def epoch_line(self) -> str:
+        return f"epoch {self.epochs_done}/{self.settings.epochs}: " + ", ".join(
+            f"{p.config.key} loss {np.mean(p.losses[-self.steps_per_epoch:]):.4f}" for p in self.probes)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything training depends on, as tensors and plain values (``torch.load(weights_only=True)``-safe)."""
+        return {"epochs_done": self.epochs_done, "seconds": self.seconds, "rng": torch.get_rng_state(),
+                "probes": {p.config.key: {"head": p.head.state_dict(), "optimizer": p.optimizer.state_dict(),
+                                          "scheduler": p.scheduler.state_dict(), "losses": list(p.losses)}
+                           for p in self.probes}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        saved = state["probes"]
+        if sorted(saved) != sorted(p.config.key for p in self.probes):
+            raise ValueError(f"saved sweep holds {sorted(saved)}, not {sorted(p.config.key for p in self.probes)}")
+        for probe in self.probes:
+            entry = saved[probe.config.key]
+            probe.head.load_state_dict(entry["head"], strict=True)
+            probe.optimizer.load_state_dict(entry["optimizer"])
+            probe.scheduler.load_state_dict(entry["scheduler"])
+            probe.losses = [float(x) for x in entry["losses"]]
+        self.epochs_done, self.seconds = int(state["epochs_done"]), float(state["seconds"])
+        torch.set_rng_state(state["rng"])
+
+    def finish(self) -> tuple[dict[ProbeConfig, torch.nn.Module], dict[ProbeConfig, dict[str, Any]]]:
+        """The heads, in evaluation mode, and each probe's training stats."""
+        n = self.steps_per_epoch
+        stats = {p.config: {"final_train_loss": float(np.mean(p.losses[-n:])) if p.losses else float("nan"),
+                            "train_seconds_shared": self.seconds, "steps": len(p.losses)} for p in self.probes}
+        return {p.config: p.head.evaluating() for p in self.probes}, stats
+
+
 def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, dataset_attrs: Mapping[str, Any],
                 configs: Sequence[ProbeConfig],
                 settings: TrainSettings, standardizer: Standardizer,
@@ -257,71 +370,18 @@ def train_sweep(task: DenseTask, *, train: FeatureSplit, train_data: SplitView, 
     Batches come from ``loader`` (made for ``train``, the sweep's layers and the task's targets),
     by default a :class:`~cache.loader.FeatureLoader` under ``settings.cache_budget``.
     """
-    device = torch.device(settings.device)
-    choices = settings.choices
-    ds_attrs = dataset_attrs
-    size = train_data.image_size
-    layers = sorted({layer for c in configs for layer in c.layers}, key=train.layers.index)
-    out_channels = task.out_channels(ds_attrs, choices)
-    steps_per_epoch = math.ceil((views_of(train)[1] if subset is None else len(subset)) / choices.batch_size)
-    total = steps_per_epoch * choices.epochs
-    warmup = choices.warmup_epochs * steps_per_epoch
-    probes = []
-    for config in configs:
-        shapes = [train.shape(layer) for layer in config.layers]
-        equal = len({s[1:] for s in shapes}) == 1
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(head_seed(settings.seed, config))
-            head = build_head(config.head, in_channels=[s[0] for s in shapes], out_channels=out_channels,
-                              hidden=choices.hidden, equal_grids=equal, dpt=choices.dpt)
-            probe = Probe(head, out_channels=out_channels, logit_norm=choices.logit_norm).to(device)
-        optimizer = torch.optim.AdamW(probe.parameters(), lr=config.lr, weight_decay=choices.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_multiplier(step, warmup=warmup, total=total, schedule=choices.schedule))
-        probes.append(_Probe(config, probe, optimizer, scheduler))
-    started = time.perf_counter()
-    targets = {key: train_data.array(key) for key in task.target_keys(choices)}
+    sweep = Sweep(task, train=train, train_data=train_data, dataset_attrs=dataset_attrs, configs=configs,
+                  settings=settings, standardizer=standardizer, subset=subset)
     # the split is held on the device for the whole sweep when it fits the budget, else streamed
     if loader is None:
-        loader = FeatureLoader(train, layers=layers, targets=targets, device=device, budget=settings.cache_budget,
-                               say=log, what=f"{name} ({train.split})")
-    loss_stride = choices.loss_stride
-    per_epoch = views_of(train)[1] if subset is None else len(subset)
-    with progress_bar(total=per_epoch * choices.epochs, name=name, unit="img", quiet=quiet) as bar:
-        for epoch in range(choices.epochs):
-            for probe in probes:
-                probe.head.train()
-            for batch in training_batches(train, layers=layers, batch_size=choices.batch_size, seed=settings.seed,
-                                          epoch=epoch, targets=targets, loader=loader, subset=subset):
-                target, valid = task.targets(subsample_raw(batch.targets, loss_stride), ds_attrs, device, choices,
-                                             training=True)
-                outputs = forward_heads([(p.config, p.head) for p in probes], BatchInputs(batch.features, standardizer))
-                losses = [grouped_loss(task, task.decode(logits, size, ds_attrs, choices, loss_stride), target, valid,
-                                       choices) for logits in outputs]
-                for probe in probes:
-                    probe.optimizer.zero_grad(set_to_none=True)
-                # each loss depends on its own head only, so one backward gives every head its own gradient
-                torch.stack(losses).sum().backward()
-                for probe, loss in zip(probes, losses):
-                    lr = probe.optimizer.param_groups[0]["lr"]
-                    probe.optimizer.step()
-                    probe.scheduler.step()
-                    if on_step is None:
-                        probe.pending.append(loss.detach())
-                    else:
-                        probe.losses.append(float(loss.detach()))
-                        on_step(probe.config, len(probe.losses), probe.losses[-1], lr)
-                bar.update(len(batch.index), note=f"epoch {epoch + 1}/{choices.epochs}")
-            for probe in probes:
-                probe.flush()
+        loader = sweep.loader(budget=settings.cache_budget, say=log, what=f"{name} ({train.split})")
+    with progress_bar(total=sweep.per_epoch * settings.epochs, name=name, unit="img", quiet=quiet) as bar:
+        for epoch in range(settings.epochs):
+            sweep.run_epoch(epoch, loader=loader, on_step=on_step, bar=bar)
             if log is not None:
                 with bar.paused():
-                    log(f"epoch {epoch + 1}/{choices.epochs}: " + ", ".join(
-                        f"{p.config.key} loss {np.mean(p.losses[-steps_per_epoch:]):.4f}" for p in probes))
-    seconds = time.perf_counter() - started
-    stats = {p.config: {"final_train_loss": float(np.mean(p.losses[-steps_per_epoch:])) if p.losses else float("nan"),
-                        "train_seconds_shared": seconds, "steps": len(p.losses)} for p in probes}
-    return {p.config: p.head.evaluating() for p in probes}, stats
+                    log(sweep.epoch_line())
+    return sweep.finish()
 
 
 @torch.no_grad()
