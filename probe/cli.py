@@ -96,7 +96,10 @@ def overrides_of(args: argparse.Namespace) -> dict:
     from protocols.overrides import OverrideError, check_overrides
 
     try:
-        return check_overrides(args.task, out)
+        checked = {}
+        for task in args.task.split(","):      # with --lockstep, every task takes the same overrides
+            checked = check_overrides(task, out)
+        return checked
     except OverrideError as exc:
         raise MidprobeError(f"--{exc.name.replace('_', '-')}: {exc.problem}") from None
 

@@ -119,7 +119,11 @@ def test_a_kill_during_an_epoch_resumes_there_with_the_same_records(tmp_path, ca
     _prepared(root)
     script = ("import sys; sys.path.insert(0, %r); import tests.conftest, tests.test_lockstep as t; "
               "from cache import data_root; t._lockstep(data_root(%r))") % (str(REPO), str(root.root))
-    env = {**__import__("os").environ, KILL_ENV: "1", "OMP_NUM_THREADS": "1"}
+    import torch
+
+    # the killed epoch and the resumed ones must run with this process's threads: an MLP's float sums
+    # are bit-identical only at the same thread count
+    env = {**__import__("os").environ, KILL_ENV: "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.DEVNULL)
     assert proc.returncode == -signal.SIGKILL
     state = lockstep_dir(root, "synthetic", MODEL) / "state"
