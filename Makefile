@@ -68,7 +68,7 @@ data: setup
 		$(if $(SIZE),--size $(SIZE)) $(if $(DEPTH_SCALE),--option depth_scale=$(DEPTH_SCALE)) $(if $(CHECK),--check) \
 		$(foreach o,$(OPTIONS),--option $(o)) $(if $(filter-out midprobe,$(PROTOCOL)),--protocol $(PROTOCOL))
 
-# A small folder in the layout of "Probe your own data" (README), rendered in seconds.
+# A small folder in the layout of docs/own-data.md, rendered in seconds.
 example-folder: setup
 	$(PY) -m extract.datasets.folder_example $(EXAMPLE)
 

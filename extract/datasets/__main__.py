@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a loader option, e.g. test_depth=rawDepths (nyuv2), split_source=sn40 (nyuv2), "
                         "geonet=true (nyuv2), void_as_foreground=true (voc), depth_scale=0.001 (folder); "
-                        "see the README")
+                        "see docs/datasets.md")
     p.add_argument("--protocol", help="prepare the dataset as this protocol reads it (paper: the paper's loader "
                    "options, into the store <dataset>@paper when they differ from the defaults)")
     p.add_argument("--quiet", action="store_true")
