@@ -80,8 +80,13 @@ def code_lines(text: str) -> Iterator[CodeLine]:
 def github_slug(heading: str) -> str:
     """The anchor GitHub gives a heading: the rendered text, lower-cased, with every character that
     is not a letter, digit, space, hyphen or underscore dropped, and each space made a hyphen."""
-    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)      # links and images: their text
-    text = re.sub(r"<[^>]+>", "", text)                               # inline HTML tags
+    parts = []
+    for i, part in enumerate(re.split(r"(`+[^`]*`+)", heading)):     # odd parts: inline code, kept as is
+        if i % 2 == 0:
+            part = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", part)  # links and images: their text
+            part = re.sub(r"<[^>]+>", "", part)                       # inline HTML tags
+        parts.append(part)
+    text = "".join(parts)
     out = []
     for ch in text.lower():
         if ch in " -_" or unicodedata.category(ch)[0] in "LN":
