@@ -131,8 +131,10 @@ def link_problems(page: Path, text: str, *, read: Mapping[Path, str] | None = No
         dest = (page.parent / path_part).resolve() if path_part else page.resolve()
         where = f"{_rel(page, root)}:{number}: link {target}"
         relative = _rel(dest, root)
-        if path_part and read is not None and dest in read:
-            dest_text: str | None = read[dest]
+        if not path_part:
+            dest_text: str | None = text
+        elif read is not None and dest in read:
+            dest_text = read[dest]
         elif dest.is_file():
             dest_text = dest.read_text() if dest.suffix == ".md" else None
         elif dest.is_dir():
@@ -142,8 +144,6 @@ def link_problems(page: Path, text: str, *, read: Mapping[Path, str] | None = No
         else:
             problems.append(f"{where}: no file {relative}")
             continue
-        if not path_part:
-            dest_text = text
         if anchor:
             if dest_text is None:
                 problems.append(f"{where}: an anchor into {relative}, which is not a markdown page")
@@ -254,8 +254,9 @@ def generated_problems(root: Path = REPO) -> list[str]:
     return []
 
 
-def all_problems(root: Path = REPO) -> list[str]:
-    """Every problem of every page under ``root`` (links, commands, generated pages)."""
+def all_problems(root: Path = REPO, *, generated: bool = True) -> list[str]:
+    """Every problem of every page under ``root``: links, commands and (unless ``generated`` is
+    False) generated pages that are stale."""
     from midprobe.cli import COMMANDS
     from midprobe.docs_cli import command_parser, makefile_targets, makefile_variables
 
@@ -269,7 +270,7 @@ def all_problems(root: Path = REPO) -> list[str]:
         problems += link_problems(page, text, pending=PENDING_PAGES, root=root)
         problems += command_problems(page, text, targets=targets, variables=variables, parsers=parsers,
                                      modules=modules, root=root)
-    return problems + generated_problems(root)
+    return problems + (generated_problems(root) if generated else [])
 
 
 def main(argv: list[str] | None = None) -> int:
