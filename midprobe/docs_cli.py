@@ -269,7 +269,9 @@ def render(*, makefile: Path = REPO / "Makefile") -> str:
             makes = [vo for n in names for vo in by_option.get(n, [])]
             if not action.option_strings and target:
                 makes += by_option.get("(positional)", [])
-            make_cell = "; ".join(_make_cell(vo, names[0]) for vo in makes)
+            make_cell = "; ".join([_make_cell(vo, names[0]) for vo in makes] +
+                                  [f"`{var}=` (through `${env}`)" for var, env in exports.items()
+                                   if f"${env}" in (action.help or "")])
             lines.append(f"| {shown} | {make_cell} | {_default(action)} | {_help(action, parser.prog)} |")
         if target:
             unused = [vo for opt, vos in by_option.items() for vo in vos
