@@ -171,23 +171,28 @@ def variable_options(target: str, variables: list[str], conditions: dict[str, li
 
 
 def _option_set_by(argv: list[str], before: list[str], sentinel: str) -> str:
+    """The option a sentinel value reached in ``argv``: ``--opt`` (the sentinel its value),
+    ``--opt key=…``, ``(positional)``, or else the words setting the variable added (a flag such
+    as ``--dry-run``) against ``before``."""
     for i, token in enumerate(argv):
-        if sentinel in token:
-            shown = token.replace(sentinel, "…")
-            if i > 0 and argv[i - 1].startswith("-") and sentinel not in argv[i - 1]:
-                return f"{argv[i - 1]} {shown}" if shown != "…" else argv[i - 1]
-            return shown if token.startswith("-") else f"(positional) {shown}" if shown != "…" else "(positional)"
-    added = [t for t in argv if t not in before]
-    return " ".join(added)
+        if sentinel not in token:
+            continue
+        shown = token.replace(sentinel, "…")
+        previous = argv[i - 1] if i > 0 else ""
+        if previous.startswith("-"):
+            return previous if shown == "…" else f"{previous} {shown}"
+        if token.startswith("-"):
+            return shown                                      # --opt=…
+        return "(positional)" if shown == "…" else f"(positional) {shown}"
+    return " ".join(t for t in argv if t not in before)
 
 
 def filter_conditions(text: str) -> dict[str, list[str]]:
     """``$(filter X,$(VAR))`` tests in a Makefile: VAR -> the values X it is compared with."""
     out: dict[str, list[str]] = {}
-    for values, var in _CONDITION.findall(text):
+    for values, var in _CONDITION.findall(text):         # $(filter …,$(origin VAR)) does not match
         for value in values.split():
-            if value not in ("command", "line", "environment"):     # $(origin …) tests, not values
-                out.setdefault(var, []).append(value)
+            out.setdefault(var, []).append(value)
     return {k: list(dict.fromkeys(v)) for k, v in out.items()}
 
 
