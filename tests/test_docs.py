@@ -13,7 +13,7 @@ import pytest
 from midprobe.cli import COMMANDS
 from midprobe.docs_check import (PENDING_PAGES, REPO, all_problems, anchors, cli_problems, code_lines,
                                  command_problems, github_slug, link_problems, links, make_problems, pages)
-from midprobe.docs_cli import (command_parser, filter_conditions, makefile_targets, makefile_variables,
+from midprobe.docs_cli import (NOT_AN_OPTION, command_parser, filter_conditions, makefile_targets, makefile_variables,
                                parser_of, render, variable_options)
 
 # --- the checker, on small strings -----------------------------------------------------------------
@@ -190,6 +190,16 @@ def test_cli_page_covers_every_option_and_make_variable():
     for variable in makefile_variables((REPO / "Makefile").read_text()):
         if variable not in ("PYTHON", "VENV"):
             assert f"| `{variable}` |" in text, variable
+
+
+def test_an_option_the_makefile_passes_but_the_parser_lacks_is_reported(tmp_path):
+    makefile = (REPO / "Makefile").read_text()
+    assert "--test-corrupt $(" in makefile
+    (tmp_path / "Makefile").write_text(makefile.replace("--test-corrupt $(", "--test-corruption $("))
+    (tmp_path / "pyproject.toml").write_text("")                 # what the venv stamp depends on
+    flagged = [line for line in render(makefile=tmp_path / "Makefile").splitlines() if NOT_AN_OPTION in line]
+    assert flagged == [f"| `--test-corruption` | `TEST_CORRUPT=` |  | {NOT_AN_OPTION} midprobe probe |"]
+    assert NOT_AN_OPTION not in render()
 
 
 def test_every_link_anchor_and_command_in_the_docs_exists():
