@@ -45,24 +45,35 @@ class _Captured(BaseException):
         self.parser = parser
 
 
-def parser_of(main: Callable[[list[str]], int]) -> argparse.ArgumentParser:
-    """The argparse parser ``main(argv)`` builds, captured when it parses (nothing else runs)."""
-    def capture(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
-        raise _Captured(self)
+def parser_of(main: Callable[[list[str]], int], prog: str | None = None) -> argparse.ArgumentParser:
+    """The argparse parser ``main(argv)`` builds, captured when it parses (nothing after that runs).
+    With ``prog``, only a parser whose prog ends with it is captured; any other parse (a parent
+    parser's early ``parse_known_args``, say) runs as usual on an empty command line."""
+    parse_args, parse_known_args = argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args
 
-    with mock.patch.object(argparse.ArgumentParser, "parse_args", capture), \
-            mock.patch.object(argparse.ArgumentParser, "parse_known_args", capture), \
+    def capture(original: Callable[..., object]) -> Callable[..., object]:
+        def parse(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> object:
+            if prog is None or self.prog.endswith(prog):
+                raise _Captured(self)
+            kwargs.pop("args", None)
+            return original(self, [], *args[1:], **kwargs)
+        return parse
+
+    with mock.patch.object(argparse.ArgumentParser, "parse_args", capture(parse_args)), \
+            mock.patch.object(argparse.ArgumentParser, "parse_known_args", capture(parse_known_args)), \
             contextlib.redirect_stdout(io.StringIO()):
         try:
             main([])
         except _Captured as caught:
             return caught.parser
-    raise RuntimeError(f"{main.__module__}.main returned without parsing its arguments")
+    raise RuntimeError(f"{main.__module__}.main returned without parsing its arguments"
+                       + (f" with a parser named {prog!r}" if prog else ""))
 
 
 def command_parser(command: Command) -> argparse.ArgumentParser:
-    """The parser of one ``midprobe`` subcommand, as its module's ``main`` builds it."""
-    return parser_of(command.entry())
+    """The parser of one ``midprobe`` subcommand, as its module's ``main`` builds it (its prog is
+    ``python -m <module>``, which ``midprobe COMMAND --help`` relies on too)."""
+    return parser_of(command.entry(), f"python -m {command.runs_as}")
 
 
 def options_of(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:

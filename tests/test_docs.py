@@ -163,6 +163,20 @@ def test_parser_of_captures_the_parser_without_running_main():
     assert any("--size" in a.option_strings for a in parser._actions)
 
 
+def test_parser_of_skips_a_parent_parsers_early_parse():
+    def main(argv):
+        parent = argparse.ArgumentParser(prog="common", add_help=False)
+        parent.add_argument("--data")
+        early, _ = parent.parse_known_args(argv)              # e.g. read --data before the rest
+        p = argparse.ArgumentParser(prog="python -m toy", parents=[parent])
+        p.add_argument("--size", type=int)
+        p.parse_args(argv)
+        return 0
+
+    parser = parser_of(main, "python -m toy")
+    assert {s for a in parser._actions for s in a.option_strings} == {"-h", "--help", "--data", "--size"}
+
+
 # --- the real pages ---------------------------------------------------------------------------------
 
 
