@@ -48,35 +48,49 @@ export MIDPROBE_DATA := $(DATA)
 q = '$(subst ','\'',$(1))'
 
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup test soak data example-folder extract probe grid demo bench bench-gpu fidelity parity studies report verify clean-data help
+.PHONY: setup docs test soak data example-folder extract probe grid demo bench bench-gpu fidelity parity studies report verify clean-data help
 
+# What the targets are (all of them, with every variable: docs/cli.md).
 help:
-	@echo "make setup | test | soak | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… [DRY=1] | probe TASK=… [LOG=tensorboard] | grid GRID=grids/….toml [DRY=1] | demo | bench | bench-gpu | fidelity | parity PAPER_CODE=… | studies | report | verify [REPAIR=1]"
+	@echo "make setup | test | soak | docs | data DATASET=synthetic | data DATASET=folder RAW=… | example-folder | extract MODEL=… DATASET=… [DRY=1] | probe TASK=… [LOG=tensorboard] | grid GRID=grids/….toml [DRY=1] | demo | bench | bench-gpu | fidelity | parity PAPER_CODE=… | studies | report | verify [REPAIR=1]"
 	@echo "the same stages as one command, after make setup: $(MIDPROBE) --help"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(VENV)/bin/pip install --quiet -e .
 	touch $(STAMP)
 
+# The test extras (pytest, selenium, TensorBoard, imagecorruptions with OpenCV: ~430 MB), only for the tests.
+$(DEV_STAMP): $(STAMP)
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $(DEV_STAMP)
+
+# A .venv with midprobe and what the demo needs (pip install -e .); every target runs it first.
 setup: $(STAMP)
 
-test: setup
+# Installs the test extras ('.[dev]') once, then lints and runs the suite (not the soak).
+test: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests
 
 # The slow reliability soak (not in make test): 20 SIGKILLs at random points of an extraction.
-soak: setup
+soak: $(DEV_STAMP)
 	$(PY) -m pytest tests -m slow
+
+# Regenerate docs/cli.md from the parsers and the Makefile, then check every docs page's links and commands.
+docs: setup
+	$(PY) -m midprobe.docs_cli
+	$(PY) -m midprobe.docs_check
 
 data: setup
 	$(MIDPROBE) data --dataset $(call q,$(DATASET)) $(if $(RAW),--raw $(call q,$(RAW))) $(if $(NAME),--name $(call q,$(NAME))) \
 		$(if $(SIZE),--size $(call q,$(SIZE))) $(if $(DEPTH_SCALE),--option $(call q,depth_scale=$(DEPTH_SCALE))) $(if $(CHECK),--check) \
 		$(foreach o,$(OPTIONS),--option $(call q,$(o))) $(if $(filter-out midprobe,$(PROTOCOL)),--protocol $(call q,$(PROTOCOL)))
 
-# A small folder in the layout of "Probe your own data" (README), rendered in seconds.
+# A small folder in the layout of docs/own-data.md, rendered in seconds.
 example-folder: setup
 	$(PY) -m extract.datasets.folder_example $(call q,$(EXAMPLE))
 
@@ -117,7 +131,7 @@ grid: setup
 		$(if $(DISK_BUDGET),--disk-budget $(call q,$(DISK_BUDGET)))
 
 # The demo is grids/demo.toml in its own data root: a small synthetic set (256 train / 64 test at
-# 224 px, 16 pairs, 16 triplets), three weight-free backbones, linear and MLP heads on every dense
+# 112 px, 16 pairs, 16 triplets), three weight-free backbones, linear and MLP heads on every dense
 # task, both zero-shot tasks, the report.
 DEMO_DATA ?= $(DATA)/demo
 demo: setup
@@ -127,7 +141,7 @@ bench: setup
 	$(MIDPROBE) bench
 
 # The GPU figures in one go (about 8 minutes on one H100): a short loan of a GPU is enough.
-bench-gpu: setup
+bench-gpu: $(DEV_STAMP)
 	PYTHON=$(PY) bash bench/gpu.sh
 
 # How much each of the paper's choices moves the numbers (synthetic set, weight-free and random
@@ -144,8 +158,9 @@ parity: setup
 # Label efficiency and robustness on a small synthetic set (weight-free and random backbones):
 # a labels-vs-headline curve, two corruptions at three severities, and their report.
 STUDIES_DATA ?= $(DATA)/studies
-studies: setup
+studies: $(DEV_STAMP)
 	$(PY) -m bench.studies --data $(call q,$(STUDIES_DATA))
 
+# Delete the data root (every store, record and report under DATA).
 clean-data:
 	rm -rf $(call q,$(DATA))

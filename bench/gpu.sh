@@ -3,7 +3,7 @@
 # GPU is enough: first the CUDA paths' own tests (batches and stores made on the GPU equal the CPU's),
 # then `python -m bench --device cuda` for the GPU figures. Output: `name: value` lines and `#`
 # comments (date, card, commit, per-figure notes) on stdout and in the file given (default
-# bench-gpu-<date>.txt), from which the README's GPU column is filled.
+# bench-gpu-<date>.txt), from which docs/benchmarks.md's h100 figures are filled.
 #
 #   bash bench/gpu.sh [out-file]      PYTHON=… picks the interpreter (default .venv/bin/python, else python3)
 #

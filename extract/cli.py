@@ -47,7 +47,8 @@ def parser(prog: str = "python -m extract") -> argparse.ArgumentParser:
                         "paper-nyu, the default, or paper-navi; extract and probe with the same AUGMENT=)")
     p.add_argument("--shard", type=_shard, default=(0, 1), help="i/N: write only this shard's chunks")
     p.add_argument("--weights", help="local weights file (.safetensors or .pth) instead of a download")
-    p.add_argument("--chunk-images", type=int, help="images per Zarr chunk (default: ~32 MiB chunks)")
+    p.add_argument("--chunk-images", type=int,
+                   help="images per Zarr chunk (default: about 8 MiB per chunk of the largest layer)")
     p.add_argument("--dry-run", action="store_true", help="print the bytes each feature split would take "
                    "(split sizes from the prepared store, or the dataset's published counts) and exit")
     return p

@@ -117,7 +117,7 @@ def layer_shapes(backbone: Backbone, height: int, width: int, device: torch.devi
             layers, vector = backbone(torch.zeros(1, 3, height, width, device=device))
     except (AssertionError, IndexError) as exc:     # timm refuses a block/stage index the model lacks
         raise MidprobeError(f"model {backbone.spec.name!r} has no layers {', '.join(backbone.spec.layer_names)} "
-                            f"({exc}); pick layers it has (see the README's Layers)") from None
+                            f"({exc}); pick layers it has (see docs/models.md, Layers)") from None
     return {k: tuple(v.shape[1:]) for k, v in layers.items()}, int(vector.shape[1])
 
 

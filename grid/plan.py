@@ -2,8 +2,8 @@
 
 Bytes come from :func:`extract.sizing.size_extraction` (exact for the planned splits: shapes from
 a ``meta``-device forward, split sizes from the prepared store or the published counts).
-Compute is an estimate from :data:`THROUGHPUT`, figures this project measured (README,
-"Measured"): extraction costs the backbone's forward pass plus writing its features; a probe
+Compute is an estimate from :data:`THROUGHPUT`, figures this project measured
+(docs/benchmarks.md): extraction costs the backbone's forward pass plus writing its features; a probe
 epoch on a GPU costs reading its cached features (so both scale with the bytes an image's
 features take), on a CPU the heads' work at the target resolution (so it scales with pixels).
 """
@@ -19,13 +19,14 @@ from grid.graph import Job
 from grid.spec import GridSpec
 
 #: Reference throughput per device, for a ViT-B/16 at 224 px (4 maps + CLS = 1.21 MB of float16
-#: features per image). ``cuda`` — one H100 (README, "Measured"): bf16 forward ~6,400 images/s
-#: alone, extraction end to end 423 images/s (bound by reading images and writing the store), a
-#: cached probe epoch 2.4 ms/image whatever the number of heads (8 heads cost 1.2x one), scaled by
-#: the bytes read. ``cpu`` — this 2-core machine: extraction 4.5 images/s (``make bench``, bound
-#: by the forward); a probe epoch ~28 ms per head per image at 224 x 224 targets (the demo's
-#: probes, measured with other jobs running), scaled by the target pixels and, for the heads'
-#: projections, partly by the feature bytes (:data:`CPU_FEATURE_SHARE`).
+#: features per image). ``cuda`` — one H100 (docs/benchmarks.md; measured 2026-11-26, before the
+#: current loader and extraction pipeline): bf16 forward ~6,400 images/s alone, extraction end to
+#: end 423 images/s (bound by reading images and writing the store), a cached probe epoch
+#: 2.4 ms/image whatever the number of heads (8 heads cost 1.2x one), scaled by the bytes read.
+#: ``cpu`` — a 2-core machine (cpu2 in docs/benchmarks.md): extraction 4.5 images/s (``make
+#: bench``, bound by the forward); a probe epoch ~28 ms per head per image at 224 x 224 targets
+#: (the demo's probes, measured with other jobs running), scaled by the target pixels and, for the
+#: heads' projections, partly by the feature bytes (:data:`CPU_FEATURE_SHARE`).
 THROUGHPUT = {
     "cuda": {"forward_per_s": 6400.0, "extract_per_s": 423.0, "epoch_s": 2.4e-3, "per_head": False,
              "label": "one H100"},
@@ -204,7 +205,7 @@ def describe(spec: GridSpec, root: DataRoot, jobs: list[Job], *, check_complete:
     epochs = sum(c.epochs for c in costs.values())
     extract_s = sum(costs[j.name].seconds for j in jobs if j.kind == "extract")
     probe_s = sum(costs[j.name].seconds for j in jobs if j.kind == "probe")
-    lines += ["", f"compute (estimated for {rate} from measured throughput; see README, Running the whole grid):",
+    lines += ["", f"compute (estimated for {rate} from measured throughput; see docs/grid.md):",
               f"  extraction: {forwards:,} image-forwards, ~{human_time(extract_s)}",
               f"  probes: {epochs:,} image-epochs read from the cache, ~{human_time(probe_s)}",
               f"  total: ~{human_time(extract_s + probe_s)}"]

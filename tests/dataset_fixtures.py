@@ -1,4 +1,4 @@
-"""Tiny fixtures in the real datasets' original file formats (layouts in the README's Datasets section).
+"""Tiny fixtures in the real datasets' original file formats (layouts in docs/datasets.md).
 
 Every fixture draws an asymmetric pattern (a marker near the top-left), so a transpose or
 flip anywhere in a loader moves it.

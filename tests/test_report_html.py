@@ -153,7 +153,7 @@ def _click_header(driver, table_id: str, index: int) -> None:
 
 
 def save_screenshot(driver, page: Path, path: Path) -> Path:
-    """A ``SCREENSHOT_SIZE`` PNG of the top of ``page`` (the README's picture of the report)."""
+    """A ``SCREENSHOT_SIZE`` PNG of the top of ``page`` (the picture of the report in README.md)."""
     width, height = SCREENSHOT_SIZE
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})

@@ -158,7 +158,7 @@ def hf_vitmae_to_timm(state: StateDict) -> StateDict:
     return out
 
 
-# --- the sources' formats (see README "Model zoo" for where each layout was checked) -------------
+# --- the sources' formats (docs/models.md says where each layout was checked) -------------
 
 VISSL = CheckpointFormat(
     "VISSL", container=("classy_state_dict", "base_model", "model", "trunk"), prefix=("_feature_blocks.",),

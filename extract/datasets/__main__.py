@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m extract.datasets"
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a loader option, e.g. test_depth=rawDepths (nyuv2), split_source=sn40 (nyuv2), "
                         "geonet=true (nyuv2), void_as_foreground=true (voc), depth_scale=0.001 (folder); "
-                        "see the README")
+                        "see docs/datasets.md")
     args = p.parse_args(argv)
     options = {k: v for k, v in vars(args).items()
                if k in {"train", "test", "pairs", "triplets", "size", "seed", "workers", "name"} and v is not None}

@@ -144,7 +144,7 @@ def supported(layout: Layout) -> tuple[list[str], dict[str, str]]:
            "foreground": f"no masks/ folder in {folders}",
            "pairs": f"no pairs.csv in {layout.raw} (correspondence needs pairs.csv, cameras.json and depth/)",
            "triplets": f"no triplets.csv in {layout.raw}"}
-    absent = {key: f"{why[key]}; see the README's 'Probe your own data'" for key in TASK_OF if not present[key]}
+    absent = {key: f"{why[key]}; see docs/own-data.md" for key in TASK_OF if not present[key]}
     return [TASK_OF[key] for key in TASK_OF if present[key]], absent
 
 

@@ -1,6 +1,6 @@
 """Reading the folder dataset's target files into the store's units, every value checked.
 
-What counts as "no data" and what is an error (the README's "Probe your own data" says the same):
+What counts as "no data" and what is an error (docs/own-data.md says the same):
 
 - depth PNG (16-bit greyscale): value × ``depth_scale`` metres; 0 = no measurement.
 - depth ``.npy`` (float, metres): 0 or NaN = no measurement; a negative or infinite value is an error.

@@ -4,7 +4,7 @@
 ``depth/``, ``normals/``, ``masks/`` holding ``<name>.<suffix>`` for every image, and the
 optional ``cameras.json``, ``pairs.csv``, ``triplets.csv``, ``split.csv``; or the same folders
 under ``RAW/train/`` and ``RAW/test/``. Files are read and their values checked by
-:mod:`extract.datasets.folder_files`; the README section "Probe your own data" is the user's
+:mod:`extract.datasets.folder_files`; docs/own-data.md is the user's
 description of the format.
 """
 
@@ -281,7 +281,7 @@ def _triplets(path: Path, names: Names) -> list[tuple[str, str, str, int]]:
 def scan(raw: Path, *, seed: int = 0, test_fraction: float = 0.2) -> Layout:
     """Find, match and check every file of ``raw`` short of reading pixel values."""
     if not raw.is_dir():
-        raise MidprobeError(f"missing {raw}: expected a folder with images/ (see the README, 'Probe your own data')")
+        raise MidprobeError(f"missing {raw}: expected a folder with images/ (see docs/own-data.md)")
     nested = [(raw / s / "images").is_dir() for s in SPLITS]
     if (raw / "images").is_dir() and any(nested):
         raise MidprobeError(f"{raw} has both images/ and train/ or test/ sub-folders; expected one layout")
@@ -291,7 +291,7 @@ def scan(raw: Path, *, seed: int = 0, test_fraction: float = 0.2) -> Layout:
         bases = {s: raw / s for s in SPLITS}
     else:
         raise MidprobeError(f"{raw} has no images/ folder (nor train/images/ and test/images/); "
-                            "expected the layout of the README's 'Probe your own data'")
+                            "expected the layout of docs/own-data.md")
     present = {key: tuple(k for k in TARGETS if (base / k).is_dir()) for key, base in bases.items()}
     if len(set(present.values())) > 1:
         raise MidprobeError(f"{raw / 'train'} has target folders {', '.join(present['train']) or 'none'}, "

@@ -2,8 +2,8 @@
 other impossible value is a one-line error naming where it is and what was expected.
 
 Shared by the folder loader (:mod:`extract.datasets.folder_files`) and the published datasets'
-loaders; each caller says which codes its source uses for "no data" (the README's Datasets
-section lists them per dataset). Rows and columns are those of the frame as read (upright).
+loaders; each caller says which codes its source uses for "no data" (docs/datasets.md
+lists them per dataset). Rows and columns are those of the frame as read (upright).
 """
 
 from __future__ import annotations
