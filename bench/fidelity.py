@@ -19,6 +19,7 @@ matter and in which direction.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import sys
@@ -274,6 +275,17 @@ numbers are not comparable with the paper's; read which choices matter and in wh
 """
 
 
+def _saved_results(path: Path) -> dict[str, Any]:
+    """A run's ``fidelity-results.json``, checked for the keys the page needs."""
+    try:
+        saved = json.loads(path.read_text())
+        assert {"models", "seeds", "epochs", "results"} <= set(saved) and "midprobe" in saved["results"]
+    except (OSError, ValueError, TypeError, AssertionError):
+        raise MidprobeError(f"--from-results {path}: expected the fidelity-results.json a `make fidelity` run "
+                            "wrote under <data>/reports/") from None
+    return {**saved, "models": tuple(saved["models"])}
+
+
 @exits_on_error
 def main(argv: list[str] | None = None, prog: str = "python -m bench.fidelity") -> int:
     from midprobe import options
@@ -286,6 +298,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.fidelity") 
                    help="comma-separated seeds, at least 3 (default 0,1,2)")
     p.add_argument("--only", help="comma-separated variant keys to run (with the baseline and their references)")
     p.add_argument("--page", help="the page to write (make fidelity: docs/fidelity.md)")
+    p.add_argument("--from-results", metavar="JSON",
+                   help="write the page from a run's saved headlines (<data>/reports/fidelity-results.json) "
+                        "instead of running the study (after a change to the page's wording)")
     p.add_argument("--workers", type=int, help="probe processes (default: one per core)")
     p.add_argument("--epochs", type=int, default=OVERRIDES["epochs"],
                    help=f"epochs of every dense probe (default {OVERRIDES['epochs']})")
@@ -302,10 +317,19 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.fidelity") 
     root = data_root(args.data)
     models = tuple(args.models.split(","))
     started = time.perf_counter()
-    results = run_study(root=root, models=models, seeds=seeds, only=args.only.split(",") if args.only else None,
-                        workers=args.workers, epochs=args.epochs, quiet=args.quiet)
+    if args.from_results:
+        saved = _saved_results(Path(args.from_results))
+        models, seeds, args.epochs, results = saved["models"], saved["seeds"], saved["epochs"], saved["results"]
+    else:
+        results = run_study(root=root, models=models, seeds=seeds, only=args.only.split(",") if args.only else None,
+                            workers=args.workers, epochs=args.epochs, quiet=args.quiet)
+    folder = root.ensure_writable(root.reports())       # after the study's checks: a refused run writes nothing
+    if not args.from_results:
+        # the headlines the page is made of, so a wording change regenerates it without the study
+        (folder / "fidelity-results.json").write_text(json.dumps(
+            {"models": list(models), "seeds": list(seeds), "epochs": args.epochs, "results": results},
+            indent=1, sort_keys=True) + "\n")
     text = page(results, models=models, seeds=seeds, epochs=args.epochs)
-    folder = root.ensure_writable(root.reports())
     (folder / "fidelity.md").write_text(text)
     if args.page:
         Path(args.page).parent.mkdir(parents=True, exist_ok=True)
@@ -316,7 +340,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.fidelity") 
               for f in ("ru_utime", "ru_stime")) / 60
     line = (f"{time.strftime('%Y-%m-%d %H:%M:%S')} make fidelity: {minutes:.1f} min wall, {cpu:.1f} min CPU on "
             f"{os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f}), seeds {','.join(map(str, seeds))}, "
-            f"epochs {args.epochs}, models {','.join(models)}, page {args.page or '-'}")
+            f"epochs {args.epochs}, models {','.join(models)}, page {args.page or '-'}"
+            + (f", from {args.from_results}" if args.from_results else ""))
     with open(folder / "fidelity.log", "a") as log:
         log.write(line + "\n")
     print(text)

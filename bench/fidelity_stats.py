@@ -94,13 +94,17 @@ def prose(effects: dict[str, dict[str, dict[str, Effect]]], *, models: Sequence[
     for variant, tasks in effects.items():
         parts = []
         for task, by_model in tasks.items():
-            sig = {m: e for m, e in by_model.items() if e.significant}
+            # models in the study's order, whatever order the results came in (a saved JSON sorts them)
+            order = [*[m for m in models if m in by_model], *sorted(m for m in by_model if m not in models)]
+            sig = {m: by_model[m] for m in order if by_model[m].significant}
             if not sig:
                 continue
             for sign, word in ((1, "raises"), (-1, "lowers")):
                 chosen = [m for m, e in sig.items() if math.copysign(1, e.mean) == sign]
                 if chosen:
-                    share = "every model" if len(chosen) == len(by_model) else ", ".join(chosen)
+                    # "all" only where more than one model ran: a row measured on one model names it
+                    share = (f"all {len(by_model)} models" if len(chosen) == len(by_model) > 1
+                             else ", ".join(chosen))
                     parts.append(f"{word} {task} for {share} ({_span([sig[m].mean for m in chosen])} points)")
         if parts:
             moved.append(f"- `{variant}` {'; '.join(parts)}.")

@@ -61,9 +61,12 @@ def ridge_key(layers: Sequence[str]) -> str:
     return f"ridge-{'+'.join(layers)}"
 
 
-def zero_shot_key(task: str, layers: Sequence[str] | None) -> str:
-    """A zero-shot task's key: the task, with the layers when they were chosen rather than defaulted."""
-    return task if not layers else f"{task}-{'+'.join(layers)}"
+def zero_shot_key(task: str, layers: Sequence[str] | None, options: Mapping[str, Any] | None = None) -> str:
+    """A zero-shot task's key: the task, with the layers when they were chosen rather than defaulted,
+    and ``-bidirectional`` for a bidirectional correspondence run (its own experiment: without the
+    tag its record would replace the one-way run's)."""
+    key = task if not layers else f"{task}-{'+'.join(layers)}"
+    return key + ("-bidirectional" if (options or {}).get("bidirectional") else "")
 
 
 def record_config(*, protocol: Protocol, overrides: Mapping[str, Any] | None, extraction: ExtractionChoices,
@@ -111,7 +114,7 @@ def plan_records(*, task: str, dense: bool, protocol: Protocol, loader: str, dat
             extra["bidirectional"] = choices.bidirectional if (options or {}).get("bidirectional") else ""
         for corruption in conditions:
             split = feature_split_name(zero_shot_split, replace(extraction, corruption=corruption))
-            add(condition_key(zero_shot_key(task, layers), corruption=corruption), seed, split,
+            add(condition_key(zero_shot_key(task, layers, options), corruption=corruption), seed, split,
                 {**extra, **({"test_corruption": corruption} if corruption else {})})
         return out
     choices = dense_choices(protocol, task, overrides)

@@ -399,7 +399,7 @@ def _zero_shot(task: ZeroShotTask, store, model: str, root: DataRoot, protocol: 
     metrics, config = task.evaluate(features=features, data=data, dataset_attrs=store.attrs, layers=layers,
                                     protocol=protocol, overrides=overrides, quiet=quiet,
                                     name=f"[probe] {task.name}/{store.name}/{model}", **options)
-    key = zero_shot_key(task.name, layers)
+    key = zero_shot_key(task.name, layers, options)
     if extraction.corruption:
         config = {**config, "test_corruption": extraction.corruption}
     return condition_key(key, corruption=extraction.corruption), metrics, features.fingerprint, config, {}

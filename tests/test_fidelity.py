@@ -3,6 +3,7 @@ from significant effects, a deterministic page."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -46,7 +47,9 @@ def test_prose_names_only_the_significant_effects():
     assert "normals" not in text
     assert "No significant effect at this size: `b`." in text and "Not measured on the synthetic set: `c`." in text
     every = prose({"a": {"depth": {"m1": big, "m2": Effect(2.0, 1.0, 3)}}}, models=("m1", "m2"))
-    assert "raises depth for every model (+2.0 to +5.0 points)" in every
+    assert "raises depth for all 2 models (+2.0 to +5.0 points)" in every
+    one = prose({"a": {"segmentation": {"rn50_random": Effect(-10.0, 9.6, 3)}}}, models=("m1", "m2"))
+    assert "lowers segmentation for rn50_random (-10.0 points)" in one       # one model ran: named, not "all"
 
 
 def _results(shift: float) -> dict:
@@ -66,7 +69,7 @@ def test_the_page_is_generated_deterministically_from_the_results():
     import re
     assert not re.search(r"\d{4}-\d\d-\d\d|\d+(\.\d+)? min\b", first)      # no date, no duration
     assert "| `dpt-head` — " in first and "**+5.0 ± 0.0** ✱" in first
-    assert "- `dpt-head` raises depth for every model (+5.0 points)" in first
+    assert f"- `dpt-head` raises depth for all {len(fidelity.MODELS)} models (+5.0 points)" in first
     assert "points behind the other camera" in first                    # the fix both protocols share
     assert "`nyu-geonet`" in first.split("Not measured on the synthetic set:")[1]
     # a deviation measured against its prerequisite says so
@@ -158,3 +161,18 @@ def test_parity_runs_the_papers_functions_beside_ours(broken, tmp_path, capsys, 
     assert out[0].startswith("parity DPT residual unit, CNN path (inplace_relu=True): "
                              + ("MISMATCH" if broken else "match"))
     assert parity.main(["--paper-code", str(tmp_path / "nothing")]) == 2
+
+
+def test_the_page_regenerates_from_a_runs_saved_results(tmp_path, capsys):
+    results = _results(0.05)
+    saved = tmp_path / "fidelity-results.json"
+    saved.write_text(json.dumps({"models": list(fidelity.MODELS), "seeds": [0, 1, 2], "epochs": 15,
+                                 "results": results}))
+    out = tmp_path / "fidelity.md"
+    assert fidelity.main(["--data", str(tmp_path / "data"), "--from-results", str(saved), "--page", str(out),
+                          "--quiet"]) == 0
+    assert out.read_text() == fidelity.page(results, seeds=(0, 1, 2), epochs=15)
+    saved.write_text("{}")
+    capsys.readouterr()
+    assert fidelity.main(["--data", str(tmp_path / "data"), "--from-results", str(saved)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --from-results {saved}: expected the fidelity-results.json")

@@ -119,3 +119,20 @@ def test_study_options_write_exactly_the_planned_records(synthetic_root, tmp_pat
     assert len(planned) == 2 * 2 * 2 + 2
     folder = root.results("segmentation", "synthetic", "test_vit_tiny", "midprobe")
     assert _written(folder) == {p.file for p in planned}
+
+
+def test_a_bidirectional_correspondence_run_is_its_own_record():
+    """One-way and bidirectional matching are two experiments: two record files, neither replacing the other."""
+    from probe.plan import plan_records
+    from protocols import MIDPROBE
+
+    def planned(options):
+        return plan_records(task="correspondence", dense=False, protocol=MIDPROBE, loader="synthetic",
+                            dataset_attrs={"loader": "synthetic"}, layer_sets=None, options=options,
+                            zero_shot_split="pairs")
+
+    one_way, both = planned(None), planned({"bidirectional": True})
+    assert [p.probe for p in one_way] == ["correspondence"]
+    assert [p.probe for p in both] == ["correspondence-bidirectional"]
+    assert one_way[0].file != both[0].file
+    assert one_way[0].config["bidirectional"] == "" and both[0].config["bidirectional"] == "mutual"
