@@ -61,10 +61,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m grid") -> int:
         print(describe(spec, root, plan_jobs(spec, root), splits=args.splits))
         return 0
     if spec.disk_budget is not None or spec.augmented is not None:
-        # planned by the dry run; the run would otherwise cache every split, ignoring the budget
-        raise MidprobeError("disk_budget / augmented are sized by the dry run (DRY=1) but not yet applied by a grid "
-                            "run; run lockstep per model with `make probe … LOCKSTEP=1`, or drop them to cache "
-                            "everything")
+        from grid.budget import plan_units
+        from grid.plan import Estimator
+
+        plan_units(Estimator(spec, root))   # a budget no plan fits is an error before any cluster starts
     from grid.cluster import open_client, visible_gpus
     from grid.run import run_grid
 

@@ -76,8 +76,19 @@ def plan_jobs(spec: GridSpec, root: DataRoot) -> list[Job]:
     return jobs
 
 
-#: Scheduling priority by kind: datasets, then features (they unblock the probes), then probes.
-PRIORITY = {"prepare": 3, "extract": 2, "finalize": 2, "probe": 1}
+def plan_grid_jobs(spec: GridSpec, root: DataRoot) -> list[Job]:
+    """The jobs a grid run submits: :func:`plan_jobs`, or under a ``disk_budget`` / ``augmented``
+    choice its (model, dataset) units in lanes with lockstep and eviction jobs (:mod:`grid.units`)."""
+    if spec.disk_budget is None and spec.augmented is None:
+        return plan_jobs(spec, root)
+    from grid.units import budget_jobs
+
+    return budget_jobs(spec, root)
+
+
+#: Scheduling priority by kind: evictions (they free disk), datasets, then features (they unblock
+#: the probes), then probes.
+PRIORITY = {"evict": 4, "prepare": 3, "extract": 2, "finalize": 2, "probe": 1, "lockstep": 1}
 
 
 def submit_jobs(client: Any, jobs: list[Job], *, log_dir: str, token: str, gpus: bool,

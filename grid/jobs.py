@@ -97,6 +97,10 @@ class ExtractShard:
     chunk_images: int | None
     weights: str | None
     precision: str
+    #: feature splits not to extract (an augmented split streamed in lockstep under a disk budget)
+    exclude: tuple[str, ...] = ()
+    #: a budget unit whose probes all have records (:class:`grid.units.UnitDone`): nothing to extract again
+    done_with: Any = None
     kind: ClassVar[str] = "extract"
 
     @property
@@ -106,8 +110,10 @@ class ExtractShard:
                 + (f" (shard {i + 1}/{n})" if n > 1 else ""))
 
     def complete(self) -> bool:
+        if self.done_with is not None and self.done_with.complete():
+            return True
         planned = planned_splits(_root(self.root), self.store, self.feature_model, self.protocol, self.tasks,
-                                 self.precision)
+                                 self.precision, self.exclude)
         return planned is not None and all(
             state.features_ready(_root(self.root), self.store, self.feature_model, name, expect, shard=self.shard,
                                  precision=self.precision)
@@ -116,7 +122,14 @@ class ExtractShard:
     def run(self) -> str:
         from extract.runner import extract
 
-        reports = extract(model=self.feature_model, dataset=self.store, protocol=self.protocol,
+        only = None
+        if self.exclude:
+            planned = planned_splits(_root(self.root), self.store, self.feature_model, self.protocol, self.tasks,
+                                     self.precision, self.exclude) or []
+            only = [name for name, _ in planned]
+            if not only:
+                return "nothing cached to extract"
+        reports = extract(model=self.feature_model, dataset=self.store, protocol=self.protocol, splits=only,
                           tasks=list(self.tasks), batch_size=self.batch_size, device=self.device, shard=self.shard,
                           chunk_images=self.chunk_images, weights=self.weights, precision=self.precision,
                           root=_root(self.root), progress=True)
@@ -124,10 +137,10 @@ class ExtractShard:
 
 
 def planned_splits(root: DataRoot, store: str, model: str, protocol: str, tasks: tuple[str, ...],
-                   precision: str) -> list[tuple[str, dict[str, Any]]] | None:
+                   precision: str, exclude: tuple[str, ...] = ()) -> list[tuple[str, dict[str, Any]]] | None:
     """``(feature split, the fingerprint values known before extracting)`` of every split the
-    extraction of ``model`` on ``store`` at ``precision`` writes; ``None`` while the dataset store
-    is not there."""
+    extraction of ``model`` on ``store`` at ``precision`` writes (less those in ``exclude``);
+    ``None`` while the dataset store is not there."""
     from extract.plan import plan_extraction
     from extract.sizing import model_spec
     from protocols import get_protocol
@@ -140,7 +153,7 @@ def planned_splits(root: DataRoot, store: str, model: str, protocol: str, tasks:
     return [(job.name, {"model": model, "dataset": store, "dataset_fingerprint": attrs["fingerprint"],
                         "split": job.name, "layers": {"all": names, "last": names[-1:], "global": []}[job.layers],
                         "precision": precision})
-            for job in jobs]
+            for job in jobs if job.name not in exclude]
 
 
 @dataclass(frozen=True)
@@ -153,6 +166,8 @@ class FinalizeFeatures:
     protocol: str
     tasks: tuple[str, ...]
     precision: str
+    exclude: tuple[str, ...] = ()
+    done_with: Any = None
     kind: ClassVar[str] = "finalize"
 
     @property
@@ -160,8 +175,10 @@ class FinalizeFeatures:
         return f"finalize {tagged_model(self.feature_model, self.precision)} on {self.store}"
 
     def complete(self) -> bool:
+        if self.done_with is not None and self.done_with.complete():
+            return True
         planned = planned_splits(_root(self.root), self.store, self.feature_model, self.protocol, self.tasks,
-                                 self.precision)
+                                 self.precision, self.exclude)
         return planned is not None and all(
             state.features_ready(_root(self.root), self.store, self.feature_model, name, expect,
                                  precision=self.precision)
@@ -174,7 +191,8 @@ class FinalizeFeatures:
 
         root = _root(self.root)
         path = root.feature_store(self.store, self.feature_model, self.precision)
-        planned = planned_splits(root, self.store, self.feature_model, self.protocol, self.tasks, self.precision)
+        planned = planned_splits(root, self.store, self.feature_model, self.protocol, self.tasks, self.precision,
+                                 self.exclude)
         if planned is None:
             raise MidprobeError(f"dataset store {self.store!r} is not complete under {root.root}")
         for name, _ in planned:

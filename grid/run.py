@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cache import DataRoot, MidprobeError
-from grid.graph import Job, plan_jobs, submit_jobs
+from grid.graph import Job, plan_grid_jobs, submit_jobs
 from grid.jobs import Outcome, blocked_by
 from grid.spec import GridSpec
 
@@ -111,7 +111,7 @@ def run_grid(spec: GridSpec, *, root: DataRoot, client: Any, out: TextIO = sys.s
         raise MidprobeError(f"grid {spec.name} runs on cuda but no worker offers a GPU resource; start workers "
                             "with `dask worker ... --resources GPU=1` (or set device = \"cpu\" / DEVICE=cpu)")
     client.register_plugin(HeapSettings())
-    jobs = plan_jobs(spec, root)
+    jobs = plan_grid_jobs(spec, root)
     by_name = {job.name: job for job in jobs}
     log_dir = root.root / "logs" / "grid"
     root.ensure_writable(log_dir)
@@ -184,7 +184,8 @@ def _report(client: Any, job: Job, log_dir: str, outcomes: dict[str, Outcome]) -
     """The report, once the probes are over, if any probe's records exist."""
     from grid.jobs import execute
 
-    if not any(o.status in ("done", "skipped") for name, o in outcomes.items() if name.startswith("probe-")):
+    readers = ("probe-", "lockstep-")
+    if not any(o.status in ("done", "skipped") for name, o in outcomes.items() if name.startswith(readers)):
         return Outcome(job.name, "blocked", "no probe succeeded")
     future = client.submit(execute, job.task, job.name, log_dir, key=f"{job.name}-{uuid.uuid4().hex[:8]}", pure=False)
     try:

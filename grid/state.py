@@ -3,7 +3,8 @@
 Only attributes and file names are read: a dataset store's ``complete`` flag and recorded
 options, a feature split's ``complete`` flag, fingerprint and progress markers (in the store of
 the grid's precision: ``<model>.zarr`` or ``<model>@int8.zarr``), the records' JSON (feature
-fingerprint, which names the precision, and configuration) and the report's modification time.
+fingerprint, which names the precision, and configuration), the eviction notes of splits a grid
+under a disk budget deleted (:mod:`cache.evict`) and the report's modification time.
 A grid task whose output passes these checks is skipped.
 """
 
@@ -66,13 +67,23 @@ def features_ready(root: DataRoot, store: str, model: str, split: str, expect: M
 
 def feature_fingerprint(root: DataRoot, store: str, model: str, split: str,
                         precision: str = "fp16") -> dict[str, Any] | None:
-    """The fingerprint of a complete feature split (``None`` if it is not complete)."""
-    attrs = _attrs(root.feature_store(store, model, precision) / split)
-    return dict(attrs["fingerprint"]) if attrs and attrs.get("complete") else None
+    """The fingerprint of a complete feature split (``None`` if it is not complete); of a split the
+    grid evicted (or streamed in lockstep), the one its eviction note records."""
+    from cache.evict import note
+
+    path = root.feature_store(store, model, precision)
+    attrs = _attrs(path / split)
+    if attrs is None:
+        evicted = note(path, split)
+        return dict(evicted["fingerprint"]) if evicted else None
+    return dict(attrs["fingerprint"]) if attrs.get("complete") else None
 
 
 def feature_layers(root: DataRoot, store: str, model: str, split: str, precision: str = "fp16") -> list[str]:
-    attrs = _attrs(root.feature_store(store, model, precision) / split) or {}
+    from cache.evict import note
+
+    path = root.feature_store(store, model, precision)
+    attrs = _attrs(path / split) or note(path, split) or {}
     return list(attrs.get("layers") or [])
 
 

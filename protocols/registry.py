@@ -20,6 +20,7 @@ Two protocols are registered:
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -213,6 +214,11 @@ register_protocol(PAPER)
 def get_protocol(name: str | None) -> Protocol:
     """The registered protocol ``name`` (default ``midprobe``); an unknown name lists the known ones."""
     name = name or DEFAULT_PROTOCOL
+    base, _, variant = name.rpartition("+")
+    if name not in PROTOCOLS and base in PROTOCOLS and re.fullmatch(r"aug\d+-[a-z0-9-]+", variant):
+        # <base>+aug<views>-<policy>, as with_augment names it: a grid file (read by every worker) may name it
+        views, _, policy = variant[3:].partition("-")
+        return with_augment(PROTOCOLS[base], f"{views}:{policy}")
     if name not in PROTOCOLS:
         raise MidprobeError(f"unknown protocol {name!r}; known protocols: {', '.join(sorted(PROTOCOLS))}")
     return PROTOCOLS[name]

@@ -72,8 +72,10 @@ def test_the_paper_grid_at_int8_fits_2tb_with_nyu_in_lockstep_and_every_task_pla
         plan_units(Estimator(spec.with_disk_budget("100GB"), root))
 
 
-def test_a_grid_run_with_a_budget_it_cannot_apply_says_so_instead_of_ignoring_it(tmp_path, capsys):
+def test_a_grid_run_with_a_budget_no_plan_fits_is_a_one_line_error_before_any_cluster_starts(tmp_path, capsys):
     from grid.__main__ import main
 
-    assert main([str(REPO / "grids/smoke.toml"), "--disk-budget", "2TB", "--data", str(tmp_path)]) == 2
-    assert "not yet applied by a grid run" in capsys.readouterr().err
+    assert main([str(REPO / "grids/smoke.toml"), "--disk-budget", "1KB", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: disk budget 1.0 kB: pixels on synthetic needs") and err.count("\n") == 1
+    assert "has no augmented views to stream" in err
