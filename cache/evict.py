@@ -54,6 +54,11 @@ def evict_split(store: Path, split: str, *, reason: str) -> int:
     store = Path(store)
     folder = store / split
     if not (folder / "zarr.json").is_file():
+        if folder.is_dir() and note_path(store, split).is_file():
+            # what a killed eviction left: chunks of a split already noted and unreadable
+            freed = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+            shutil.rmtree(folder, ignore_errors=True)
+            return freed
         return 0
     with _lock(store):
         attrs = json.loads((folder / "zarr.json").read_text()).get("attributes") or {}

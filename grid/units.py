@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cache import DataRoot, MidprobeError
-from grid.jobs import ExtractShard, FinalizeFeatures, ProbeStore, _layer_set, _root, planned_splits, tagged_model
+from grid.jobs import ProbeStore, _layer_set, _root, planned_splits, tagged_model
 from grid.spec import GridSpec, TaskSettings
 
 
@@ -132,7 +132,8 @@ class EvictFeatures:
         root = _root(self.root)
         path = root.feature_store(self.store, self.feature_model, self.precision)
         planned = planned_splits(root, self.store, self.feature_model, self.protocol, self.tasks, self.precision)
-        return [name for name, _ in planned or [] if (path / name / "zarr.json").is_file()]
+        # a folder without metadata is what a killed eviction left: evict_split finishes it
+        return [name for name, _ in planned or [] if (path / name).is_dir()]
 
     def complete(self) -> bool:
         return self.keep or not self._on_disk()

@@ -129,3 +129,39 @@ def test_keep_features_keeps_every_cached_split(client, unbudgeted, tmp_path):
         store = root.feature_store("synthetic", model)
         assert (store / "test" / "zarr.json").is_file()
         assert not (store / "train@aug2-paper-nyu").exists()       # streamed in lockstep, never cached
+
+
+def test_an_evicted_split_leaves_a_note_its_records_are_checked_against(tmp_path):
+    from cache import MidprobeError
+    from cache.evict import evict_split, note
+    from extract.datasets.synthetic import prepare_synthetic
+    from extract.runner import extract
+    from grid import state
+
+    root = data_root(tmp_path / "data")
+    prepare_synthetic(root=root, train=4, test=2, pairs=2, triplets=2, size=32, seed=1, workers=1, progress=False,
+                      contact_sheet=False)
+    extract(model="pixels", dataset="synthetic", tasks=["depth"], root=root, progress=False)
+    store = root.feature_store("synthetic", "pixels")
+    fingerprint = state.feature_fingerprint(root, "synthetic", "pixels", "test")
+    assert fingerprint is not None and note(store, "test") is None
+
+    freed = evict_split(store, "test", reason="test")
+    assert freed > 0 and not (store / "test").exists()
+    assert state.feature_fingerprint(root, "synthetic", "pixels", "test") == fingerprint
+    assert state.feature_layers(root, "synthetic", "pixels", "test") == ["patch"]
+    assert not state.features_ready(root, "synthetic", "pixels", "test", {})    # gone: a rerun would extract it
+    assert evict_split(store, "test", reason="again") == 0
+
+    # a split still being extracted is not evictable
+    meta_path = store / "train" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "attributes": {**meta["attributes"], "complete": False}}))
+    with pytest.raises(MidprobeError, match="not evictable"):
+        evict_split(store, "train", reason="test")
+    meta_path.write_text(json.dumps(meta))
+    assert evict_split(store, "train", reason="test") > 0
+    # a kill after the metadata went leaves chunks nobody can read: the next eviction removes them
+    (store / "train").mkdir()
+    (store / "train" / "leftover").write_bytes(b"x" * 10)
+    assert evict_split(store, "train", reason="test") == 10 and not (store / "train").exists()
