@@ -298,6 +298,8 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
     absent = store.attrs.get("absent_targets") or {}
     task.check_dataset(train_data, task.target_keys(choices), absent)
     task.check_dataset(test_data, task.needs, absent)
+    task.check_valid(train_data, store.attrs, choices, training=True)
+    task.check_valid(test_data, store.attrs, choices, training=False)
     expect = {"dataset_fingerprint": store.fingerprint}
     train = _open_split(store, model, "train", extraction, root, training=True, protocol=protocol, expect=expect,
                         precision=precision)

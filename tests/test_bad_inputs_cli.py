@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cache import data_root
@@ -384,3 +385,104 @@ def test_head_for_a_zero_shot_task_is_one_line(features, capsys):
     one_line(probe_main(["--task", "similarity", "--dataset", "tiny", "--head", "mlp", "--data", str(features)]),
              capsys.readouterr().err, "^error: task 'similarity' is zero-shot: it trains no head, so --head does not "
              "apply; drop HEAD= and LR=$")
+
+
+def _png_header(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims ``width x height`` RGB pixels and holds none (no IDAT): a few bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+
+
+def _depth_folder(raw: Path, depths: list[np.ndarray]) -> Path:
+    """``images/NN.png`` and ``depth/NN.npy`` (metres) per depth map; the last image is the test split."""
+    from PIL import Image
+
+    (raw / "images").mkdir(parents=True)
+    (raw / "depth").mkdir()
+    for i, depth in enumerate(depths):
+        Image.fromarray(np.full((*depth.shape, 3), 40 * i, np.uint8)).save(raw / "images" / f"{i:02d}.png")
+        np.save(raw / "depth" / f"{i:02d}.npy", depth.astype(np.float32))
+    (raw / "split.csv").write_text("image,split\n" + "".join(
+        f"{i:02d},{'test' if i == len(depths) - 1 else 'train'}\n" for i in range(len(depths))))
+    return raw
+
+
+def _folder_data(raw: Path, root: Path, *extra: str) -> int:
+    return data_main(["--dataset", "folder", "--raw", str(raw), "--size", "16", "--quiet", "--data", str(root), *extra])
+
+
+def _no_store(root: Path) -> bool:
+    return not (root / "stores" / "datasets").exists() or not any((root / "stores" / "datasets").glob("*.zarr"))
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_an_image_over_the_megapixel_limit_is_refused_from_its_header(check, tmp_path, capsys):
+    raw = _depth_folder(tmp_path / "mine", [np.ones((16, 16))] * 3)
+    (raw / "images" / "01.png").unlink()
+    _png_header(raw / "images" / "01.png", 15000, 12000)          # PIL's own check: a DecompressionBombError
+    code = _folder_data(raw, tmp_path / "data", *(["--check"] if check else []))
+    one_line(code, capsys.readouterr().err, "^error: image .*01.png is 15000x12000 \\(180 megapixels\\); expected at "
+             "most 100 megapixels: downscale it first")
+    assert _no_store(tmp_path / "data")
+
+
+GOOD = np.full((16, 16), 2.0)
+
+
+@pytest.mark.parametrize("name,depths,option,expect", [
+    ("all-zero", [np.zeros((16, 16))] * 3, (), "no depth file of the train split .* holds a measured pixel \\(every "
+     "value is 0 or NaN\\); expected depth > 0 m somewhere in both train and test$"),
+    ("all-nan", [np.full((16, 16), np.nan)] * 3, (), "no depth file of the train split"),
+    ("test-zero", [GOOD, GOOD, np.zeros((16, 16))], (), "no depth file of the test split"),
+    ("test-masked", [GOOD, GOOD, np.full((16, 16), 50.0)], ("--option", "max_depth=10"),
+     "no depth file of the test split .*\\(every value is 0 or NaN, or beyond max_depth=10 m\\)"),
+    ("far", [GOOD, np.where(np.eye(16) > 0, 1e30, 2.0), GOOD], (), "01.npy: 16 depth values beyond 10000 m \\(first "
+     "1e\\+30 m at row 0, column 0\\); expected metres \\(check DEPTH_SCALE\\), or set OPTIONS=max_depth=<metres>"),
+])
+@pytest.mark.parametrize("check", [True, False])
+def test_a_folder_depth_with_no_measured_pixel_or_an_implausible_value_is_one_line(name, depths, option, expect,
+                                                                                   check, tmp_path, capsys):
+    raw = _depth_folder(tmp_path / "mine", depths)
+    code = _folder_data(raw, tmp_path / "data", *option, *(["--check"] if check else []))
+    one_line(code, capsys.readouterr().err, "^error: .*" + expect)
+    assert _no_store(tmp_path / "data")
+
+
+def test_a_far_depth_is_masked_by_max_depth(tmp_path):
+    from cache import open_dataset
+
+    raw = _depth_folder(tmp_path / "mine", [GOOD, np.where(np.eye(16) > 0, 1e30, 2.0), GOOD])
+    assert _folder_data(raw, tmp_path / "data", "--option", "max_depth=10") == 0
+    depth = open_dataset(tmp_path / "data" / "stores" / "datasets" / "mine.zarr").split("train").read("depth")
+    assert depth[1][np.eye(16) > 0].tolist() == [0.0] * 16 and (depth[1][np.eye(16) == 0] == 2.0).all()
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_probe_on_a_split_with_no_valid_depth_stops_before_training(split, features, tmp_path, capsys):
+    import zarr
+
+    root = tmp_path / "data"
+    shutil.copytree(features, root)
+    depth = zarr.open_array(root / "stores" / "datasets" / "tiny.zarr" / split / "depth", mode="r+")
+    depth[:] = np.where(np.arange(depth.shape[0])[:, None, None] % 2, np.nan, 0.0)
+    capsys.readouterr()
+    one_line(probe_main([*PROBE, "--data", str(root)]), capsys.readouterr().err,
+             f"^error: no pixel of the {depth.shape[0]} images of split '{split}' holds a valid depth target \\(depth "
+             "0, NaN or beyond the bins' 10 m\\); a probe would .* nothing: rebuild the dataset store")
+    assert not (root / "results").exists() or not any((root / "results").rglob("*.json"))
+
+
+@pytest.mark.parametrize("dataset", ["folder", "synthetic"])
+def test_a_size_that_cannot_fit_in_memory_is_refused_before_allocating(dataset, tmp_path, capsys):
+    raw = _depth_folder(tmp_path / "mine", [GOOD] * 3)
+    args = ["--raw", str(raw), "--check"] if dataset == "folder" else ["--workers", "1"]
+    code = data_main(["--dataset", dataset, *args, "--size", "100000", "--quiet", "--data", str(tmp_path / "data")])
+    one_line(code, capsys.readouterr().err, "^error: size 100000x100000: building an image needs ~[0-9.]+ GiB "
+             "\\(~64 bytes per pixel\\), .* of (available|free) RAM; expected a smaller SIZE=")
+    assert _no_store(tmp_path / "data")

@@ -76,13 +76,13 @@ def _files(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path
 
 def oriented_size(path: Path) -> tuple[int, int]:
     """``(H, W)`` of an image as displayed (EXIF orientations 5-8 swap the axes), from its header only."""
-    from PIL import Image
+    from extract.datasets.raw import open_image
 
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             width, height = img.size
             turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SyntaxError) as exc:
         raise MidprobeError(f"cannot read image {path} ({exc}); expected a valid image file") from None
     return (width, height) if turned else (height, width)
 
