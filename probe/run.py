@@ -178,6 +178,7 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
         raise MidprobeError(f"device {device!r} was asked for but no CUDA GPU is visible; use DEVICE=cpu")
     for head in heads or ():
         check_head(head)
+    root.ensure_writable(root.results())        # a read-only data root, found before a head trains, not after
     torch.manual_seed(seed)
     loader = store.attrs.get("loader", store.name)
     extraction = protocol.extraction_choices(task.name, loader)
@@ -202,6 +203,7 @@ def _run_models(task, store, models: Sequence[str], root: DataRoot, protocol: Pr
                              dataset_attrs=store.attrs, heads=heads, lrs=lrs, overrides=overrides,
                              device=device, precision=precision, corruptions=study["corruptions"],
                              options=options, zero_shot_split=getattr(task, "split", ""))
+    _open_every_split(task, store, models, root, protocol, extraction, study["corruptions"], precision)
     for model in models:
         started = time.perf_counter()
         if isinstance(task, ZeroShotTask):
@@ -238,6 +240,23 @@ def _run_models(task, store, models: Sequence[str], root: DataRoot, protocol: Pr
             say(f"[probe] {protocol.name}: {task.name}/{store.name}/{model}/{probe}: "
                 f"{task.headline} = {metrics.get(task.headline)}")
     return rows
+
+
+def _open_every_split(task, store, models: Sequence[str], root: DataRoot, protocol: Protocol,
+                      extraction: ExtractionChoices, corruptions: Sequence[str], precision: str) -> None:
+    """Open every feature split each model's probe reads before the first model trains: one model
+    lacking one (a corrupted copy extracted for another model only) stops the run before any record
+    is written, not after the models before it."""
+    if isinstance(task, ZeroShotTask):
+        if task.split not in store.splits:
+            return                              # _zero_shot says which split the dataset lacks
+        reads = [(task.split, corruption, False) for corruption in ["", *corruptions]]
+    else:
+        reads = [("train", "", True), *[("test", corruption, False) for corruption in ["", *corruptions]]]
+    for model in models:
+        for split, corruption, training in reads:
+            _open_split(store, model, split, replace(extraction, corruption=corruption), root, training=training,
+                        protocol=protocol, expect={"dataset_fingerprint": store.fingerprint}, precision=precision)
 
 
 def _as_planned(results: Sequence[tuple], planned: Sequence[PlannedRecord], model: str) -> list[PlannedRecord]:

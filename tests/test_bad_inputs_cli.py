@@ -486,3 +486,57 @@ def test_a_size_that_cannot_fit_in_memory_is_refused_before_allocating(dataset, 
     one_line(code, capsys.readouterr().err, "^error: size 100000x100000: building an image needs ~[0-9.]+ GiB "
              "\\(~64 bytes per pixel\\), .* of (available|free) RAM; expected a smaller SIZE=")
     assert _no_store(tmp_path / "data")
+
+
+def test_a_dangling_image_link_is_one_line_naming_it(tmp_path, capsys):
+    raw = _depth_folder(tmp_path / "mine", [GOOD] * 3)
+    (raw / "images" / "03.png").symlink_to(tmp_path / "gone.png")
+    one_line(_folder_data(raw, tmp_path / "data", "--check"), capsys.readouterr().err,
+             "^error: .*images/03.png is a link to .*gone.png, which does not exist \\(1 such link\\(s\\) in "
+             ".*images\\); expected an image: restore the target or delete the link$")
+
+
+def test_a_split_waiting_on_another_shard_says_so_and_the_suggested_command_finishes_it(features, tmp_path, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(features, root)
+    shutil.rmtree(root / "stores" / "features")
+    args = ["--model", "pixels", "--dataset", "tiny", "--chunk-images", "2", "--quiet", "--data", str(root)]
+    assert extract_main([*args, "--shard", "0/2"]) == 0
+    capsys.readouterr()
+    one_line(probe_main([*PROBE, "--data", str(root)]), capsys.readouterr().err,
+             "^error: feature store .*pixels.zarr/train is incomplete: 1 of 3 chunks written \\(other shards or a "
+             "running extraction may still be writing it, or one was interrupted\\); wait for them, or run `make "
+             "extract (MODEL=pixels DATASET=tiny)` without SHARD= to write the missing chunks$")
+    assert "interrupted;" not in capsys.readouterr().err
+    assert _run_make("extract", "MODEL=pixels DATASET=tiny", root) == 0          # the suggested command, run
+    assert probe_main([*PROBE, "--data", str(root)]) == 0
+
+
+def test_a_read_only_data_root_is_found_before_a_head_trains(features, tmp_path, monkeypatch, capsys):
+    import probe.run
+    from tests.filesystems import read_only_view
+
+    def trains(*args, **kwargs):
+        raise AssertionError("a head trained before the data root was checked")
+
+    monkeypatch.setattr(probe.run, "train_sweep", trains)
+    source = tmp_path / "data"
+    shutil.copytree(features, source)
+    with read_only_view(source, tmp_path / "read-only") as view:
+        capsys.readouterr()
+        one_line(probe_main([*PROBE, "--data", str(view)]), capsys.readouterr().err,
+                 "^error: data root is not writable: cannot write in .*results")
+
+
+def test_test_corrupt_for_every_model_checks_them_all_before_writing_a_record(features, tmp_path, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(features, root)
+    assert extract_main(["--model", "hog", "--dataset", "tiny", "--quiet", "--data", str(root)]) == 0
+    assert extract_main(["--model", "hog", "--dataset", "tiny", "--corrupt", "fog:1", "--quiet",
+                         "--data", str(root)]) == 0
+    capsys.readouterr()
+    code = probe_main(["--task", "depth", "--dataset", "tiny", "--epochs", "1", "--quiet", "--test-corrupt", "fog:1",
+                       "--data", str(root)])
+    one_line(code, capsys.readouterr().err, "^error: feature store of 'pixels' for 'tiny' lacks the corrupted split "
+             "'test@corrupt-fog-1'")
+    assert not (root / "results").exists() or not any((root / "results").rglob("*.json"))
