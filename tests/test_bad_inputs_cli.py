@@ -612,3 +612,35 @@ def test_a_missing_augmented_split_suggests_augment_and_the_command_works(tmp_pa
              "AUGMENT=2:paper-nyu`$")
     assert _run_make("extract", "MODEL=pixels DATASET=mine PROTOCOL=midprobe AUGMENT=2:paper-nyu", root) == 0
     assert probe_main([*probe, "--data", str(root)]) == 0
+
+
+@pytest.fixture
+def many_images(tmp_path) -> Path:
+    """A dataset store of 200 small images: an extraction chunk by chunk, or a long probe, to interrupt."""
+    root = data_root(tmp_path / "data")
+    write_tiny_dataset(root, name="many", splits={"train": 200, "test": 4}, height=32, width=32)
+    return root.root
+
+
+def test_ctrl_c_to_the_process_group_during_extract_is_one_line_exit_130_and_resumes(many_images, tmp_path):
+    progress = many_images / "stores" / "features" / "many" / "pixels.progress" / "train"
+    args = ["extract", "--model", "pixels", "--dataset", "many", "--chunk-images", "1", "--quiet",
+            "--data", str(many_images)]
+    code, err = _interrupt_group(args, lambda: progress.is_dir() and any(progress.iterdir()), tmp_path)
+    one_line(code, err, f"^{re.escape(INTERRUPTED_LINE)}$", status=INTERRUPTED)
+    with pytest.raises(Exception, match="is incomplete"):                 # nothing presented as complete
+        from cache import open_features
+        open_features("many", "pixels", "train", root=data_root(many_images))
+    assert extract_main(args[1:]) == 0                                    # "rerun to resume"
+
+
+def test_ctrl_c_to_the_process_group_during_probe_is_one_line_exit_130_and_writes_no_record(many_images, tmp_path):
+    assert extract_main(["--model", "pixels", "--dataset", "many", "--quiet", "--data", str(many_images)]) == 0
+    stderr = tmp_path / "stderr"
+    code, err = _interrupt_group(["probe", "--task", "depth", "--dataset", "many", "--model", "pixels", "--epochs",
+                                  "500", "--head", "linear", "--data", str(many_images)],
+                                 lambda: stderr.exists() and "training 1 head" in stderr.read_text(), tmp_path)
+    assert code == INTERRUPTED, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1] == INTERRUPTED_LINE
+    assert not (many_images / "results").exists() or not any((many_images / "results").rglob("*.json"))
