@@ -17,7 +17,7 @@ from cache.loader import FeatureLoader
 from probe.features import Standardizer, channel_stats
 from probe.heads import CLOSED_FORM, check_head
 from probe.layers import add_hint as _add_hint, default_layers, resolve_layers  # noqa: F401 (imported from here)
-from protocols import (CORRUPTIBLE_TASKS, DEFAULT_PROTOCOL, ExtractionChoices, Protocol, corruption_list,
+from protocols import (CORRUPTIBLE_TASKS, ExtractionChoices, Protocol, corruption_list,
                        feature_split_name, get_protocol)
 from probe.plan import PlannedRecord, condition_key, dense_choices, plan_records, ridge_key, zero_shot_key
 from probe.records import format_table, write_record

@@ -174,7 +174,7 @@ def open_image(path: Path):
 def read_image(path: Path, *, mode: str = "RGB", exif: bool = False) -> np.ndarray:
     """A PNG/JPEG as ``(H, W, 3) uint8`` (``mode="RGB"``) or its raw values (``mode=None``:
     palette indices, 16-bit depth); a corrupt file is a one-line error naming it."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     require(path, "an image file")
     try:
@@ -205,7 +205,6 @@ def as_uint16(array: np.ndarray) -> np.ndarray:
 
 def image_mode(path: Path) -> str:
     """The PIL mode of an image file (``P``, ``RGB``, ``I;16``, ...)."""
-    from PIL import Image
 
     require(path, "an image file")
     try:
