@@ -18,7 +18,6 @@ script expects is reported, not guessed around.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.machinery
 import importlib.util
@@ -144,9 +143,10 @@ def run(paper_code: Path) -> int:
     return 1 if failures else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.parity", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str = "python -m bench.parity") -> int:
+    from midprobe import options
+
+    p = options.command_parser(prog=prog, description=__doc__)
     p.add_argument("--paper-code", help="a checkout of midvision-probe (984b325); without one, nothing runs")
     args = p.parse_args(argv)
     if not args.paper_code:
