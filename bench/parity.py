@@ -18,7 +18,6 @@ script expects is reported, not guessed around.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.machinery
 import importlib.util
@@ -111,6 +110,14 @@ UNUSED_IMPORTS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _inert_attribute(name: str) -> Any:
+    """A stand-in package's attributes: callables doing nothing (the module's GPU set-up at import);
+    dunder names stay absent, so introspection sees an ordinary module."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return lambda *args, **kwargs: None
+
+
 def _import(module_name: str) -> tuple[Any, str]:
     """The paper's module, and a note naming any absent package an empty module stood in for."""
     absent = []
@@ -122,7 +129,7 @@ def _import(module_name: str) -> tuple[Any, str]:
             stand_in = types.ModuleType(package)
             stand_in.__spec__ = importlib.machinery.ModuleSpec(package, None, is_package=True)
             stand_in.__path__ = []
-            stand_in.__getattr__ = lambda name: (lambda *args, **kwargs: None)   # the module's GPU set-up at import
+            stand_in.__getattr__ = _inert_attribute
             sys.modules[package] = stand_in
             absent.append(package)
     note = f"; {', '.join(absent)} not installed: an inert stand-in took its place (unused by this check)" if absent else ""
@@ -130,7 +137,19 @@ def _import(module_name: str) -> tuple[Any, str]:
 
 
 def run(paper_code: Path) -> int:
+    """Every check against the checkout at ``paper_code``; 1 if any did not match. The paper's
+    modules and any stand-ins are imported for the checks only and removed after."""
+    path, modules = list(sys.path), set(sys.modules)
     sys.path.insert(0, str(paper_code))
+    try:
+        return _run_checks(paper_code)
+    finally:
+        sys.path[:] = path
+        for name in set(sys.modules) - modules:
+            del sys.modules[name]
+
+
+def _run_checks(paper_code: Path) -> int:
     failures = 0
     for name, (module_name, check) in CHECKS.items():
         try:
@@ -144,9 +163,10 @@ def run(paper_code: Path) -> int:
     return 1 if failures else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.parity", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str = "python -m bench.parity") -> int:
+    from midprobe import options
+
+    p = options.command_parser(prog=prog, description=__doc__)
     p.add_argument("--paper-code", help="a checkout of midvision-probe (984b325); without one, nothing runs")
     args = p.parse_args(argv)
     if not args.paper_code:

@@ -196,8 +196,15 @@ def open_features(dataset: str, model: str, split: str, *, expect: Mapping[str, 
                             f"run `make extract MODEL={model} DATASET={dataset}` for it")
     group = group_root[split]
     if not group.attrs.get("complete"):
-        raise MidprobeError(f"feature store {path}/{split} is incomplete (extraction was interrupted); "
-                            "rerun the same `make extract` to resume it")
+        # a shard's run, a running extraction and an interrupted one leave the same state: say all three
+        total = -(-int(group.attrs["num_images"]) // int(group.attrs["chunk_images"]))
+        progress = path.with_suffix(".progress") / split
+        done = sum(1 for _ in progress.iterdir()) if progress.is_dir() else 0
+        extra = "" if precision == "fp16" else f" PRECISION={precision}"
+        raise MidprobeError(f"feature store {path}/{split} is incomplete: {done} of {total} chunks written (other "
+                            "shards or a running extraction may still be writing it, or one was interrupted); wait "
+                            f"for them, or run `make extract MODEL={model} DATASET={dataset}{extra}` without SHARD= "
+                            "to write the missing chunks")
     if expect:
         check_fingerprint(stored=group.attrs["fingerprint"], expected=expect, where=f"{path}/{split}")
     return FeatureSplit(path, split, group)

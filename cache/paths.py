@@ -56,7 +56,9 @@ class DataRoot:
         """Create ``path`` (a directory) or fail with a one-line error naming it."""
         try:
             path.mkdir(parents=True, exist_ok=True)
-            probe = path / ".write-test"
+            # one probe file per process: two shard writers checking the same folder at once must not
+            # delete each other's
+            probe = path / f".write-test-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:

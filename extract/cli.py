@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m extract") -> int:
     if args.layers is not None and not values.name_list(args.layers):
         raise MidprobeError(f"--layers {args.layers!r} names no layer; expected layer names or indices joined by "
                             "commas (e.g. block2,block11), or all")
+    if args.split:          # SPLIT=train,test: several splits in one make variable
+        args.split = list(dict.fromkeys(name for item in args.split for name in values.name_list(item)))
     if args.dry_run:
         from extract.sizing import dataset_layout, feature_model_name, format_sizes, size_extraction
         from protocols import get_protocol, with_augment

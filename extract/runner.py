@@ -261,6 +261,8 @@ def _extract_split(backbone: Backbone, split: SplitView, job: SplitJob, dataset_
                                  global_dim=global_dim, chunk_images=chunk, precision=precision,
                                  store_attrs=model_attrs(backbone.spec))
     missing = [name for name in writer.layers if name not in all_shapes]
+    if missing and writer.group.attrs.get("complete") and not writer.adding:
+        missing = []            # every layer asked for is already in this complete split: nothing to write
     if missing:
         raise MidprobeError(f"{path}/{job.name} is being extracted with layers {', '.join(writer.layers)}; this "
                             f"run computes {', '.join(all_shapes)}; rerun the same `make extract` to finish it")

@@ -16,7 +16,8 @@ from cache import DataRoot, MidprobeError, data_root, list_feature_stores, open_
 from cache.loader import FeatureLoader
 from probe.features import Standardizer, channel_stats
 from probe.heads import CLOSED_FORM, check_head
-from protocols import (CORRUPTIBLE_TASKS, DEFAULT_PROTOCOL, ExtractionChoices, Protocol, corruption_list,
+from probe.layers import add_hint as _add_hint, default_layers, resolve_layers  # noqa: F401 (imported from here)
+from protocols import (CORRUPTIBLE_TASKS, ExtractionChoices, Protocol, corruption_list,
                        feature_split_name, get_protocol)
 from probe.plan import PlannedRecord, condition_key, dense_choices, plan_records, ridge_key, zero_shot_key
 from probe.records import format_table, write_record
@@ -29,43 +30,6 @@ from probe.train import ProbeConfig, TrainSettings, evaluate_heads, nested_subse
 
 def _say(quiet: bool) -> Callable[[str], None]:
     return (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr))
-
-
-def resolve_layers(available: Sequence[str], layer_sets: Sequence[Sequence[str]] | None,
-                   features=None, protocol: str | Protocol | None = None) -> list[tuple[str, ...]]:
-    """Layer sets to probe (default: all cached layers); a layer the split lacks is an error that
-    names the ``make extract`` adding it (without rewriting the others)."""
-    if not layer_sets:
-        if not available:
-            raise MidprobeError(_add_hint(features, [], "holds only global vectors", protocol))
-        return [tuple(available)]
-    out = []
-    for chosen in layer_sets:
-        missing = [layer for layer in chosen if layer not in available]
-        if missing:
-            raise MidprobeError(_add_hint(features, missing, f"has {', '.join(available) or 'only global vectors'}",
-                                          protocol))
-        out.append(tuple(chosen))
-    return out
-
-
-def _add_hint(features, missing: Sequence[str], has: str, protocol: str | Protocol | None) -> str:
-    protocol = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
-    what = f"layers {', '.join(missing)} are not cached" if missing else "no layer is cached"
-    if features is None:
-        return f"{what}; the store {has}"
-    fp = features.fingerprint
-    # LAYERS=all: the layers the model taps by default (a split of global vectors has none to name)
-    wanted = ",".join(missing) if missing else "all"
-    extra = "" if features.precision == "fp16" else f" PRECISION={features.precision}"
-    # the split a protocol reads (``train@input-none``, ``train@aug10-paper-nyu``) is written with its
-    # base's PROTOCOL= (and AUGMENT= where the probe's protocol came from one)
-    extra += "" if protocol.base in ("", DEFAULT_PROTOCOL) else f" PROTOCOL={protocol.base}"
-    augment = fp.get("augment")
-    extra += f" AUGMENT={augment['views']}:{augment['policy']}" if augment and protocol.augment not in ("", "0") else ""
-    return (f"{what} in split {features.split!r} of {features.store} (it {has}); add them, without rewriting "
-            f"the others, with `make extract MODEL={fp['model']} DATASET={fp['dataset']} "
-            f"SPLIT={fp.get('source_split', features.split)} LAYERS={wanted}{extra}`")
 
 
 def protocol_models(store_name: str, protocol: Protocol, models: Sequence[str] | None, root: DataRoot,
@@ -178,6 +142,7 @@ def run_task(*, task_name: str, dataset: str, models: Sequence[str] | None = Non
         raise MidprobeError(f"device {device!r} was asked for but no CUDA GPU is visible; use DEVICE=cpu")
     for head in heads or ():
         check_head(head)
+    root.ensure_writable(root.results())        # a read-only data root, found before a head trains, not after
     torch.manual_seed(seed)
     loader = store.attrs.get("loader", store.name)
     extraction = protocol.extraction_choices(task.name, loader)
@@ -202,6 +167,7 @@ def _run_models(task, store, models: Sequence[str], root: DataRoot, protocol: Pr
                              dataset_attrs=store.attrs, heads=heads, lrs=lrs, overrides=overrides,
                              device=device, precision=precision, corruptions=study["corruptions"],
                              options=options, zero_shot_split=getattr(task, "split", ""))
+    _open_every_split(task, store, models, root, protocol, extraction, study["corruptions"], precision)
     for model in models:
         started = time.perf_counter()
         if isinstance(task, ZeroShotTask):
@@ -238,6 +204,23 @@ def _run_models(task, store, models: Sequence[str], root: DataRoot, protocol: Pr
             say(f"[probe] {protocol.name}: {task.name}/{store.name}/{model}/{probe}: "
                 f"{task.headline} = {metrics.get(task.headline)}")
     return rows
+
+
+def _open_every_split(task, store, models: Sequence[str], root: DataRoot, protocol: Protocol,
+                      extraction: ExtractionChoices, corruptions: Sequence[str], precision: str) -> None:
+    """Open every feature split each model's probe reads before the first model trains: one model
+    lacking one (a corrupted copy extracted for another model only) stops the run before any record
+    is written, not after the models before it."""
+    if isinstance(task, ZeroShotTask):
+        if task.split not in store.splits:
+            return                              # _zero_shot says which split the dataset lacks
+        reads = [(task.split, corruption, False) for corruption in ["", *corruptions]]
+    else:
+        reads = [("train", "", True), *[("test", corruption, False) for corruption in ["", *corruptions]]]
+    for model in models:
+        for split, corruption, training in reads:
+            _open_split(store, model, split, replace(extraction, corruption=corruption), root, training=training,
+                        protocol=protocol, expect={"dataset_fingerprint": store.fingerprint}, precision=precision)
 
 
 def _as_planned(results: Sequence[tuple], planned: Sequence[PlannedRecord], model: str) -> list[PlannedRecord]:
@@ -277,8 +260,10 @@ def _open_split(store, model: str, split: str, extraction: ExtractionChoices, ro
         reads = (f"the corrupted split {name!r}" if corrupt else
                  f"split {name!r}, which protocol {protocol.name!r} reads")
         extra = "" if precision == "fp16" else f" PRECISION={precision}"
+        # a protocol with augmented views (midprobe+aug2-paper-nyu) is its base with AUGMENT=
+        extra += f" AUGMENT={protocol.augment}" if protocol.augment not in ("", "0") else ""
         raise MidprobeError(f"feature store of {model!r} for {store.name!r} lacks {reads}; run `make extract "
-                            f"MODEL={model} DATASET={store.name} PROTOCOL={protocol.name}"
+                            f"MODEL={model} DATASET={store.name} PROTOCOL={protocol.base or protocol.name}"
                             f"{f' CORRUPT={extraction.corruption}' if corrupt else ''}{extra}`") from None
 
 
@@ -298,6 +283,8 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
     absent = store.attrs.get("absent_targets") or {}
     task.check_dataset(train_data, task.target_keys(choices), absent)
     task.check_dataset(test_data, task.needs, absent)
+    task.check_valid(train_data, store.attrs, choices, training=True)
+    task.check_valid(test_data, store.attrs, choices, training=False)
     expect = {"dataset_fingerprint": store.fingerprint}
     train = _open_split(store, model, "train", extraction, root, training=True, protocol=protocol, expect=expect,
                         precision=precision)
@@ -306,7 +293,9 @@ def _dense(task: DenseTask, store, model: str, root: DataRoot, heads: Sequence[s
                                      training=False, protocol=protocol,
                                      expect={**expect, "weights": train.fingerprint["weights"]}, precision=precision)
              for corruption in ["", *corruptions]}
-    chosen_sets = resolve_layers(train.layers, layer_sets, train, protocol)
+    # default: the layers every split read holds (one added to the train split only is left out)
+    common = default_layers(train, list(tests.values()))
+    chosen_sets = resolve_layers(train.layers, layer_sets or ([common] if common else None), train, protocol)
     for test in tests.values():
         resolve_layers(test.layers, chosen_sets, test, protocol)
     used = sorted({layer for s in chosen_sets for layer in s}, key=train.layers.index)

@@ -255,8 +255,8 @@ ROWS.update({
     "lr-inf": Row("features", lambda d: None, "probe", (*PROBE, "--lr", "5e-4,inf"), "--lr 0.0005,inf: expected"),
     "lr-negative": Row("features", lambda d: None, "probe", (*PROBE, "--lr=-1e-3"), "--lr -0.001: expected finite"),
     "probe-unknown-layer": Row("features", lambda d: None, "probe", (*PROBE, "--layers", "patch,block9"),
-                               "layers block9 are not cached in split 'train' .* add them, without rewriting the "
-                               "others, with `make extract MODEL=pixels DATASET=tiny SPLIT=train LAYERS=block9`"),
+                               "layers block9 are not cached in split 'train' .*; no extraction can add it: model "
+                               "'pixels' has one layer, 'patch'"),
     "extract-unknown-layer": Row("features", lambda d: None, "extract", (*EXTRACT, "--layers", "pool5"),
                                  "unknown layer 'pool5'; expected names like block0, block1"),
     "extract-layer-out-of-range": Row("features", lambda d: None, "extract", (*EXTRACT, "--layers", "block9"),

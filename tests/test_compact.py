@@ -113,7 +113,10 @@ def test_a_missing_layer_names_the_extract_that_adds_it_without_rewriting_the_ot
     grown = open_features("synthetic", "test_vit_tiny", "triplets", root=root)
     assert grown.layers == ["block0", "block1"]                        # the tiny ViT's default layers
     # a split another protocol reads names that protocol in the command
-    with pytest.raises(MidprobeError, match=r"SPLIT=triplets LAYERS=block7 PROTOCOL=paper`"):
+    with pytest.raises(MidprobeError, match=r"SPLIT=triplets LAYERS=block1 PROTOCOL=paper`"):
+        resolve_layers(["block0"], [["block1"]], grown, "paper")
+    # a block the network does not have (the tiny ViT has two) is said as such: no extraction can add it
+    with pytest.raises(MidprobeError, match=r"no extraction can add it: model 'test_vit_tiny' has no layer block7"):
         resolve_layers(grown.layers, [["block7"]], grown, "paper")
 
 

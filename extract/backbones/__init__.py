@@ -165,9 +165,11 @@ def _layer_indices(family: str, layers: list[str], known: tuple[str, ...]) -> tu
 
 def select_layers(spec: BackboneSpec, layers: list[str] | None) -> BackboneSpec:
     """Restrict ``spec`` to ``layers`` given as store names (``block5``) or indices (``5``);
-    ``["all"]`` keeps every layer the model taps by default (``LAYERS=all``)."""
+    ``["all"]`` keeps every layer the model taps by default (``LAYERS=all``), ``["last"]`` the deepest."""
     if not layers or layers == ["all"]:
         return spec
+    if layers == ["last"]:                  # as in grid files: the deepest of the default layers
+        layers = list(spec.layer_names[-1:])
     from extract.backbones.routes import ROUTE_WEIGHTS, select
 
     if spec.weights in ROUTE_WEIGHTS:

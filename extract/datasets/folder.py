@@ -25,8 +25,12 @@ from cache.camera import relative_rotation_deg
 from extract.datasets.folder_files import read_depth, read_mask, read_normals
 from extract.datasets.folder_layout import Item, Layout, scan
 from extract.datasets.raw import raw_fingerprint, read_image, resize
+from extract.datasets.memory import check_fits
+from extract.datasets.values import first_bad
 
 FITS = ("crop", "pad")
+#: a depth beyond this (metres) is a unit mistake, not a measurement, unless max_depth masks it
+FARTHEST = 10_000.0
 #: store key -> the task it serves
 TASK_OF = {"depth": "depth", "normals": "normals", "foreground": "segmentation", "pairs": "correspondence",
            "triplets": "similarity"}
@@ -118,7 +122,12 @@ def load_item(item: Item, layout: Layout, fit: Fit, *, depth_scale: float, max_d
     if "depth" in item.targets:
         depth = read_depth(item.targets["depth"], depth_scale=depth_scale)
         if max_depth > 0:
-            depth[depth > max_depth] = 0.0
+            depth[depth > max_depth] = 0.0          # masked: "no measurement" (docs/own-data.md)
+        elif (depth > FARTHEST).any():
+            row, col = first_bad(depth > FARTHEST)
+            raise MidprobeError(f"{item.targets['depth']}: {int((depth > FARTHEST).sum())} depth values beyond "
+                                f"{FARTHEST:g} m (first {depth[row, col]:g} m at row {row}, column {col}); expected "
+                                "metres (check DEPTH_SCALE), or set OPTIONS=max_depth=<metres> to mask farther values")
         out["depth"] = fit.apply(depth, nearest=True)
     if "normals" in item.targets:
         out["normals"] = fit.apply(read_normals(item.targets["normals"], frame=normals_frame), nearest=True)
@@ -164,6 +173,7 @@ def prepare_folder(*, root: DataRoot, raw: str | None = None, name: str = "", si
     raw_dir = Path(raw) if raw else root.raw(name)
     name = store_name(name, raw_dir)
     out_size = parse_size(size)
+    check_fits(*out_size, what="size")
     layout = scan(raw_dir, seed=seed, test_fraction=test_fraction)
     tasks, absent = supported(layout)
     dense = [key for key in ("depth", "normals", "foreground") if key not in absent]
@@ -184,7 +194,7 @@ def prepare_folder(*, root: DataRoot, raw: str | None = None, name: str = "", si
 
     try:
         if check:
-            return _check(layout, load(order["all"]), name, tasks, absent, dense)
+            return _check(layout, load(order["all"]), name, tasks, absent, dense, max_depth)
         return _write(root, layout, name, out_size, order, load, tasks, absent, dense, options={
             "size": list(out_size), "fit": fit, "seed": seed, "test_fraction": test_fraction, **reading})
     finally:
@@ -196,13 +206,26 @@ def _no_foreground(layout: Layout) -> MidprobeError:
                          "1 (or 1..254) for the object — for 0/255 masks set OPTIONS=mask_255=foreground")
 
 
+def _no_depth(layout: Layout, split: str, max_depth: float) -> MidprobeError:
+    masked = f", or beyond max_depth={max_depth:g} m" if max_depth > 0 else ""
+    return MidprobeError(f"no depth file of the {split} split of {layout.raw} holds a measured pixel (every value "
+                         f"is 0 or NaN{masked}); expected depth > 0 m somewhere in both train and test")
+
+
 def _check(layout: Layout, arrays: Iterable[dict[str, np.ndarray]], name: str, tasks: list[str],
-           absent: dict[str, str], dense: list[str]) -> str:
+           absent: dict[str, str], dense: list[str], max_depth: float) -> str:
     foreground = False
-    for item in arrays:
+    split_of = {image: split for split, names in layout.split.items() for image in names}
+    measured = {split: 0 for split in layout.split}
+    for image, item in zip(layout.items, arrays):
         foreground |= bool((item.get("foreground", np.zeros(1)) == 1).any())
+        if "depth" in item and image in split_of:
+            measured[split_of[image]] += int((item["depth"] > 0).sum())
     if "foreground" in dense and not foreground:
         raise _no_foreground(layout)
+    for split, count in measured.items():
+        if "depth" in dense and not count:
+            raise _no_depth(layout, split, max_depth)
     split = (f"train {len(layout.split['train'])} / test {len(layout.split['test'])} ({layout.split_source})"
              if dense else "no train/test split (no dense targets)")
     lines = [f"{layout.raw}: {len(layout.items)} images, {split}; targets: {', '.join(layout.targets) or 'none'}; "
@@ -236,11 +259,15 @@ def _write(root: DataRoot, layout: Layout, name: str, out_size: tuple[int, int],
             continue
         out = writer.split(split, num_images=len(order[split]), height=height, width=width,
                            fields=_fields(height, width, dense), attrs={"image_names": order[split]})
+        measured = 0
         for arrays in load(order[split]):
             if split == "train" and "depth" in arrays:
                 deepest = max(deepest, float(arrays["depth"].max()))
+            measured += int((arrays["depth"] > 0).sum()) if "depth" in arrays else 0
             foreground |= bool((arrays.get("foreground", np.zeros(1)) == 1).any())
             out.append({key: arrays[key][None] for key in ("images", *dense)})
+        if "depth" in dense and not measured:       # the store stays unfinished: nothing presented as complete
+            raise _no_depth(layout, split, options["max_depth"])
     if "foreground" in dense and not foreground:
         raise _no_foreground(layout)
     if "depth" in dense:

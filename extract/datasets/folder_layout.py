@@ -64,6 +64,11 @@ def _visible(path: Path, base: Path) -> bool:
 def _files(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path]:
     """``name -> path`` of every file under ``folder``; another suffix or a repeated name is an error."""
     out: dict[str, Path] = {}
+    dangling = sorted(p for p in folder.rglob("*") if p.is_symlink() and not p.exists() and _visible(p, folder))
+    if dangling:            # is_file() is False for them: they would be dropped without a word
+        raise MidprobeError(f"{dangling[0]} is a link to {dangling[0].readlink()}, which does not exist "
+                            f"({len(dangling)} such link(s) in {folder}); expected {what}: restore the target or "
+                            "delete the link")
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and _visible(p, folder)):
         if path.suffix.lower() not in suffixes:
             raise MidprobeError(f"{path}: unexpected file type; expected {what} ({', '.join(suffixes)})")
@@ -76,13 +81,13 @@ def _files(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path
 
 def oriented_size(path: Path) -> tuple[int, int]:
     """``(H, W)`` of an image as displayed (EXIF orientations 5-8 swap the axes), from its header only."""
-    from PIL import Image
+    from extract.datasets.raw import open_image
 
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             width, height = img.size
             turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SyntaxError) as exc:
         raise MidprobeError(f"cannot read image {path} ({exc}); expected a valid image file") from None
     return (width, height) if turned else (height, width)
 

@@ -13,6 +13,9 @@ import gzip
 import hashlib
 import io
 import json
+import threading
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -22,6 +25,10 @@ from cache import MidprobeError
 from extract.safe_pickle import Refused, load_numpy
 
 SMALL_FILE = 32 << 20     # files up to this size are hashed whole; larger ones by size and both ends
+#: the largest image read, in megapixels (a 100 MP RGB image decodes to 300 MB, its float depth to 800 MB);
+#: a larger one is refused from its header, before a pixel is decoded (docs/own-data.md)
+MAX_MEGAPIXELS = 100
+_BOMB_CHECK = threading.Lock()
 
 
 def require(path: Path, what: str) -> Path:
@@ -140,20 +147,46 @@ def raw_fingerprint(root: Path, metadata: Iterable[Path], bulk: Iterable[Path] =
     return digest.hexdigest()
 
 
+@contextmanager
+def open_image(path: Path):
+    """``PIL.Image.open(path)``, refused (one line naming the file, its size and the limit) when
+    its header says it is over :data:`MAX_MEGAPIXELS`: checked here, from the header, in place of
+    PIL's decompression-bomb check (whose warning and error are tracebacks, at other limits)."""
+    from PIL import Image
+
+    with _BOMB_CHECK:                   # PIL's limit is a module global: off only while this header is read
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            img = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    with img:
+        width, height = img.size
+        if width * height > MAX_MEGAPIXELS * 1e6:
+            raise MidprobeError(f"image {path} is {width}x{height} ({width * height / 1e6:.0f} megapixels); expected "
+                                f"at most {MAX_MEGAPIXELS} megapixels: downscale it first (SIZE= sets the stored "
+                                "size, not the size read)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield img
+
+
 def read_image(path: Path, *, mode: str = "RGB", exif: bool = False) -> np.ndarray:
     """A PNG/JPEG as ``(H, W, 3) uint8`` (``mode="RGB"``) or its raw values (``mode=None``:
     palette indices, 16-bit depth); a corrupt file is a one-line error naming it."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     require(path, "an image file")
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()
             if exif:
                 img = ImageOps.exif_transpose(img)
             if mode is not None and img.mode != mode:
                 img = img.convert(mode)
             return np.asarray(img)
+    except MidprobeError:
+        raise
     except Exception as exc:        # PIL raises OSError, SyntaxError, ValueError, struct.error, ... for damaged files
         raise _cannot_read(path, exc, "a valid PNG or JPEG image") from None
 
@@ -172,12 +205,13 @@ def as_uint16(array: np.ndarray) -> np.ndarray:
 
 def image_mode(path: Path) -> str:
     """The PIL mode of an image file (``P``, ``RGB``, ``I;16``, ...)."""
-    from PIL import Image
 
     require(path, "an image file")
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             return img.mode
+    except MidprobeError:
+        raise
     except Exception as exc:
         raise _cannot_read(path, exc, "a valid PNG or JPEG image") from None
 

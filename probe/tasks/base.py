@@ -108,6 +108,27 @@ class DenseTask(Task, ABC):
     def out_channels(self, attrs: Mapping[str, Any], choices: DenseChoices) -> int:
         ...
 
+    def no_data(self, attrs: Mapping[str, Any]) -> str:
+        """What makes a target pixel "no data", for messages."""
+        return "every pixel is marked no data"
+
+    def check_valid(self, split: SplitView, attrs: Mapping[str, Any], choices: DenseChoices, *,
+                    training: bool) -> None:
+        """A one-line error when no pixel of ``split`` holds a valid target: a head would train on
+        nothing, or a score (δ1 = 0 over zero pixels) would describe nothing. Reads chunk by chunk
+        up to the first valid pixel: one chunk for any usable split."""
+        keys = self.target_keys(choices) if training else self.needs
+        arrays = {key: split.array(key) for key in keys}
+        step = max(1, int(arrays[keys[0]].chunks[0]))
+        for lo in range(0, split.num_images, step):
+            raw = {key: array[lo:lo + step] for key, array in arrays.items()}
+            if bool(self.targets(raw, attrs, torch.device("cpu"), choices, training=training)[1].any()):
+                return
+        raise MidprobeError(f"no pixel of the {split.num_images} images of split {split.name!r} holds a valid "
+                            f"{self.name} target ({self.no_data(attrs)}); a probe would "
+                            f"{'train on' if training else 'be scored over'} nothing: rebuild the dataset store "
+                            "with measured targets")
+
     @abstractmethod
     def targets(self, raw: Mapping[str, np.ndarray], attrs: Mapping[str, Any], device: torch.device,
                 choices: DenseChoices, training: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

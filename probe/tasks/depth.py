@@ -43,6 +43,10 @@ class DepthTask(DenseTask):
     def out_channels(self, attrs, choices):
         return N_BINS
 
+    def no_data(self, attrs):
+        unit = "m" if attrs.get("depth_kind", "metric") == "metric" else "(relative units)"
+        return f"depth 0, NaN or beyond the bins' {depth_range(attrs)[1]:g} {unit}"
+
     def targets(self, raw, attrs, device, choices, training=False):
         depth = target_tensor(raw["depth"], device, torch.float32)
         _, hi = depth_range(attrs)

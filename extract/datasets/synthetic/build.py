@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from cache import DataRoot, create_dataset_store
+from extract.datasets.memory import check_fits
 from extract.datasets.synthetic.views import MAX_MATCHES, pair_views, single_view, triplet_views
 
 DEFAULTS = {"train": 1024, "test": 256, "pairs": 64, "triplets": 64, "size": 224, "seed": 0}
@@ -53,13 +54,14 @@ def prepare_synthetic(*, root: DataRoot, train: int = DEFAULTS["train"], test: i
     from cache.progress import tqdm_like as tqdm
 
     options = {"train": train, "test": test, "pairs": pairs, "triplets": triplets, "size": size, "seed": seed}
+    workers = workers or min(2, os.cpu_count() or 1)
+    check_fits(size, size, what="size", copies=workers)
     path = root.dataset_store("synthetic")
     root.ensure_writable(path.parent)
     writer = create_dataset_store(
         path, name="synthetic", source=f"procedural:synthetic-v1:seed={seed}", options=options,
         attrs={"depth_kind": "metric", "depth_range": [0.001, 10.0], "tasks":
                ["depth", "normals", "segmentation", "correspondence", "similarity"], "proxy_note": PROXY_NOTE})
-    workers = workers or min(2, os.cpu_count() or 1)
     pool = mp.get_context("fork").Pool(workers, initializer=_ignore_interrupts) if workers > 1 else None
     total = train + test + 2 * pairs + 3 * triplets
     bar = tqdm(total=total, unit="img", desc="synthetic", disable=not progress, file=sys.stderr)
