@@ -13,43 +13,24 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cache import data_root
 from cache.errors import INTERRUPTED, INTERRUPTED_LINE
 from extract.cli import main as extract_main
 from extract.datasets.__main__ import main as data_main
-from extract.runner import extract
 from grid.__main__ import main as grid_main
 from probe.cli import main as probe_main
+from tests.bad_inputs import PROBE, _run_make, one_line, tiny_features, unchanged
 from tests.conftest import write_tiny_dataset
-from tests.filesystems import tree_bytes
 from tests.test_cli import make_dry_run
 
 REPO = Path(__file__).resolve().parents[1]
-PROBE = ("--task", "depth", "--dataset", "tiny", "--model", "pixels", "--epochs", "1", "--quiet")
 
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = data_root(tmp_path_factory.mktemp("features") / "data")
-    write_tiny_dataset(root, splits={"train": 6, "test": 3}, height=32, width=48)
-    extract(model="pixels", dataset="tiny", root=root, progress=False)
-    return root.root
-
-
-def one_line(code: int, err: str, expect: str, status: int = 2) -> None:
-    assert code == status, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert re.search(expect, lines[0]), lines[0]
-
-
-def unchanged(root: Path):
-    before = tree_bytes(root)
-    return lambda: tree_bytes(root) == before
+    return tiny_features(tmp_path_factory)
 
 
 OPTION_ROWS = {
@@ -272,16 +253,6 @@ def test_report_names_every_record_file_it_skips_and_why(features, tmp_path, cap
     assert "Skipped 6 result file(s)" in page and "Traceback" not in err
 
 
-def _run_make(target: str, words: str, data: Path) -> int:
-    """Run a suggested ``make`` command through the recipe's own argv (make -n), in this process."""
-    import shlex
-
-    from midprobe.cli import main as midprobe_main
-
-    (argv,) = [a for a in make_dry_run(target, *shlex.split(words)) if a[0].endswith("/midprobe")]
-    return midprobe_main([*argv[1:], "--data", str(data)])
-
-
 def test_a_damaged_zarr_json_is_one_line_everywhere_and_verify_names_the_rebuild(features, tmp_path, capsys):
     from cache.verify import main as verify_main
 
@@ -387,115 +358,6 @@ def test_head_for_a_zero_shot_task_is_one_line(features, capsys):
              "apply; drop HEAD= and LR=$")
 
 
-def _png_header(path: Path, width: int, height: int) -> None:
-    """A PNG whose header claims ``width x height`` RGB pixels and holds none (no IDAT): a few bytes."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-                     + chunk(b"IEND", b""))
-
-
-def _depth_folder(raw: Path, depths: list[np.ndarray]) -> Path:
-    """``images/NN.png`` and ``depth/NN.npy`` (metres) per depth map; the last image is the test split."""
-    from PIL import Image
-
-    (raw / "images").mkdir(parents=True)
-    (raw / "depth").mkdir()
-    for i, depth in enumerate(depths):
-        Image.fromarray(np.full((*depth.shape, 3), 40 * i, np.uint8)).save(raw / "images" / f"{i:02d}.png")
-        np.save(raw / "depth" / f"{i:02d}.npy", depth.astype(np.float32))
-    (raw / "split.csv").write_text("image,split\n" + "".join(
-        f"{i:02d},{'test' if i == len(depths) - 1 else 'train'}\n" for i in range(len(depths))))
-    return raw
-
-
-def _folder_data(raw: Path, root: Path, *extra: str) -> int:
-    return data_main(["--dataset", "folder", "--raw", str(raw), "--size", "16", "--quiet", "--data", str(root), *extra])
-
-
-def _no_store(root: Path) -> bool:
-    return not (root / "stores" / "datasets").exists() or not any((root / "stores" / "datasets").glob("*.zarr"))
-
-
-@pytest.mark.parametrize("check", [True, False])
-def test_an_image_over_the_megapixel_limit_is_refused_from_its_header(check, tmp_path, capsys):
-    raw = _depth_folder(tmp_path / "mine", [np.ones((16, 16))] * 3)
-    (raw / "images" / "01.png").unlink()
-    _png_header(raw / "images" / "01.png", 15000, 12000)          # PIL's own check: a DecompressionBombError
-    code = _folder_data(raw, tmp_path / "data", *(["--check"] if check else []))
-    one_line(code, capsys.readouterr().err, "^error: image .*01.png is 15000x12000 \\(180 megapixels\\); expected at "
-             "most 100 megapixels: downscale it first")
-    assert _no_store(tmp_path / "data")
-
-
-GOOD = np.full((16, 16), 2.0)
-
-
-@pytest.mark.parametrize("name,depths,option,expect", [
-    ("all-zero", [np.zeros((16, 16))] * 3, (), "no depth file of the train split .* holds a measured pixel \\(every "
-     "value is 0 or NaN\\); expected depth > 0 m somewhere in both train and test$"),
-    ("all-nan", [np.full((16, 16), np.nan)] * 3, (), "no depth file of the train split"),
-    ("test-zero", [GOOD, GOOD, np.zeros((16, 16))], (), "no depth file of the test split"),
-    ("test-masked", [GOOD, GOOD, np.full((16, 16), 50.0)], ("--option", "max_depth=10"),
-     "no depth file of the test split .*\\(every value is 0 or NaN, or beyond max_depth=10 m\\)"),
-    ("far", [GOOD, np.where(np.eye(16) > 0, 1e30, 2.0), GOOD], (), "01.npy: 16 depth values beyond 10000 m \\(first "
-     "1e\\+30 m at row 0, column 0\\); expected metres \\(check DEPTH_SCALE\\), or set OPTIONS=max_depth=<metres>"),
-])
-@pytest.mark.parametrize("check", [True, False])
-def test_a_folder_depth_with_no_measured_pixel_or_an_implausible_value_is_one_line(name, depths, option, expect,
-                                                                                   check, tmp_path, capsys):
-    raw = _depth_folder(tmp_path / "mine", depths)
-    code = _folder_data(raw, tmp_path / "data", *option, *(["--check"] if check else []))
-    one_line(code, capsys.readouterr().err, "^error: .*" + expect)
-    assert _no_store(tmp_path / "data")
-
-
-def test_a_far_depth_is_masked_by_max_depth(tmp_path):
-    from cache import open_dataset
-
-    raw = _depth_folder(tmp_path / "mine", [GOOD, np.where(np.eye(16) > 0, 1e30, 2.0), GOOD])
-    assert _folder_data(raw, tmp_path / "data", "--option", "max_depth=10") == 0
-    depth = open_dataset(tmp_path / "data" / "stores" / "datasets" / "mine.zarr").split("train").read("depth")
-    assert depth[1][np.eye(16) > 0].tolist() == [0.0] * 16 and (depth[1][np.eye(16) == 0] == 2.0).all()
-
-
-@pytest.mark.parametrize("split", ["train", "test"])
-def test_a_probe_on_a_split_with_no_valid_depth_stops_before_training(split, features, tmp_path, capsys):
-    import zarr
-
-    root = tmp_path / "data"
-    shutil.copytree(features, root)
-    depth = zarr.open_array(root / "stores" / "datasets" / "tiny.zarr" / split / "depth", mode="r+")
-    depth[:] = np.where(np.arange(depth.shape[0])[:, None, None] % 2, np.nan, 0.0)
-    capsys.readouterr()
-    one_line(probe_main([*PROBE, "--data", str(root)]), capsys.readouterr().err,
-             f"^error: no pixel of the {depth.shape[0]} images of split '{split}' holds a valid depth target \\(depth "
-             "0, NaN or beyond the bins' 10 m\\); a probe would .* nothing: rebuild the dataset store")
-    assert not (root / "results").exists() or not any((root / "results").rglob("*.json"))
-
-
-@pytest.mark.parametrize("dataset", ["folder", "synthetic"])
-def test_a_size_that_cannot_fit_in_memory_is_refused_before_allocating(dataset, tmp_path, capsys):
-    raw = _depth_folder(tmp_path / "mine", [GOOD] * 3)
-    args = ["--raw", str(raw), "--check"] if dataset == "folder" else ["--workers", "1"]
-    code = data_main(["--dataset", dataset, *args, "--size", "100000", "--quiet", "--data", str(tmp_path / "data")])
-    one_line(code, capsys.readouterr().err, "^error: size 100000x100000: building an image needs ~[0-9.]+ GiB "
-             "\\(~64 bytes per pixel\\), .* of (available|free) RAM; expected a smaller SIZE=")
-    assert _no_store(tmp_path / "data")
-
-
-def test_a_dangling_image_link_is_one_line_naming_it(tmp_path, capsys):
-    raw = _depth_folder(tmp_path / "mine", [GOOD] * 3)
-    (raw / "images" / "03.png").symlink_to(tmp_path / "gone.png")
-    one_line(_folder_data(raw, tmp_path / "data", "--check"), capsys.readouterr().err,
-             "^error: .*images/03.png is a link to .*gone.png, which does not exist \\(1 such link\\(s\\) in "
-             ".*images\\); expected an image: restore the target or delete the link$")
-
-
 def test_a_split_waiting_on_another_shard_says_so_and_the_suggested_command_finishes_it(features, tmp_path, capsys):
     root = tmp_path / "data"
     shutil.copytree(features, root)
@@ -540,78 +402,6 @@ def test_test_corrupt_for_every_model_checks_them_all_before_writing_a_record(fe
     one_line(code, capsys.readouterr().err, "^error: feature store of 'pixels' for 'tiny' lacks the corrupted split "
              "'test@corrupt-fog-1'")
     assert not (root / "results").exists() or not any((root / "results").rglob("*.json"))
-
-
-@pytest.fixture
-def vit_block0(features, tmp_path) -> Path:
-    """The tiny dataset with the tiny ViT's block0 only (its network has block0 and block1)."""
-    import tests.conftest  # noqa: F401  (registers test_vit_tiny)
-
-    root = tmp_path / "data"
-    shutil.copytree(features, root)
-    assert extract_main(["--model", "test_vit_tiny", "--dataset", "tiny", "--layers", "block0", "--quiet",
-                         "--data", str(root)]) == 0
-    return root
-
-
-VIT = ("--task", "depth", "--dataset", "tiny", "--model", "test_vit_tiny", "--epochs", "1", "--quiet")
-
-
-@pytest.mark.parametrize("model,layer,expect", [
-    ("pixels", "block99", "model 'pixels' has one layer, 'patch'; got \\['block99'\\]$"),
-    ("test_vit_tiny", "block2", "model 'test_vit_tiny' has no layer block2: its layers are block0 to block1$"),
-])
-def test_a_layer_the_model_lacks_suggests_no_extraction(model, layer, expect, vit_block0, capsys):
-    capsys.readouterr()
-    one_line(probe_main([*VIT[:4], "--model", model, *VIT[6:], "--layers", layer, "--data", str(vit_block0)]),
-             capsys.readouterr().err, "^error: layers .* are not cached .*; no extraction can add it: " + expect)
-    # the extraction indeed refuses it: suggesting it would send the user to a second error
-    assert _run_make("extract", f"MODEL={model} DATASET=tiny LAYERS={layer}", vit_block0) == 2
-
-
-@pytest.mark.parametrize("layers,probe", [("last", "block0"), ("all", "block0"), ("0", "block0")])
-def test_layers_last_all_and_indices_read_as_in_grid_files(layers, probe, vit_block0, capsys):
-    capsys.readouterr()
-    assert probe_main([*VIT, "--layers", layers, "--data", str(vit_block0)]) == 0
-    assert f"linear-{probe}-" in capsys.readouterr().out
-
-
-def test_the_suggested_layer_extraction_works_once_and_again_and_every_probe_then_runs(vit_block0, capsys):
-    capsys.readouterr()
-    code = probe_main([*VIT, "--layers", "1", "--data", str(vit_block0)])
-    err = capsys.readouterr().err
-    one_line(code, err, "^error: layers block1 are not cached in split 'train' .*; add them, without rewriting the "
-             "others, with `make extract MODEL=test_vit_tiny DATASET=tiny SPLIT=train,test LAYERS=block1`$")
-    words = re.search("`make extract (.*)`", err).group(1)
-    assert _run_make("extract", words, vit_block0) == 0                  # the suggested command, run
-    assert _run_make("extract", words, vit_block0) == 0                  # and again: nothing to do, no error
-    assert _run_make("extract", "MODEL=test_vit_tiny DATASET=tiny LAYERS=last", vit_block0) == 0
-    for layers in ("1", "block1", "last", None):
-        assert probe_main([*VIT, *(["--layers", layers] if layers else []), "--data", str(vit_block0)]) == 0, layers
-
-
-def test_a_layer_added_to_one_split_leaves_the_default_probe_working(vit_block0, capsys):
-    assert _run_make("extract", "MODEL=test_vit_tiny DATASET=tiny SPLIT=train LAYERS=block1", vit_block0) == 0
-    capsys.readouterr()
-    assert probe_main([*VIT, "--data", str(vit_block0)]) == 0            # on block0, which both splits hold
-    assert "linear-block0-" in capsys.readouterr().out
-    one_line(probe_main([*VIT, "--layers", "block1", "--data", str(vit_block0)]), capsys.readouterr().err,
-             "^error: layers block1 are not cached in split 'test' .*SPLIT=train,test LAYERS=block1`$")
-
-
-def test_a_missing_augmented_split_suggests_augment_and_the_command_works(tmp_path, capsys):
-    root = tmp_path / "data"
-    raw = _depth_folder(tmp_path / "mine", [GOOD + 3 - i for i in range(4)])
-    assert _folder_data(raw, root, "--size", "32") == 0
-    probe = ["--task", "depth", "--dataset", "mine", "--model", "pixels", "--epochs", "1", "--quiet", "--augment", "2"]
-    assert extract_main(["--model", "pixels", "--dataset", "mine", "--quiet", "--data", str(root)]) == 0
-    capsys.readouterr()
-    one_line(probe_main([*probe, "--data", str(root)]), capsys.readouterr().err,
-             "^error: feature store of 'pixels' for 'mine' lacks split 'train@aug2-paper-nyu', which protocol "
-             "'midprobe\\+aug2-paper-nyu' reads; run `make extract MODEL=pixels DATASET=mine PROTOCOL=midprobe "
-             "AUGMENT=2:paper-nyu`$")
-    assert _run_make("extract", "MODEL=pixels DATASET=mine PROTOCOL=midprobe AUGMENT=2:paper-nyu", root) == 0
-    assert probe_main([*probe, "--data", str(root)]) == 0
 
 
 @pytest.fixture
