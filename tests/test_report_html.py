@@ -172,7 +172,9 @@ def test_page_renders_without_errors_and_sorts_in_a_browser(browser, page):
     assert _column(browser, board, 0) == ["hog", "pixels", "vit_b_mae", "vit_b_random"]
     _click_header(browser, board, 1)                          # depth: best first
     assert _column(browser, board, 0) == ["vit_b_mae", "vit_b_random", "pixels", "hog"]
-    assert _column(browser, board, 1) == ["61.6 ± 0.5", "39.4 ± 0.5", "37.7 ± 0.5", "31.2 ± 0.5"]
+    # mean ± std over the two seeds, then the 95 % interval (t with 1 degree of freedom × the standard error: ± 12.7 × 0.5)
+    assert _column(browser, board, 1) == ["61.6 ± 0.5 [55.2, 68.0]", "39.4 ± 0.5 [33.0, 45.8]",
+                                          "37.7 ± 0.5 [31.3, 44.1]", "31.2 ± 0.5 [24.8, 37.6]"]
     _click_header(browser, board, 1)                          # again: worst first
     assert _column(browser, board, 0) == ["hog", "pixels", "vit_b_random", "vit_b_mae"]
     _click_header(browser, board, 2)                          # normals: hog has none, last either way
