@@ -21,6 +21,7 @@ import os
 import sys
 from typing import Any, Iterator
 
+import dask
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -80,14 +81,17 @@ def local_cluster(*, workers: int | None = None, threads: int | None = None, das
     if workers:
         count, per_worker = workers, max(1, machine_cores() // workers)
     env = {"MIDPROBE_THREADS": str(threads or per_worker)}
-    if not gpus:
-        return LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=dashboard,
-                            worker_class=PatientNanny, env=env)
-    specs = {i: {"cls": PatientNanny, "options": {"nthreads": 1, "resources": {"GPU": 1},
-                                           "env": {**env, "CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]}}}
-             for i in range(count)}
-    return SpecCluster(workers=specs, scheduler={"cls": Scheduler, "options": {"dashboard_address": dashboard}},
-                       name="midprobe")
+    # worker processes log at WARNING: read when a worker starts, so set before it is spawned; their
+    # INFO lines (a connection closed as the cluster shuts down) printed after the grid's summary
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "warning"}):
+        if not gpus:
+            return LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=dashboard,
+                                worker_class=PatientNanny, env=env)
+        specs = {i: {"cls": PatientNanny, "options": {"nthreads": 1, "resources": {"GPU": 1},
+                                               "env": {**env, "CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]}}}
+                 for i in range(count)}
+        return SpecCluster(workers=specs, scheduler={"cls": Scheduler, "options": {"dashboard_address": dashboard}},
+                           name="midprobe")
 
 
 def slurm_cluster(*, jobs: int, gpus: bool = True) -> Any:
