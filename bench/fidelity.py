@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from bench.fidelity_stats import Effect, paired_effect, prose, seed_spread
 from cache import DataRoot, MidprobeError, data_root
@@ -42,9 +42,13 @@ CNN_ONLY = ("dpt-cnn-inplace-relu",)
 TASKS = ("depth", "normals", "segmentation", "correspondence", "similarity")
 DENSE = ("depth", "normals", "segmentation")
 SIZES = {"train": 64, "test": 32, "pairs": 16, "triplets": 48, "size": 64, "seed": 0}
-#: every dense probe of the study (the baseline's too): 15 epochs of 2 batches = 30 steps (the depth decode of
-#: 256 bins dominates; 20 epochs would take ~15 min of two idle cores alone)
-OVERRIDES = {"hidden": 32, "epochs": 15, "loss_stride": 2}
+#: every dense probe of the study (the baseline's too), on top of its protocol's choices
+OVERRIDES = {"hidden": 32, "loss_stride": 2}
+#: epochs (of 2 batches) per dense task, sized so each baseline's seed-to-seed spread is small against
+#: the effects within ~15 min on two cores: normals at 15 epochs swung 3-23 % between seeds (pixels;
+#: 45 epochs: 22-25 %) and cost little; depth's spread was 0.2-0.4 points at 15, and its 256-bin DPT
+#: probes are most of the study's time
+EPOCHS = {"depth": 10, "normals": 45, "segmentation": 15}
 SEEDS = (0, 1, 2)
 #: bug fixes that hold under both protocols (no deviation: the protocols agree), listed on the page
 COMMON_FIXES = (
@@ -132,14 +136,14 @@ def _chosen(only: Sequence[str] | None) -> list[Variant]:
 
 
 def run_study(*, root: DataRoot, models: Sequence[str] = MODELS, seeds: Sequence[int] = SEEDS,
-              only: Sequence[str] | None = None, workers: int | None = None, epochs: int = OVERRIDES["epochs"],
-              quiet: bool = True) -> dict[str, dict[str, dict[str, list[float]]]]:
+              only: Sequence[str] | None = None, workers: int | None = None,
+              epochs: Mapping[str, int] | int | None = None, quiet: bool = True) -> dict[str, dict[str, dict[str, list[float]]]]:
     """Headlines ``{variant: {task: {model: [value per seed]}}}`` of every measurable variant (a
     zero-shot task: one value, from the first seed).
 
     Extraction runs first, in this process (each variant's feature splits, once); then every
     (variant, task, seed) probe runs in a pool of ``workers`` processes (default: one per core).
-    Dense probes train ``epochs`` epochs with :data:`OVERRIDES`' other choices.
+    Dense probes train ``epochs`` epochs (per task; default :data:`EPOCHS`) with :data:`OVERRIDES`.
     """
     import multiprocessing as mp
     import os
@@ -157,17 +161,18 @@ def run_study(*, root: DataRoot, models: Sequence[str] = MODELS, seeds: Sequence
             extract(model=model, dataset="synthetic", protocol=variant.protocol, root=root, progress=False,
                     tasks=list(variant.tasks))
     say(f"[fidelity] extraction: {time.perf_counter() - started:.0f} s")
-    overrides = {**OVERRIDES, "epochs": epochs}
+    by_task = epochs_by_task(epochs)
     jobs = []
     for v in chosen:
         for task in v.tasks:
+            overrides = {**OVERRIDES, "epochs": by_task[task]} if task in DENSE else {}
             for seed in (seeds if task in DENSE else seeds[:1]):
                 jobs.append((v.key, task, str(root.root), seed, v.options, v.models(models), overrides))
         if v.options:
             jobs.append((f"{v.key} (baseline)", "correspondence", str(root.root), seeds[0], v.options, tuple(models),
-                         overrides))
-    # the longest first (a CNN pyramid's DPT), so the pool ends together
-    jobs.sort(key=lambda j: (-len(j[5]), j[1] not in DENSE))
+                         {}))
+    # the longest first, so the pool's processes end together
+    jobs.sort(key=lambda j: -_cost(j[0], j[1], len(j[5]), by_task))
     results: dict[str, dict[str, dict[str, dict[int, float]]]] = {}
     with mp.get_context("fork").Pool(workers or os.cpu_count() or 1) as pool:
         for done, (key, task, seed, headlines) in enumerate(pool.imap_unordered(_probe, jobs), start=1):
@@ -176,6 +181,25 @@ def run_study(*, root: DataRoot, models: Sequence[str] = MODELS, seeds: Sequence
             say(f"[fidelity] {done}/{len(jobs)} {key} / {task} / seed {seed}: {time.perf_counter() - started:.0f} s")
     return {key: {task: {m: [by_seed[s] for s in sorted(by_seed)] for m, by_seed in per_model.items()}
                   for task, per_model in per_task.items()} for key, per_task in results.items()}
+
+
+def epochs_by_task(epochs: Mapping[str, int] | int | None = None) -> dict[str, int]:
+    """Epochs per dense task: :data:`EPOCHS`, or one number for every task."""
+    if epochs is None:
+        return dict(EPOCHS)
+    if isinstance(epochs, int):
+        return {task: epochs for task in DENSE}
+    return {task: int(epochs[task]) for task in DENSE}
+
+
+def _cost(key: str, task: str, models: int, epochs: Mapping[str, int]) -> float:
+    """A job's relative duration, for ordering the pool: DPT heads (the 256 depth bins most) over
+    linear ones, per model and epoch; a zero-shot task costs next to nothing."""
+    if task not in DENSE:
+        return 0.0
+    protocol = MIDPROBE if key.endswith(" (baseline)") else {v.key: v.protocol for v in variants()}[key]
+    dpt = "dpt" in protocol.dense_choices(task).heads
+    return models * epochs[task] * (4 if dpt else 1) * (3 if task == "depth" else 1)
 
 
 def effects(results: dict[str, dict[str, dict[str, list[float]]]]) -> dict[str, dict[str, dict[str, Effect]]]:
@@ -235,8 +259,11 @@ def references() -> str:
 
 
 def page(results: dict[str, dict[str, dict[str, list[float]]]], *, models: Sequence[str] = MODELS,
-         seeds: Sequence[int] = SEEDS, epochs: int = OVERRIDES["epochs"]) -> str:
+         seeds: Sequence[int] = SEEDS, epochs: Mapping[str, int] | int | None = None) -> str:
     """The whole generated page (no dates or times: the same results give the same bytes)."""
+    by_task = epochs_by_task(epochs)
+    batches = -(-SIZES['train'] // 32)
+    trained = ", ".join(f"{task} {by_task[task]} epochs ({by_task[task] * batches} steps)" for task in DENSE)
     unmeasured = [v.key for v in variants() if v.measurable]
     fixes = "\n".join(f"- **{name}**: {what} ({where})." for name, what, where in COMMON_FIXES)
     return f"""# What each of the paper's choices does to the numbers
@@ -247,9 +274,10 @@ def page(results: dict[str, dict[str, dict[str, list[float]]]], *, models: Seque
 switched on alone (a deviation that needs another — a DPT detail needs the DPT head — is switched on
 with it and compared with it alone), on the synthetic set: {SIZES['train']} train / {SIZES['test']} test
 images at {SIZES['size']} px, {SIZES['pairs']} pairs, {SIZES['triplets']} triplets; backbones {', '.join(models)}
-(and {CNN_MODEL} for the DPT's CNN path). Every dense probe trains {epochs} epochs
-({epochs * -(-SIZES['train'] // 32)} steps) with DPT hidden width {OVERRIDES['hidden']} and its loss at
-one target pixel in {OVERRIDES['loss_stride']} × {OVERRIDES['loss_stride']}, once per seed ({', '.join(map(str, seeds))}).
+(and {CNN_MODEL} for the DPT's CNN path). Dense probes train {trained}, with DPT hidden width
+{OVERRIDES['hidden']} and the loss at one target pixel in {OVERRIDES['loss_stride']} × {OVERRIDES['loss_stride']},
+once per seed ({', '.join(map(str, seeds))}); each task's epochs are sized so that its baseline's
+seed-to-seed spread is small against the effects.
 
 Each cell is a deviation's effect on the headline metric, in points: the mean over seeds of the
 paired difference (variant − reference, same seed) ± the half-width of its 95 % t-interval.
@@ -283,7 +311,12 @@ def _saved_results(path: Path) -> dict[str, Any]:
     except (OSError, ValueError, TypeError, AssertionError):
         raise MidprobeError(f"--from-results {path}: expected the fidelity-results.json a `make fidelity` run "
                             "wrote under <data>/reports/") from None
-    return {**saved, "models": tuple(saved["models"])}
+    try:
+        epochs = epochs_by_task(saved["epochs"])
+    except (KeyError, TypeError, ValueError):
+        raise MidprobeError(f"--from-results {path}: its epochs {saved['epochs']!r} are not a number or one per "
+                            f"dense task ({', '.join(DENSE)})") from None
+    return {**saved, "models": tuple(saved["models"]), "epochs": epochs}
 
 
 @exits_on_error
@@ -302,34 +335,36 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.fidelity") 
                    help="write the page from a run's saved headlines (<data>/reports/fidelity-results.json) "
                         "instead of running the study (after a change to the page's wording)")
     p.add_argument("--workers", type=int, help="probe processes (default: one per core)")
-    p.add_argument("--epochs", type=int, default=OVERRIDES["epochs"],
-                   help=f"epochs of every dense probe (default {OVERRIDES['epochs']})")
+    p.add_argument("--epochs", type=int,
+                   help="epochs of every dense probe (default per task: "
+                        + ", ".join(f"{task} {n}" for task, n in EPOCHS.items()) + ")")
     args = p.parse_args(argv)
     try:
         seeds = sorted({int(s) for s in args.seeds.split(",") if s.strip()})
     except ValueError:
         raise MidprobeError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
-    if args.epochs < 1:
+    if args.epochs is not None and args.epochs < 1:
         raise MidprobeError(f"--epochs {args.epochs}: expected a positive number of epochs")
     if len(seeds) < 3:
         raise MidprobeError(f"--seeds {args.seeds!r}: a 95 % interval paired by seed needs at least 3 seeds, "
                             "e.g. 0,1,2")
     root = data_root(args.data)
     models = tuple(args.models.split(","))
+    epochs = epochs_by_task(args.epochs)
     started = time.perf_counter()
     if args.from_results:
         saved = _saved_results(Path(args.from_results))
-        models, seeds, args.epochs, results = saved["models"], saved["seeds"], saved["epochs"], saved["results"]
+        models, seeds, epochs, results = saved["models"], saved["seeds"], saved["epochs"], saved["results"]
     else:
         results = run_study(root=root, models=models, seeds=seeds, only=args.only.split(",") if args.only else None,
-                            workers=args.workers, epochs=args.epochs, quiet=args.quiet)
+                            workers=args.workers, epochs=epochs, quiet=args.quiet)
     folder = root.ensure_writable(root.reports())       # after the study's checks: a refused run writes nothing
     if not args.from_results:
         # the headlines the page is made of, so a wording change regenerates it without the study
         (folder / "fidelity-results.json").write_text(json.dumps(
-            {"models": list(models), "seeds": list(seeds), "epochs": args.epochs, "results": results},
+            {"models": list(models), "seeds": list(seeds), "epochs": epochs, "results": results},
             indent=1, sort_keys=True) + "\n")
-    text = page(results, models=models, seeds=seeds, epochs=args.epochs)
+    text = page(results, models=models, seeds=seeds, epochs=epochs)
     (folder / "fidelity.md").write_text(text)
     if args.page:
         Path(args.page).parent.mkdir(parents=True, exist_ok=True)
@@ -340,7 +375,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m bench.fidelity") 
               for f in ("ru_utime", "ru_stime")) / 60
     line = (f"{time.strftime('%Y-%m-%d %H:%M:%S')} make fidelity: {minutes:.1f} min wall, {cpu:.1f} min CPU on "
             f"{os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f}), seeds {','.join(map(str, seeds))}, "
-            f"epochs {args.epochs}, models {','.join(models)}, page {args.page or '-'}"
+            f"epochs {', '.join(f'{task} {n}' for task, n in epochs.items())}, models {','.join(models)}, page {args.page or '-'}"
             + (f", from {args.from_results}" if args.from_results else ""))
     with open(folder / "fidelity.log", "a") as log:
         log.write(line + "\n")

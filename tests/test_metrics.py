@@ -136,3 +136,20 @@ def test_uncertainty_aware_angular_loss_by_hand():
     expected = math.log1p(math.exp(-kappa * math.pi)) - math.log1p(kappa ** 2) + kappa * math.acos(1 - 1e-4)
     valid = torch.ones(1, 1, 2, dtype=torch.bool)
     assert angular_loss(pred, target, valid, uncertainty_aware=True).item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_strided_depth_decode_reads_the_bins_of_the_loss_pixels_only():
+    from probe.tasks import get_task
+    from probe.tasks.base import subsample
+    from protocols import MIDPROBE, PAPER
+
+    task = get_task("depth")
+    attrs = {"max_depth": 10.0}
+    for protocol in (MIDPROBE, PAPER):
+        choices = protocol.dense_choices("depth")
+        # logits at the target's size (a DPT whose last x2 is inside the head) and at a quarter of it
+        for logits in (torch.randn(2, 256, 16, 24), torch.randn(2, 256, 4, 6)):
+            full = task.decode(logits, (16, 24), attrs, choices)
+            for stride in (2, 4):
+                strided = task.decode(logits, (16, 24), attrs, choices, stride)
+                torch.testing.assert_close(strided, subsample(full, stride), atol=1e-5, rtol=1e-5)

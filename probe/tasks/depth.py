@@ -11,7 +11,7 @@ from probe.losses import depth_loss
 from probe.metrics import DepthMetrics
 from protocols import DenseChoices
 from probe.tasks import register_task
-from probe.tasks.base import DenseTask, pool_to_grid, target_tensor, upsample
+from probe.tasks.base import DenseTask, pool_to_grid, subsample, target_tensor, upsample
 
 #: Dataset ``depth_kind`` -> bin range in metres (metric scenes) or relative units (objects).
 DEPTH_RANGES = {"metric": (0.001, 10.0), "relative": (0.01, 1.0)}
@@ -62,6 +62,10 @@ class DepthTask(DenseTask):
         else:
             quarter = (max(1, size[0] // 4), max(1, size[1] // 4))
             grid = (max(logits.shape[-2], quarter[0]), max(logits.shape[-1], quarter[1]))
+        if grid == tuple(size) and sample_stride > 1:
+            # the head already predicts at the target's size: the bins of the pixels the loss
+            # reads are all it needs (the decode is per pixel; 256 channels at full size dominate)
+            return bins_to_depth(subsample(logits, sample_stride), *depth_range(attrs, choices))[:, 0]
         depth = bins_to_depth(upsample(logits, grid), *depth_range(attrs, choices))
         return upsample(depth, size, sample_stride, choices.upsample)[:, 0]
 
