@@ -166,7 +166,7 @@ def test_parity_runs_the_papers_functions_beside_ours(broken, tmp_path, capsys, 
 def test_the_page_regenerates_from_a_runs_saved_results(tmp_path, capsys):
     results = _results(0.05)
     saved = tmp_path / "fidelity-results.json"
-    epochs = {"depth": 10, "normals": 45, "segmentation": 15}
+    epochs = {"depth": 10, "normals": 45, "segmentation": 45}
     saved.write_text(json.dumps({"models": list(fidelity.MODELS), "seeds": [0, 1, 2], "epochs": epochs,
                                  "results": results}))
     out = tmp_path / "fidelity.md"
@@ -174,7 +174,7 @@ def test_the_page_regenerates_from_a_runs_saved_results(tmp_path, capsys):
                           "--quiet"]) == 0
     assert out.read_text() == fidelity.page(results, seeds=(0, 1, 2), epochs=epochs)
     # 64 training images in batches of 32: two steps an epoch
-    assert "depth 10 epochs (20 steps), normals 45 epochs (90 steps), segmentation 15 epochs (30 steps)" \
+    assert "depth 10 epochs (20 steps), normals 45 epochs (90 steps), segmentation 45 epochs (90 steps)" \
         in " ".join(out.read_text().split())
     saved.write_text("{}")
     capsys.readouterr()

@@ -159,3 +159,67 @@ def test_the_probe_command_runs_lockstep_and_refuses_what_it_cannot(tmp_path, ca
     assert main([*base, "--model", MODEL, "--epochs", "1", "--head", "linear", "--batch-size", "4"]) == 0
     assert "depth" in capsys.readouterr().out
     assert len(list(root.results().rglob("*.json"))) == 2
+
+
+#: random SIGKILLs of the lockstep soak (``make soak``)
+SOAK_KILLS = 8
+
+
+@pytest.mark.slow
+def test_soak_random_kills_during_lockstep_all_resume_to_the_cached_records(tmp_path, cached_records):
+    """SIGKILL a lockstep run at a random moment (a view half-extracted, a head mid-step, a state being
+    saved, records being written), resume it, and compare its records with the cached path's."""
+    import os
+    import random
+    import shutil
+    import time
+
+    import torch
+
+    base = data_root(tmp_path / "base")
+    _prepared(base)
+    script = ("import sys; sys.path.insert(0, %r); import tests.conftest, tests.test_lockstep as t; "
+              "from cache import data_root; t._lockstep(data_root(sys.argv[1]))") % str(REPO)
+    # the same thread count in the killed run and the resumed one: float sums are bit-identical only then
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env.pop(KILL_ENV, None)
+
+    def workspace(root) -> Path:
+        return lockstep_dir(root, "synthetic", MODEL)
+
+    def started(root, proc) -> float:
+        """Seconds from the run's first write into its workspace to its end."""
+        while not workspace(root).exists() and proc.poll() is None:
+            time.sleep(0.001)
+        begun = time.monotonic()
+        assert proc.wait() == 0
+        return time.monotonic() - begun
+
+    clean = data_root(tmp_path / "clean")
+    shutil.copytree(base.root, clean.root)
+    window = started(clean, subprocess.Popen([sys.executable, "-c", script, str(clean.root)], cwd=REPO, env=env,
+                                             stdout=subprocess.DEVNULL))
+    assert _records(clean) == cached_records
+    rng = random.Random(27)
+    survived, failures, trial = 0, [], 0
+    while trial < SOAK_KILLS:
+        root = data_root(tmp_path / f"trial{trial}")
+        shutil.copytree(base.root, root.root)
+        proc = subprocess.Popen([sys.executable, "-c", script, str(root.root)], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL)
+        while not workspace(root).exists() and proc.poll() is None:
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0, window))
+        proc.send_signal(signal.SIGKILL)
+        if proc.wait() != -signal.SIGKILL:             # it finished first: draw again
+            shutil.rmtree(root.root)
+            continue
+        _lockstep(root)                                 # the same call, resumed in this process
+        if _records(root) == cached_records and not workspace(root).exists():
+            survived += 1
+        else:
+            failures.append(f"trial {trial}: records differ or the workspace stayed")
+        shutil.rmtree(root.root)
+        trial += 1
+    print(f"\nlockstep soak: kills survived {survived} / {SOAK_KILLS} (kill window {window:.2f} s)", *failures, sep="\n")
+    assert survived == SOAK_KILLS, failures
