@@ -276,9 +276,9 @@ with it and compared with it alone), on the synthetic set: {SIZES['train']} trai
 images at {SIZES['size']} px, {SIZES['pairs']} pairs, {SIZES['triplets']} triplets; backbones {', '.join(models)}
 (and {CNN_MODEL} for the DPT's CNN path). Dense probes train
 {trained},
-with DPT hidden width {OVERRIDES['hidden']} and the loss at one target pixel in {OVERRIDES['loss_stride']} × \
-{OVERRIDES['loss_stride']}, once per seed ({', '.join(map(str, seeds))}); each task's epochs are sized so that
-its baseline's seed-to-seed spread is small against the effects.
+with DPT hidden width {OVERRIDES['hidden']} and the loss at one target pixel in {OVERRIDES['loss_stride']} × {OVERRIDES['loss_stride']},
+once per seed ({', '.join(map(str, seeds))}); each task's epochs are sized so that its baseline's
+seed-to-seed spread is small against the effects.
 
 Each cell is a deviation's effect on the headline metric, in points: the mean over seeds of the
 paired difference (variant − reference, same seed) ± the half-width of its 95 % t-interval.

@@ -181,8 +181,9 @@ def test_a_keyboard_interrupt_is_one_line_and_exit_130(features, monkeypatch, ca
 def _interrupt_group(argv: list[str], ready, tmp_path: Path, timeout: float = 90) -> tuple[int, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     err = (tmp_path / "stderr").open("w+")
+    out = (tmp_path / "stdout").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "midprobe", *argv], cwd=REPO, env=env, stderr=err,
-                            stdout=subprocess.DEVNULL, start_new_session=True)
+                            stdout=out, start_new_session=True)
     deadline = time.monotonic() + timeout
     while not ready() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -212,9 +213,10 @@ def test_ctrl_c_to_the_process_group_during_a_grid_is_one_line_exit_130(tmp_path
     grid.write_text('[grid]\nname = "tiny"\nmodels = ["pixels"]\n[datasets.synthetic]\ntasks = ["depth"]\n'
                     "options = { train = 512, test = 16, pairs = 2, triplets = 2, size = 96 }\n"
                     '[tasks.depth]\nheads = ["linear"]\n')
-    stderr = tmp_path / "stderr"
+    stdout = tmp_path / "stdout"
+    # the grid's first line (on stdout) says its workers are up and its jobs submitted
     code, err = _interrupt_group(["grid", str(grid), "--data", str(tmp_path / "data")],
-                                 lambda: stderr.exists() and "worker(s)" in stderr.read_text(), tmp_path, timeout=120)
+                                 lambda: stdout.exists() and "worker(s)" in stdout.read_text(), tmp_path, timeout=120)
     assert code == INTERRUPTED, err
     # (a dashboard port taken by another cluster on this machine is dask's warning at start, not ours)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err and "WARNING" not in err, err
