@@ -104,6 +104,12 @@ def _headline(rows: list[dict[str, Any]], model: str) -> float:
     return float(max(values)) if values else float("nan")
 
 
+def _protocol_of(key: str) -> Protocol:
+    """The protocol a job of the study runs (a variant's, looked up by key: protocols hold mapping
+    proxies, which do not pickle into a worker)."""
+    return MIDPROBE if key.endswith(" (baseline)") else {v.key: v.protocol for v in variants()}[key]
+
+
 def _probe(job: tuple[str, str, str, int, dict[str, Any], tuple[str, ...], dict[str, Any]]
            ) -> tuple[str, str, int, dict[str, float]]:
     """One (variant, task, seed) of the study in a worker process: one torch thread, so the workers
@@ -114,8 +120,7 @@ def _probe(job: tuple[str, str, str, int, dict[str, Any], tuple[str, ...], dict[
 
     key, task, root_path, seed, options, models, overrides = job
     torch.set_num_threads(1)
-    # protocols hold mapping proxies, which do not pickle: a worker looks its variant up by key
-    protocol = MIDPROBE if key.endswith(" (baseline)") else {v.key: v.protocol for v in variants()}[key]
+    protocol = _protocol_of(key)
     rows = run_task(task_name=task, dataset="synthetic", models=list(models), protocol=protocol,
                     overrides=overrides if task in DENSE else {}, seed=seed, root=data_root(root_path), quiet=True,
                     options=options if task == "correspondence" else None)
@@ -197,7 +202,7 @@ def _cost(key: str, task: str, models: int, epochs: Mapping[str, int]) -> float:
     linear ones, per model and epoch; a zero-shot task costs next to nothing."""
     if task not in DENSE:
         return 0.0
-    protocol = MIDPROBE if key.endswith(" (baseline)") else {v.key: v.protocol for v in variants()}[key]
+    protocol = _protocol_of(key)
     dpt = "dpt" in protocol.dense_choices(task).heads
     return models * epochs[task] * (4 if dpt else 1) * (3 if task == "depth" else 1)
 
