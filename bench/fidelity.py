@@ -104,12 +104,6 @@ def _headline(rows: list[dict[str, Any]], model: str) -> float:
     return float(max(values)) if values else float("nan")
 
 
-def _protocol_of(key: str) -> Protocol:
-    """The protocol a job of the study runs (a variant's, looked up by key: protocols hold mapping
-    proxies, which do not pickle into a worker)."""
-    return MIDPROBE if key.endswith(" (baseline)") else {v.key: v.protocol for v in variants()}[key]
-
-
 def _probe(job: tuple[str, str, str, int, dict[str, Any], tuple[str, ...], dict[str, Any]]
            ) -> tuple[str, str, int, dict[str, float]]:
     """One (variant, task, seed) of the study in a worker process: one torch thread, so the workers
@@ -120,7 +114,8 @@ def _probe(job: tuple[str, str, str, int, dict[str, Any], tuple[str, ...], dict[
 
     key, task, root_path, seed, options, models, overrides = job
     torch.set_num_threads(1)
-    protocol = _protocol_of(key)
+    # protocols hold mapping proxies, which do not pickle: a worker looks its variant up by key
+    protocol = MIDPROBE if key.endswith(" (baseline)") else {v.key: v.protocol for v in variants()}[key]
     rows = run_task(task_name=task, dataset="synthetic", models=list(models), protocol=protocol,
                     overrides=overrides if task in DENSE else {}, seed=seed, root=data_root(root_path), quiet=True,
                     options=options if task == "correspondence" else None)
@@ -167,17 +162,18 @@ def run_study(*, root: DataRoot, models: Sequence[str] = MODELS, seeds: Sequence
                     tasks=list(variant.tasks))
     say(f"[fidelity] extraction: {time.perf_counter() - started:.0f} s")
     by_task = epochs_by_task(epochs)
-    jobs = []
+    costed = []
     for v in chosen:
         for task in v.tasks:
             overrides = {**OVERRIDES, "epochs": by_task[task]} if task in DENSE else {}
+            cost = _cost(v.protocol, task, len(v.models(models)), by_task)
             for seed in (seeds if task in DENSE else seeds[:1]):
-                jobs.append((v.key, task, str(root.root), seed, v.options, v.models(models), overrides))
+                costed.append((cost, (v.key, task, str(root.root), seed, v.options, v.models(models), overrides)))
         if v.options:
-            jobs.append((f"{v.key} (baseline)", "correspondence", str(root.root), seeds[0], v.options, tuple(models),
-                         {}))
+            costed.append((0.0, (f"{v.key} (baseline)", "correspondence", str(root.root), seeds[0], v.options,
+                                 tuple(models), {})))
     # the longest first, so the pool's processes end together
-    jobs.sort(key=lambda j: -_cost(j[0], j[1], len(j[5]), by_task))
+    jobs = [job for _, job in sorted(costed, key=lambda c: -c[0])]
     results: dict[str, dict[str, dict[str, dict[int, float]]]] = {}
     with mp.get_context("fork").Pool(workers or os.cpu_count() or 1) as pool:
         for done, (key, task, seed, headlines) in enumerate(pool.imap_unordered(_probe, jobs), start=1):
@@ -197,12 +193,11 @@ def epochs_by_task(epochs: Mapping[str, int] | int | None = None) -> dict[str, i
     return {task: int(epochs[task]) for task in DENSE}
 
 
-def _cost(key: str, task: str, models: int, epochs: Mapping[str, int]) -> float:
+def _cost(protocol: Protocol, task: str, models: int, epochs: Mapping[str, int]) -> float:
     """A job's relative duration, for ordering the pool: DPT heads (the 256 depth bins most) over
     linear ones, per model and epoch; a zero-shot task costs next to nothing."""
     if task not in DENSE:
         return 0.0
-    protocol = _protocol_of(key)
     dpt = "dpt" in protocol.dense_choices(task).heads
     return models * epochs[task] * (4 if dpt else 1) * (3 if task == "depth" else 1)
 

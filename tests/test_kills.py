@@ -35,9 +35,10 @@ def run(args: list[str]) -> int:
     return subprocess.run(args, cwd=REPO, stdout=subprocess.DEVNULL).returncode
 
 
-def kill_when(args: list[str], ready: Callable[[], bool], *, delay: float = 0.0, timeout: float = 300) -> int:
+def kill_when(args: list[str], ready: Callable[[], bool], *, delay: float = 0.0, timeout: float = 300,
+              env: dict[str, str] | None = None) -> int:
     """Start ``args``, SIGKILL it ``delay`` seconds after ``ready()`` first holds; its exit status."""
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
         if ready():

@@ -176,6 +176,8 @@ def test_soak_random_kills_during_lockstep_all_resume_to_the_cached_records(tmp_
 
     import torch
 
+    from tests.test_kills import kill_when
+
     base = data_root(tmp_path / "base")
     _prepared(base)
     script = ("import sys; sys.path.insert(0, %r); import tests.conftest, tests.test_lockstep as t; "
@@ -184,38 +186,32 @@ def test_soak_random_kills_during_lockstep_all_resume_to_the_cached_records(tmp_
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     env.pop(KILL_ENV, None)
 
-    def workspace(root) -> Path:
-        return lockstep_dir(root, "synthetic", MODEL)
+    def fresh(name: str):
+        root = data_root(tmp_path / name)
+        shutil.copytree(base.root, root.root)
+        return root, lockstep_dir(root, "synthetic", MODEL)
 
-    def started(root, proc) -> float:
-        """Seconds from the run's first write into its workspace to its end."""
-        while not workspace(root).exists() and proc.poll() is None:
-            time.sleep(0.001)
-        begun = time.monotonic()
-        assert proc.wait() == 0
-        return time.monotonic() - begun
-
-    clean = data_root(tmp_path / "clean")
-    shutil.copytree(base.root, clean.root)
-    window = started(clean, subprocess.Popen([sys.executable, "-c", script, str(clean.root)], cwd=REPO, env=env,
-                                             stdout=subprocess.DEVNULL))
-    assert _records(clean) == cached_records
+    root, workspace = fresh("clean")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(root.root)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL)
+    while not workspace.exists() and proc.poll() is None:
+        time.sleep(0.001)
+    begun = time.monotonic()
+    assert proc.wait() == 0
+    window = time.monotonic() - begun                   # from the first write into its workspace to the end
+    assert _records(root) == cached_records
     rng = random.Random(27)
     survived, failures, trial = 0, [], 0
     while trial < SOAK_KILLS:
-        root = data_root(tmp_path / f"trial{trial}")
-        shutil.copytree(base.root, root.root)
-        proc = subprocess.Popen([sys.executable, "-c", script, str(root.root)], cwd=REPO, env=env,
-                                stdout=subprocess.DEVNULL)
-        while not workspace(root).exists() and proc.poll() is None:
-            time.sleep(0.001)
-        time.sleep(rng.uniform(0, window))
-        proc.send_signal(signal.SIGKILL)
-        if proc.wait() != -signal.SIGKILL:             # it finished first: draw again
+        root, workspace = fresh(f"trial{trial}")
+        status = kill_when([sys.executable, "-c", script, str(root.root)], workspace.exists,
+                           delay=rng.uniform(0, window), env=env)
+        if status != -signal.SIGKILL:                   # it finished first: draw again
+            assert status == 0
             shutil.rmtree(root.root)
             continue
         _lockstep(root)                                 # the same call, resumed in this process
-        if _records(root) == cached_records and not workspace(root).exists():
+        if _records(root) == cached_records and not workspace.exists():
             survived += 1
         else:
             failures.append(f"trial {trial}: records differ or the workspace stayed")
