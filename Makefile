@@ -77,7 +77,7 @@ test: $(DEV_STAMP)
 	$(PY) -m pytest tests
 
 # The slow reliability soak (not in make test): 20 SIGKILLs at random points of an extraction, 8 of a
-# lockstep run, and Ctrl-C to a running grid's process group.
+# lockstep run, 12 Ctrl-Cs at random moments of a probe, and Ctrl-C to a running grid's process group.
 soak: $(DEV_STAMP)
 	$(PY) -m pytest tests -m slow
 

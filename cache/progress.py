@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
+from cache.errors import honour_interrupt
+
 #: seconds between two plain progress lines (the closing line is always printed)
 PLAIN_INTERVAL = 10.0
 MODES = ("bar", "plain", "off")
@@ -92,7 +94,10 @@ class Progress:
         return max(self.total - self.done, 0) / self.rate
 
     def update(self, n: int = 1, *, note: str | None = None) -> None:
-        """``n`` more units done; ``note`` (e.g. ``epoch 3/10``) replaces the text shown after the rate."""
+        """``n`` more units done; ``note`` (e.g. ``epoch 3/10``) replaces the text shown after the rate.
+
+        Raises ``KeyboardInterrupt`` if Ctrl-C came and Python swallowed it (:func:`cache.errors.honour_interrupt`)."""
+        honour_interrupt()
         self.done += n
         if note is not None:
             self.note = note

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from cache import MidprobeError, data_root
-from cache.errors import exits_on_error
+from cache.errors import exits_on_error, interrupted_exit
 from grid.spec import DEVICES
 
 
@@ -79,8 +79,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m grid") -> int:
                          jobs=args.jobs, gpus="cuda" in (spec.device, spec.probe_device)) as client:
             summary = run_grid(spec, root=root, client=client, out=sys.stdout)
     except KeyboardInterrupt:
-        print("[grid] interrupted: rerun the same command to resume (complete work is skipped)", file=sys.stderr)
-        return 130
+        return interrupted_exit("[grid] interrupted: rerun the same command to resume (complete work is skipped)")
     return 0 if summary.ok else 1
 
 
