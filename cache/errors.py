@@ -83,7 +83,6 @@ def exits_on_error(main: "Callable[..., int]") -> "Callable[..., int]":
         outermost = (threading.current_thread() is threading.main_thread()
                      and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
         if outermost:
-            _interrupted = False
             previous_hook = sys.unraisablehook
             signal.signal(signal.SIGINT, _on_sigint)
             sys.unraisablehook = _swallowed_interrupt_hook(previous_hook)
